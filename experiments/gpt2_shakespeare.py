@@ -1,0 +1,53 @@
+"""GPT-2 on the embedded Shakespeare corpus, on a CPU in about five minutes: the main job.
+
+Launch:
+    jaxformers train experiments/gpt2_shakespeare.py --workdir /tmp/gpt2_shakespeare
+    python experiments/gpt2_shakespeare.py --workdir /tmp/gpt2_shakespeare      (the same)
+    ... --variant tiny        (two-step smoke test used by the tests)
+
+Sized for: 2 CPU cores (any machine works; a GPU just finishes sooner).
+Measured: see the table in README.md (wall time, tokens/s, MFU, validation loss).
+"""
+
+import dataclasses
+
+from jaxformers.config import CheckpointConfig, DataConfig, Experiment, OptimConfig, SampleConfig
+from jaxformers.models.gpt2 import GPT2Config
+
+
+def get_config(variant: str = "default") -> Experiment:
+    exp = Experiment(
+        name="gpt2_shakespeare",
+        model=GPT2Config.preset(
+            "124m", n_layer=4, n_head=4, n_embd=256, n_positions=256, vocab_size=4096,
+            resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+        ),
+        data=DataConfig(corpus="shakespeare", tokenizer="bpe", seq_len=128),
+        optim=OptimConfig(lr=1e-3, warmup_steps=100, schedule="cosine", end_lr_ratio=0.1,
+                          weight_decay=0.1, b2=0.99, clip_norm=1.0),
+        checkpoint=CheckpointConfig(every=500, keep=2),
+        sample=SampleConfig(prompts=("ROMEO:", "First Citizen:\n"), max_new_tokens=160, temperature=0.8, top_k=40),
+        batch_size=32,
+        steps=1200,
+        eval_every=300,
+        eval_batches=8,
+        log_every=10,
+    )
+    if variant == "tiny":
+        exp = dataclasses.replace(
+            exp,
+            model=dataclasses.replace(exp.model, n_layer=1, n_embd=32, n_head=2, vocab_size=512, n_positions=32),
+            data=dataclasses.replace(exp.data, seq_len=16),
+            batch_size=8, steps=2, eval_every=0, eval_batches=1, log_every=1,
+            checkpoint=CheckpointConfig(every=1, keep=2),
+            sample=dataclasses.replace(exp.sample, max_new_tokens=8),
+        )
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r}; choose default or tiny")
+    return exp
+
+
+if __name__ == "__main__":
+    from jaxformers.cli import run_experiment_file
+
+    run_experiment_file(__file__)

@@ -1,0 +1,134 @@
+"""Typed run settings of an experiment, and ``--set a.b=value`` overrides.
+
+Model hyperparameters live in the model's own config dataclass (``GPT2Config`` ...); everything
+about the run (data, optimizer, schedule, batch, steps, mesh, checkpoints, eval, logging) lives
+here. An experiment file's ``get_config()`` returns an ``Experiment``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "shakespeare"  # "shakespeare" | a file, folder or glob | "tfds:NAME"
+    tokenizer: str = "bpe"  # "bpe" trains a byte-level BPE on the corpus; else a path (tokenizer.json, or dir with vocab.json + merges.txt)
+    vocab_size: int = 0  # tokenizer size to train; 0 = the model's vocab_size
+    seq_len: int = 128
+    val_fraction: float = 0.05  # held-out tail of each local document
+    seed: int = 0  # shuffling seed
+    data_dir: str = ""  # TFDS data_dir; "" = $JAXFORMERS_DATA_DIR or ~/tensorflow_datasets
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # "adamw" | "adafactor"
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine" | "constant" | "rsqrt" (T5) | "linear"
+    end_lr_ratio: float = 0.1  # cosine/linear decay ends at lr * end_lr_ratio
+    weight_decay: float = 0.1  # decoupled, on matrices only (not norms, biases, embeddings of positions)
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # 0 disables clipping
+    grad_accum: int = 1  # microbatches per step
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    shape: tuple = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the devices left over
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 500  # steps between saves (and one at the end)
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    prompts: tuple = ("ROMEO:",)
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 40
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    model: Any  # a model config dataclass (GPT2Config, ...)
+    objective: str = "causal_lm"
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    sample: SampleConfig = SampleConfig()
+    batch_size: int = 32  # global, all hosts
+    steps: int = 1000
+    eval_every: int = 200
+    eval_batches: int = 8
+    log_every: int = 10
+    seed: int = 0  # parameter init and dropout
+    peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the table in perf.py (measured on CPU)
+    progress: bool = True
+
+
+def _coerce(value: str, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}={value}: expected true or false")
+    if isinstance(current, (int, float, tuple)) or current is None:
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            if current is None:
+                return value
+            raise ValueError(f"--set {key}={value}: expected a {type(current).__name__}") from None
+        if isinstance(current, float) and isinstance(parsed, int):
+            parsed = float(parsed)
+        if isinstance(current, tuple) and isinstance(parsed, list):
+            parsed = tuple(parsed)
+        if current is not None and not isinstance(parsed, type(current)):
+            raise ValueError(f"--set {key}={value}: expected a {type(current).__name__}, got {type(parsed).__name__}")
+        return parsed
+    return value
+
+
+def override(cfg: Any, key: str, value: str) -> Any:
+    """Returns ``cfg`` with the dotted field ``key`` set from the string ``value``.
+
+    Unknown keys raise an error that lists the valid ones, so a typo never trains silently with
+    the default.
+    """
+    head, _, rest = key.partition(".")
+    names = [f.name for f in dataclasses.fields(cfg)]
+    if head not in names:
+        raise ValueError(f"unknown setting {key!r} in {type(cfg).__name__}; valid keys: {', '.join(names)}")
+    current = getattr(cfg, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"{head} is a plain value, not a group: use --set {head}=...")
+        new = override(current, rest, value)
+    else:
+        if dataclasses.is_dataclass(current):
+            raise ValueError(f"{head} is a group; set one of its fields: "
+                             f"{', '.join(head + '.' + f.name for f in dataclasses.fields(current))}")
+        new = _coerce(value, current, key)
+    return dataclasses.replace(cfg, **{head: new})
+
+
+def apply_overrides(cfg: Any, settings: list[str] | None) -> Any:
+    for s in settings or []:
+        if "=" not in s:
+            raise ValueError(f"--set {s!r}: expected key=value, e.g. --set optim.lr=1e-3")
+        k, v = s.split("=", 1)
+        cfg = override(cfg, k.strip(), v.strip())
+    return cfg

@@ -1,0 +1,1 @@
+"""Data: tokenizers, TFDS sources and the index-based batching pipeline."""

@@ -1,0 +1,192 @@
+"""Index-based, deterministic, host-sharded batches of packed token windows.
+
+Documents are tokenized once into a flat token file (``uint16``/``uint32`` on disk, memory-mapped,
+EOS between documents), as nanoGPT's ``train.bin``. The stream is cut into windows of
+``seq_len + 1`` tokens (inputs and shifted targets); a grain ``MapDataset`` shuffles the window
+indices with a per-epoch permutation. Batch ``step`` is a pure function of ``step``: the data
+position is the training step, so resuming from a checkpoint continues the exact same order.
+
+Rows of a global batch are laid out microbatch-major: row ``a * mb + p * mb_local + j`` belongs to
+microbatch ``a`` and host ``p``. Each host reads only its own rows; any host count sees the same
+global batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Callable, Iterable
+
+import numpy as np
+
+from jaxformers.data.sources import record_text
+
+
+def token_file(texts: Iterable[str], encode_batch: Callable, eos_id: int, path: str, vocab_size: int) -> np.ndarray:
+    """Tokenizes ``texts`` into ``path`` (written once, atomically) and memory-maps it."""
+    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+    if not os.path.exists(path):
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            batch: list[str] = []
+            for text in texts:
+                batch.append(text)
+                if len(batch) == 64:
+                    _write(f, encode_batch(batch), eos_id, dtype)
+                    batch = []
+            _write(f, encode_batch(batch), eos_id, dtype)
+        os.replace(tmp, path)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _write(f, docs, eos_id, dtype):
+    for ids in docs:
+        np.asarray(list(ids) + [eos_id], dtype=dtype).tofile(f)
+
+
+def tokenize_source(source, tokenizer, cache_dir: str, split: str, fingerprint: str) -> np.ndarray:
+    """All documents of a TFDS data source -> memory-mapped tokens, cached under ``cache_dir``."""
+    os.makedirs(cache_dir, exist_ok=True)
+    key = hashlib.sha256(f"{fingerprint}:{split}:{len(source)}".encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{split}-{key}.bin")
+    texts = (record_text(source[i]) for i in range(len(source)))
+    return token_file(texts, tokenizer.encode_batch, tokenizer.eos_id, path, tokenizer.vocab_size)
+
+
+class Windows:
+    """Random-access source of ``seq_len + 1``-token windows over a token stream."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        self.tokens, self.seq_len = tokens, seq_len
+        self.n = (len(tokens) - 1) // seq_len
+        if self.n < 1:
+            raise ValueError(
+                f"the corpus has {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}; "
+                "use a larger corpus or a shorter data.seq_len"
+            )
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        s = int(i) * self.seq_len
+        return np.asarray(self.tokens[s:s + self.seq_len + 1], dtype=np.int32)
+
+
+class LMBatches:
+    """Batches for causal LM training: ``{"inputs", "targets"}`` int32 ``[A, b, T]``.
+
+    Args:
+      tokens: the token stream.
+      seq_len: T.
+      global_batch: rows per step over all hosts (A microbatches of global_batch / A).
+      seed: shuffling seed; None keeps file order (evaluation).
+      accum: A, gradient-accumulation microbatches per step.
+      process_index, process_count: this host and the host count.
+    """
+
+    def __init__(self, tokens, seq_len: int, global_batch: int, seed: int | None = 0, accum: int = 1,
+                 process_index: int = 0, process_count: int = 1):
+        import grain
+
+        if global_batch % (accum * process_count):
+            raise ValueError(
+                f"batch_size={global_batch} must divide into {accum} accumulation steps x "
+                f"{process_count} hosts; choose a multiple of {accum * process_count}"
+            )
+        self.windows = Windows(tokens, seq_len)
+        ds = grain.MapDataset.source(self.windows)
+        if seed is not None:
+            ds = ds.shuffle(seed=seed)
+        self.ds = ds.repeat()  # grain reshuffles every epoch (the seed is combined with the epoch)
+        self.global_batch, self.accum = global_batch, accum
+        self.process_index, self.process_count = process_index, process_count
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.windows)
+
+    def rows(self, step: int) -> np.ndarray:
+        """Global example indices this host reads at ``step``, shaped [A, b_local]."""
+        mb = self.global_batch // self.accum
+        mb_local = mb // self.process_count
+        a = np.arange(self.accum)[:, None]
+        j = np.arange(mb_local)[None, :]
+        return step * self.global_batch + a * mb + self.process_index * mb_local + j
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        rows = self.rows(step)
+        seqs = np.stack([self.ds[int(i)] for i in rows.reshape(-1)]).reshape(rows.shape + (-1,))
+        return {"inputs": seqs[..., :-1], "targets": seqs[..., 1:]}
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class LMData:
+    """Everything the trainer needs from a causal-LM corpus: tokenizer, train and eval batches."""
+
+    def __init__(self, tokenizer, train_tokens, val_tokens, seq_len: int, batch_size: int, accum: int,
+                 seed: int, eval_batch_size: int | None = None):
+        import jax
+
+        self.tokenizer, self.seq_len = tokenizer, seq_len
+        self.tokens_per_example = seq_len
+        pi, pc = jax.process_index(), jax.process_count()
+        self.train = LMBatches(train_tokens, seq_len, batch_size, seed, accum, pi, pc)
+        self.val = LMBatches(val_tokens, seq_len, eval_batch_size or batch_size // accum, None, 1, pi, pc)
+        self.num_train_tokens, self.num_val_tokens = len(train_tokens), len(val_tokens)
+
+    def dummy_inputs(self):
+        return (np.zeros((1, self.seq_len), np.int32),)
+
+    def train_spec(self):
+        return {"inputs": None, "targets": None}
+
+    def train_batch(self, step: int):
+        return self.train.batch(step)
+
+    def eval_batch(self, i: int):
+        return self.val.batch(i)
+
+
+def lm_data(exp, workdir: str, model_vocab: int, max_positions: int) -> LMData:
+    """Corpus -> tokenizer (trained once and kept in ``workdir/tokenizer``) -> token files -> batches."""
+    import os
+
+    from jaxformers.data import sources
+    from jaxformers.data.tokenizers import BPETokenizer, train_bpe
+
+    d = exp.data
+    if d.seq_len > max_positions:
+        raise ValueError(
+            f"data.seq_len={d.seq_len} is longer than the model's {max_positions} positions; "
+            f"lower data.seq_len or raise the model's position count"
+        )
+    srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
+    if srcs.get("validation") is None or len(srcs["validation"]) == 0:
+        raise ValueError(f"corpus {d.corpus!r} has no validation text; raise data.val_fraction")
+    tok_dir = os.path.join(workdir, "tokenizer")
+    if os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        tok = BPETokenizer.load(tok_dir)  # resuming: the very tokenizer the checkpoint was trained with
+    elif d.tokenizer == "bpe":
+        train_src = srcs["train"]
+        texts = (record_text(train_src[i]) for i in range(len(train_src)))
+        tok = train_bpe(texts, d.vocab_size or model_vocab)
+        tok.save(tok_dir)
+    else:
+        tok = BPETokenizer.load(d.tokenizer)
+        tok.save(tok_dir)
+    if tok.vocab_size > model_vocab:
+        raise ValueError(
+            f"the tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {model_vocab}; "
+            f"token ids would run past the embedding: set model.vocab_size >= {tok.vocab_size} "
+            f"or data.vocab_size <= {model_vocab}"
+        )
+    fp = fingerprint([d.corpus, d.val_fraction, open(os.path.join(tok_dir, "tokenizer.json")).read()])
+    cache = os.path.join(workdir, "data")
+    train_tokens = tokenize_source(srcs["train"], tok, cache, "train", fp)
+    val_tokens = tokenize_source(srcs["validation"], tok, cache, "validation", fp)
+    return LMData(tok, train_tokens, val_tokens, d.seq_len, exp.batch_size, exp.optim.grad_accum, d.seed)

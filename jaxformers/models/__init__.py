@@ -1,0 +1,1 @@
+"""Model families: layers (shared blocks), bert, gpt2, t5."""

@@ -1,0 +1,283 @@
+"""GPT-2: a decoder-only transformer with learned positions and tied input/output embeddings.
+
+Numerically the same function as transformers' ``GPT2LMHeadModel``: pre-LayerNorm blocks, fused
+QKV projection, GELU (tanh) MLP of width 4D, final LayerNorm, logits = h @ wte^T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxformers.models import layers
+from jaxformers.models.layers import Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """Hyperparameters of a GPT-2 model (field names as transformers' GPT2Config).
+
+    ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype; ``scan_layers`` runs the
+    blocks under ``nn.scan`` (compile time flat in depth, params stacked on a "layers" axis);
+    ``remat`` is "none" | "full" | "save_dots" | "save_dots_no_batch";
+    ``attention_impl`` is "xla" | "cudnn" | "auto".
+    """
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
+    attention_impl: str = "xla"
+
+    PRESETS = {
+        "tiny": dict(n_positions=128, n_embd=64, n_layer=2, n_head=4, vocab_size=512),
+        "124m": dict(n_embd=768, n_layer=12, n_head=12),
+        "355m": dict(n_embd=1024, n_layer=24, n_head=16),
+        "774m": dict(n_embd=1280, n_layer=36, n_head=20),
+        "1558m": dict(n_embd=1600, n_layer=48, n_head=25),
+    }
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "GPT2Config":
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown GPT-2 preset {name!r}; choose one of {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_head dividing n_embd"
+            )
+        layers.activation(self.activation_function)
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+
+    @property
+    def d_ff(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B convention:
+        6 * (matmul parameters, LM head included) + 12 * L * T * D for attention scores."""
+        D, L, F = self.n_embd, self.n_layer, self.d_ff
+        matmul_params = L * (4 * D * D + 2 * D * F) + D * self.vocab_size
+        return 6.0 * matmul_params + 12.0 * L * seq_len * D
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,
+    "save_dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
+    """Wraps a block class with remat and scan; returns a function ``(x, *args) -> x``.
+
+    The block's ``__call__(x, *args)`` must return ``(x, None)`` so that it can be scanned.
+    Scanned params carry the logical axis "layers" on their new leading dimension.
+    """
+    cls = block_cls
+    if remat != "none":
+        cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+
+    def run(parent_kwargs, x, *args):
+        if scan:
+            scanned = nn.scan(
+                cls,
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * len(args),
+                length=n_layer,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(**parent_kwargs, name=name)(x, *args)
+            return x
+        for i in range(n_layer):
+            x, _ = cls(**parent_kwargs, name=f"{name}_{i}")(x, *args)
+        return x
+
+    return run
+
+
+class GPT2Block(nn.Module):
+    config: GPT2Config
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None):  # x [B, T, D]
+        c = self.config
+        dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+        init = nn.initializers.normal(c.initializer_range)
+        # transformers scales the residual projections' init by 1/sqrt(2 L) (GPT-2 paper, 2.3).
+        proj_init = nn.initializers.normal(c.initializer_range / math.sqrt(2 * c.n_layer))
+        h = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_1")(x)
+        h = layers.Attention(
+            num_heads=c.n_head, head_dim=c.n_embd // c.n_head, fused_qkv=True,
+            dropout_rate=c.attn_pdrop, dtype=dtype, param_dtype=pdtype, kernel_init=init,
+            out_init=proj_init, impl=c.attention_impl, name="attn",
+        )(h, mask=mask, deterministic=self.deterministic, decode=self.decode, causal=True)
+        x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=self.deterministic)
+        h = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_2")(x)
+        h = layers.MLP(
+            d_ff=c.d_ff, act=c.activation_function, dtype=dtype, param_dtype=pdtype,
+            kernel_init=init, out_init=proj_init, name="mlp",
+        )(h, deterministic=self.deterministic)
+        x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=self.deterministic)
+        return layers.constrain(x, ("activation_batch", "activation_length", "activation_embed")), None
+
+
+class GPT2LMHeadModel(nn.Module):
+    """GPT-2 with the tied LM head. ``apply({"params": p}, input_ids) -> logits [B, T, V]``."""
+
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,  # [B, T] int
+        attention_mask: Array | None = None,  # [B, T] 1 = token, 0 = padding ([B, S_max] when decoding)
+        position_ids: Array | None = None,  # [B, T]
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> Array:  # [B, T, V]
+        c = self.config
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        B, T = input_ids.shape
+        layers.check_length(T, c.n_positions, "input_ids", "n_positions")
+        layers.check_token_ids(input_ids, c.vocab_size)
+        dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+        init = nn.initializers.normal(c.initializer_range)
+        wte = layers.Embed(c.vocab_size, c.n_embd, dtype=dtype, param_dtype=pdtype, embedding_init=init, name="wte")
+        wpe = layers.Embed(c.n_positions, c.n_embd, axes=(None, "embed"), dtype=dtype, param_dtype=pdtype,
+                           embedding_init=init, name="wpe")
+        if position_ids is None:
+            if decode and not self.is_initializing():
+                raise ValueError("decoding needs explicit position_ids (the cache position of each token)")
+            position_ids = jnp.arange(T)[None, :]
+        x = wte(input_ids) + wpe(position_ids)
+        x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
+        x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        mask = None if attention_mask is None else layers.padding_mask(attention_mask)
+        x = block_stack(GPT2Block, c.n_layer, c.scan_layers, c.remat, "h")(
+            dict(config=c, deterministic=deterministic, decode=decode), x, mask
+        )
+        x = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_f")(x)
+        logits = wte.attend(x)
+        return layers.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face format (used by jaxformers.hf)
+
+# The fields transformers' GPT2Config shares with ours (the rest are jaxformers' run settings).
+_HF_CONFIG_FIELDS = [
+    "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
+    "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
+    "bos_token_id", "eos_token_id",
+]
+
+
+def config_from_hf(hf: dict, **overrides: Any) -> GPT2Config:
+    for flag, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                     ("reorder_and_upcast_attn", False), ("add_cross_attention", False)):
+        if hf.get(flag, ok) != ok:
+            raise ValueError(f"GPT-2 config sets {flag}={hf[flag]}, which jaxformers does not implement")
+    kwargs = {k: hf[k] for k in _HF_CONFIG_FIELDS if hf.get(k) is not None}
+    return GPT2Config(**{**kwargs, **overrides})
+
+
+def config_to_hf(c: GPT2Config) -> dict:
+    out = {k: getattr(c, k) for k in _HF_CONFIG_FIELDS}
+    out.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], tie_word_embeddings=True)
+    return out
+
+
+def params_from_hf(t: dict[str, np.ndarray], c: GPT2Config) -> dict:
+    """transformers' GPT-2 tensors (with or without the ``transformer.`` prefix) -> params."""
+    t = {k.removeprefix("transformer."): v for k, v in t.items()}
+    D, N = c.n_embd, c.n_head
+    H = D // N
+
+    def ln(prefix):
+        return {"scale": t[f"{prefix}.weight"], "bias": t[f"{prefix}.bias"]}
+
+    def block(i):
+        p = f"h.{i}."
+        return {
+            "ln_1": ln(p + "ln_1"),
+            "attn": {
+                # Conv1D stores [in, out]; the fused output is ordered (q|k|v, head, head_dim).
+                "qkv": {"kernel": t[p + "attn.c_attn.weight"].reshape(D, 3, N, H),
+                        "bias": t[p + "attn.c_attn.bias"].reshape(3, N, H)},
+                "out": {"kernel": t[p + "attn.c_proj.weight"].reshape(N, H, D),
+                        "bias": t[p + "attn.c_proj.bias"]},
+            },
+            "ln_2": ln(p + "ln_2"),
+            "mlp": {
+                "wi": {"kernel": t[p + "mlp.c_fc.weight"], "bias": t[p + "mlp.c_fc.bias"]},
+                "wo": {"kernel": t[p + "mlp.c_proj.weight"], "bias": t[p + "mlp.c_proj.bias"]},
+            },
+        }
+
+    from jaxformers.hf import put_layers  # local import: hf imports this module
+
+    params = {
+        "wte": {"embedding": t["wte.weight"]},
+        "wpe": {"embedding": t["wpe.weight"]},
+        "ln_f": ln("ln_f"),
+    }
+    put_layers(params, "h", [block(i) for i in range(c.n_layer)], c.scan_layers)
+    return params
+
+
+def params_to_hf(params: dict, c: GPT2Config) -> dict[str, np.ndarray]:
+    from jaxformers.hf import get_layers
+
+    D = c.n_embd
+    out = {
+        "transformer.wte.weight": params["wte"]["embedding"],
+        "transformer.wpe.weight": params["wpe"]["embedding"],
+        "transformer.ln_f.weight": params["ln_f"]["scale"],
+        "transformer.ln_f.bias": params["ln_f"]["bias"],
+    }
+    for i, b in enumerate(get_layers(params, "h", c.n_layer, c.scan_layers)):
+        p = f"transformer.h.{i}."
+        out.update({
+            p + "ln_1.weight": b["ln_1"]["scale"], p + "ln_1.bias": b["ln_1"]["bias"],
+            p + "attn.c_attn.weight": b["attn"]["qkv"]["kernel"].reshape(D, 3 * D),
+            p + "attn.c_attn.bias": b["attn"]["qkv"]["bias"].reshape(3 * D),
+            p + "attn.c_proj.weight": b["attn"]["out"]["kernel"].reshape(D, D),
+            p + "attn.c_proj.bias": b["attn"]["out"]["bias"],
+            p + "ln_2.weight": b["ln_2"]["scale"], p + "ln_2.bias": b["ln_2"]["bias"],
+            p + "mlp.c_fc.weight": b["mlp"]["wi"]["kernel"], p + "mlp.c_fc.bias": b["mlp"]["wi"]["bias"],
+            p + "mlp.c_proj.weight": b["mlp"]["wo"]["kernel"], p + "mlp.c_proj.bias": b["mlp"]["wo"]["bias"],
+        })
+    return out
+
+
+def model_from_config(c: GPT2Config, architectures=None, tensors=None) -> GPT2LMHeadModel:
+    return GPT2LMHeadModel(c)

@@ -1,0 +1,365 @@
+"""Building blocks shared by BERT, GPT-2 and T5.
+
+Dimension alphabet (used in every einsum, shape comment and docstring of jaxformers):
+
+    B batch          T query length      S key/value length
+    D model width    F MLP width         V vocabulary
+    N query heads    K key/value heads   H head dimension
+    L layers
+
+Every parameter is created with logical axis names (``("embed", "mlp")`` ...). They mean nothing
+until ``jaxformers.sharding.LOGICAL_RULES`` maps them onto the mesh axes, so the model code never
+names a device axis.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+DType = Any
+
+# Big negative instead of -inf: a fully masked row (left padding) must still give finite
+# probabilities, as transformers does with finfo.min.
+NEG_INF = -1e30
+
+
+def dtype_of(name: str | DType) -> DType:
+    """'float32' / 'bfloat16' / a jnp dtype -> a jnp dtype."""
+    return jnp.dtype(name) if isinstance(name, str) else name
+
+
+def partitioned(init: Callable, axes: Sequence[str | None]) -> Callable:
+    """An initializer whose parameter carries logical axis names."""
+    return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def constrain(x: Array, axes: Sequence[str | None]) -> Array:
+    """Logical sharding constraint on an activation (a no-op outside a rules context)."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    # Names as transformers' ACT2FN spells them, so config.json values map one to one.
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact erf GELU (BERT)
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),  # tanh approximation (GPT-2)
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def check_token_ids(ids: Any, vocab_size: int, name: str = "input_ids") -> None:
+    """Raises a clear error for token ids outside [0, vocab_size) when the values are known.
+
+    Inside ``jit`` the values are abstract and only shapes can be checked; the data pipeline
+    checks its tokenizer's vocabulary against the model's once, before training.
+    """
+    if isinstance(ids, jax.core.Tracer):
+        return
+    arr = np.asarray(ids)
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+        raise ValueError(
+            f"{name} holds token id {int(arr.max()) if arr.max() >= vocab_size else int(arr.min())}"
+            f" outside [0, {vocab_size}): the tokenizer does not match the model's vocab_size; "
+            "tokenize with the model's own tokenizer or raise vocab_size in the model config"
+        )
+
+
+def check_length(length: int, limit: int, name: str, field: str) -> None:
+    if length > limit:
+        raise ValueError(
+            f"{name} has length {length}, longer than the model's {field}={limit}; "
+            f"truncate the input to {limit} tokens or use a model with a larger {field}"
+        )
+
+
+class Dense(nn.Module):
+    """A linear map contracting the last ``len(in_axes)`` dims: ``[..., in] -> [..., *features]``.
+
+    Attributes:
+      features: output dims, e.g. ``(3, N, H)`` for a fused QKV projection.
+      axes: logical names of the kernel, input dims first then output dims.
+      contract: how many trailing input dims are contracted (2 for ``[B, T, N, H] -> [B, T, D]``).
+    """
+
+    features: int | tuple[int, ...]
+    axes: tuple[str | None, ...]
+    contract: int = 1
+    use_bias: bool = True
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        in_shape = x.shape[-self.contract:]
+        kernel = self.param(
+            "kernel", partitioned(self.kernel_init, self.axes), in_shape + features, self.param_dtype
+        )
+        dims = (tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (dims, ((), ())))
+        if self.use_bias:
+            bias = self.param(
+                "bias", partitioned(nn.initializers.zeros, self.axes[self.contract:]), features,
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token embedding ``[V, D]``; ``attend`` gives tied output logits ``[..., D] -> [..., V]``."""
+
+    num_embeddings: int
+    features: int
+    axes: tuple[str | None, str | None] = ("vocab", "embed")
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    embedding_init: Callable = nn.initializers.normal(0.02)
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            partitioned(self.embedding_init, self.axes),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, ids: Array) -> Array:  # [B, T] -> [B, T, D]
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:  # [B, T, D] -> [B, T, V]
+        return jnp.einsum("BTD,VD->BTV", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+def layer_norm(eps: float, dtype: DType, param_dtype: DType, name: str, rms: bool = False):
+    """LayerNorm (BERT, GPT-2) or T5's RMS norm (no mean, no bias); statistics in float32."""
+    kwargs = dict(
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=partitioned(nn.initializers.ones, ("norm",)),
+        name=name,
+    )
+    if rms:
+        return nn.RMSNorm(**kwargs)
+    return nn.LayerNorm(bias_init=partitioned(nn.initializers.zeros, ("norm",)), **kwargs)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: ``[B, T, D] -> [B, T, F] -> [B, T, D]``.
+
+    ``gated`` gives T5 v1.1's gated GELU: ``act(x W0) * (x W1)``.
+    """
+
+    d_ff: int
+    act: str = "gelu_new"
+    gated: bool = False
+    use_bias: bool = True
+    inner_dropout: float = 0.0  # T5 drops out the hidden activations; GPT-2 and BERT do not
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
+    out_init: Callable = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        d_model = x.shape[-1]
+        dense = functools.partial(
+            Dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        h = activation(self.act)(
+            dense(self.d_ff, ("embed", "mlp"), kernel_init=self.kernel_init, name="wi_0" if self.gated else "wi")(x)
+        )
+        if self.gated:
+            h = h * dense(self.d_ff, ("embed", "mlp"), kernel_init=self.kernel_init, name="wi_1")(x)
+        h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+        h = nn.Dropout(self.inner_dropout)(h, deterministic=deterministic)
+        return dense(d_model, ("mlp", "embed"), kernel_init=self.out_init, name="wo")(h)
+
+
+def causal_mask(q_len: int, kv_len: int) -> Array:
+    """bool [1, 1, T, S]: query t may see keys s <= t (queries are the last T of S positions)."""
+    q = jnp.arange(q_len)[:, None] + (kv_len - q_len)
+    k = jnp.arange(kv_len)[None, :]
+    return (k <= q)[None, None]
+
+
+def padding_mask(attention_mask: Array) -> Array:
+    """[B, S] of 1/0 -> bool [B, 1, 1, S] (True = may attend)."""
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    masks = [m for m in masks if m is not None]
+    if not masks:
+        return None
+    out = masks[0]
+    for m in masks[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+def dot_product_attention(
+    q: Array,  # [B, T, N, H]
+    k: Array,  # [B, S, K, H]
+    v: Array,  # [B, S, K, H]
+    mask: Array | None,  # bool [B|1, N|1, T, S]
+    bias: Array | None,  # [B|1, N, T, S] additive (T5 relative positions)
+    scale: float,
+    dropout_rate: float,
+    dropout_rng: Array | None,
+    dtype: DType,
+    impl: str = "xla",
+    is_causal: bool = False,
+) -> Array:  # [B, T, N, H]
+    """Softmax attention, softmax in float32.
+
+    ``impl="xla"`` is written out in einsums (exact parity with transformers, attention dropout);
+    ``impl="cudnn"``/``"auto"`` route to ``jax.nn.dot_product_attention`` (cuDNN flash attention on
+    GPU) when there is no attention dropout.
+    """
+    if impl != "xla" and (dropout_rate == 0.0 or dropout_rng is None):
+        return jax.nn.dot_product_attention(
+            q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
+            implementation=None if impl == "auto" else impl,
+        ).astype(dtype)
+    if is_causal:
+        mask = combine_masks(causal_mask(q.shape[1], k.shape[1]), mask)
+    logits = jnp.einsum("BTNH,BSNH->BNTS", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("BNTS,BSNH->BTNH", probs.astype(dtype), v)
+
+
+class Attention(nn.Module):
+    """Multi-head attention for self- and cross-attention, with an optional KV cache.
+
+    Attributes:
+      num_heads: N.
+      head_dim: H.
+      fused_qkv: one ``[D, 3, N, H]`` kernel (GPT-2's c_attn) instead of three.
+      scale: logits scale; None means 1/sqrt(H). T5 folds it into the init and uses 1.0.
+      impl: "xla" | "cudnn" | "auto" (see ``dot_product_attention``).
+
+    In decode mode (``decode=True``) keys and values are written into the ``cache`` collection
+    (``cached_key``/``cached_value`` [B, S_max, N, H], ``cache_index``), sized by the input seen
+    at init. A query at cache position p sees keys at positions <= p. For cross-attention the
+    projected encoder keys/values are cached on the first call and reused.
+    """
+
+    num_heads: int
+    head_dim: int
+    use_bias: bool = True
+    fused_qkv: bool = False
+    scale: float | None = None
+    dropout_rate: float = 0.0
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
+    q_init: Callable | None = None
+    out_init: Callable = nn.initializers.normal(0.02)
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # [B, T, D]
+        kv: Array | None = None,  # [B, S, D]; None = self-attention
+        mask: Array | None = None,  # bool [B|1, 1|N, T, S]
+        bias: Array | None = None,  # [B|1, N, T, S]
+        deterministic: bool = True,
+        decode: bool = False,
+        causal: bool = False,
+    ) -> Array:  # [B, T, D]
+        N, H = self.num_heads, self.head_dim
+        dense = functools.partial(
+            Dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+        )
+        cross = kv is not None
+        if self.fused_qkv and not cross:
+            qkv = dense((3, N, H), ("embed", "qkv", "heads", "kv"), name="qkv")(x)  # [B, T, 3, N, H]
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            q = dense((N, H), ("embed", "heads", "kv"), kernel_init=self.q_init or self.kernel_init, name="query")(x)
+            if cross and decode and self.has_variable("cache", "cross_key"):
+                # Encoder keys/values do not change while decoding: project them once.
+                k = self.get_variable("cache", "cross_key")
+                v = self.get_variable("cache", "cross_value")
+            else:
+                src = kv if cross else x
+                k = dense((N, H), ("embed", "heads", "kv"), name="key")(src)
+                v = dense((N, H), ("embed", "heads", "kv"), name="value")(src)
+                if cross and decode:
+                    self.variable("cache", "cross_key", lambda: k)
+                    self.variable("cache", "cross_value", lambda: v)
+        q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+
+        if decode and not cross:
+            # The cache's own mask is causal already.
+            k, v, mask = self._update_cache(k, v, mask)
+            causal = False
+
+        scale = (1.0 / np.sqrt(H)) if self.scale is None else self.scale
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(
+            q, k, v, mask, bias, scale, self.dropout_rate, dropout_rng, self.dtype, self.impl,
+            is_causal=causal,
+        )
+        out = constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        return Dense(
+            x.shape[-1], ("heads", "kv", "embed"), contract=2, use_bias=self.use_bias,
+            dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.out_init, name="out",
+        )(out)
+
+    def _update_cache(self, k: Array, v: Array, mask: Array | None):
+        """Writes this step's keys/values at ``cache_index``; returns the whole cache and its mask."""
+        is_init = not self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if is_init:
+            # Initialising the cache: the input only sizes it.
+            return k, v, combine_masks(causal_mask(k.shape[1], k.shape[1]), mask)
+        B, T = k.shape[0], k.shape[1]
+        S = cached_k.value.shape[1]
+        i = index.value
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+        index.value = i + T
+        # Query t (at cache position i + t) sees cached keys at positions <= i + t.
+        q_pos = i + jnp.arange(T)[:, None]
+        visible = (jnp.arange(S)[None, :] <= q_pos)[None, None]  # [1, 1, T, S]
+        if mask is not None and mask.shape[-1] != S:
+            raise ValueError(f"decode mask must cover the whole cache ({S} keys), got {mask.shape}")
+        return cached_k.value, cached_v.value, combine_masks(visible, mask)

@@ -1,0 +1,1 @@
+"""Training objectives: example building (numpy) plus losses and metrics (jax)."""

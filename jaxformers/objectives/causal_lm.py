@@ -1,0 +1,53 @@
+"""Causal language modelling: next-token cross-entropy on packed token windows.
+
+An objective is the piece of a training step that knows the batch layout:
+
+- ``normalizers(batch)``: totals over the whole step's batch (all microbatches), computed before
+  the forward pass, so each microbatch's loss is already divided by the step's total and the sum
+  over microbatches is exactly the full-batch mean.
+- ``loss(params, apply_fn, batch, rng, deterministic, norms) -> (loss, sums)``: a microbatch's
+  share of the loss and its raw sums (for metrics).
+- ``finalize(sums) -> metrics``: sums (added over microbatches or eval batches) -> means.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def token_cross_entropy(logits, targets, weights):
+    """Sums of the weighted NLL and of correct argmax predictions; softmax in float32.
+
+    Args:
+      logits: [B, T, V] any float dtype.
+      targets: [B, T] int.
+      weights: [B, T] float (0 = ignore).
+    """
+    logits = logits.astype(jnp.float32)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = logz - target_logit
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return jnp.sum(nll * weights), jnp.sum(correct * weights)
+
+
+class CausalLM:
+    name = "causal_lm"
+    batch_keys = ("inputs", "targets")
+
+    @staticmethod
+    def normalizers(batch):
+        return {"tokens": jnp.asarray(batch["targets"].size, jnp.float32)}
+
+    @staticmethod
+    def loss(params, apply_fn, batch, rng, deterministic, norms):
+        logits = apply_fn({"params": params}, batch["inputs"], deterministic=deterministic, rngs={"dropout": rng})
+        weights = jnp.ones(batch["targets"].shape, jnp.float32)
+        nll, correct = token_cross_entropy(logits, batch["targets"], weights)
+        sums = {"loss": nll, "correct": correct, "tokens": jnp.sum(weights)}
+        return nll / norms["tokens"], sums
+
+    @staticmethod
+    def finalize(sums):
+        return {"loss": sums["loss"] / sums["tokens"], "accuracy": sums["correct"] / sums["tokens"]}

@@ -1,0 +1,476 @@
+"""Training: the state, one pure train step, evaluation, and the loop around them.
+
+``train_step(state, batch, rng) -> (state, metrics)`` is pure and module-level; ``Trainer`` jits it
+once with explicit in/out shardings and buffer donation (what ``pjit`` became), builds the state
+abstract-first on the mesh, restores or initialises it, and runs the loop: metrics to JSONL and
+TensorBoard, a progress bar with loss, tokens/s, MFU and ETA, periodic eval and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxformers import checkpoint, hf, perf, sharding
+from jaxformers.config import Experiment
+
+log = logging.getLogger("jaxformers")
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    apply_fn: Callable = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    objective: Any = struct.field(pytree_node=False)
+    schedule: Callable = struct.field(pytree_node=False)
+
+    def arrays(self) -> dict:
+        """What a checkpoint holds."""
+        return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
+
+
+# ---------------------------------------------------------------------------------- optimizer
+
+def make_schedule(o, total_steps: int) -> Callable:
+    warm = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
+    rest = max(total_steps - o.warmup_steps, 1)
+    if o.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(o.lr, rest, alpha=o.end_lr_ratio)
+    elif o.schedule == "linear":
+        decay = optax.linear_schedule(o.lr, o.lr * o.end_lr_ratio, rest)
+    elif o.schedule == "constant":
+        decay = optax.constant_schedule(o.lr)
+    elif o.schedule == "rsqrt":  # T5: lr / sqrt(max(step, warmup)) shape, continuous at warmup
+        decay = lambda s: o.lr * jnp.sqrt(max(o.warmup_steps, 1) / (s + max(o.warmup_steps, 1)))
+    else:
+        raise ValueError(f"unknown schedule {o.schedule!r}; choose cosine, linear, constant or rsqrt")
+    return optax.join_schedules([warm, decay], [o.warmup_steps])
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on matrices only: not on norms, biases or 1-D vectors."""
+    def is_decayed(path, x):
+        names = [getattr(p, "key", getattr(p, "name", "")) for p in path]
+        return x.ndim >= 2 and not any(str(n).startswith(("ln", "norm", "layer_norm")) for n in names) \
+            and names[-1] not in ("bias", "scale")
+    return jax.tree_util.tree_map_with_path(is_decayed, params)
+
+
+def make_optimizer(o, schedule: Callable) -> optax.GradientTransformation:
+    parts = []
+    if o.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(o.clip_norm))
+    if o.name == "adamw":
+        parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask))
+    elif o.name == "adafactor":
+        parts.append(optax.adafactor(schedule, weight_decay_rate=o.weight_decay or None,
+                                     weight_decay_mask=decay_mask))
+    else:
+        raise ValueError(f"unknown optimizer {o.name!r}; choose adamw or adafactor")
+    return optax.chain(*parts)
+
+
+# ---------------------------------------------------------------------------------- the step
+
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+    """One optimizer update from a batch of ``[A, b, ...]`` arrays (A accumulation microbatches).
+
+    The dropout key of a step is ``fold_in(rng, step)``: a resumed run draws the same masks.
+    """
+    obj = state.objective
+    norms = obj.normalizers(batch)
+    step_rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(obj.loss, has_aux=True)
+
+    def micro(i, mb):
+        (_, sums), grads = grad_fn(state.params, state.apply_fn, mb, jax.random.fold_in(step_rng, i), False, norms)
+        return grads, sums
+
+    first = jax.tree.map(lambda x: x[0], batch)
+    grads, sums = micro(0, first)
+    A = jax.tree.leaves(batch)[0].shape[0]
+    if A > 1:
+        def body(carry, xs):
+            i, mb = xs
+            g, s = micro(i, mb)
+            return (_add(carry[0], g), _add(carry[1], s)), None
+        rest = jax.tree.map(lambda x: x[1:], batch)
+        (grads, sums), _ = jax.lax.scan(body, (grads, sums), (jnp.arange(1, A), rest))
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = obj.finalize(sums)
+    metrics.update(grad_norm=optax.global_norm(grads), lr=state.schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+    """Raw metric sums over one ``[b, ...]`` batch (added up over batches by the caller)."""
+    norms = state.objective.normalizers(jax.tree.map(lambda x: x[None], batch))
+    _, sums = state.objective.loss(state.params, state.apply_fn, batch, jax.random.PRNGKey(0), True, norms)
+    return sums
+
+
+# ---------------------------------------------------------------------------------- families
+
+def objective_for(name: str):
+    if name == "causal_lm":
+        from jaxformers.objectives.causal_lm import CausalLM
+        return CausalLM()
+    raise ValueError(f"unknown objective {name!r}")
+
+
+def build_model(model_config) -> nn.Module:
+    return hf.family_module(hf.family_of(model_config)).model_from_config(model_config)
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+class WorkdirLock:
+    """One run per workdir: an exclusive flock on ``workdir/.lock`` (released if the process dies)."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+
+    def __enter__(self):
+        self.f = open(self.path, "w")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"{os.path.dirname(self.path)} is in use by another training run; wait for it or choose another --workdir"
+            ) from None
+        self.f.write(str(os.getpid()))
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+class MetricWriter:
+    """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (tensorboardX, no TensorFlow)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        try:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:  # TensorBoard files are a convenience, the JSONL is the record
+            self.tb = None
+
+    def write(self, step: int, split: str, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        rec = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(rec) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
+
+    def close(self):
+        if self.enabled:
+            self.jsonl.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 1024 * 1024)  # a full disk fails here, before any training
+        os.remove(probe)
+    except OSError as e:
+        raise RuntimeError(f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir or free space") from e
+
+
+@dataclasses.dataclass
+class RunResult:
+    steps_run: int
+    final_step: int
+    train_losses: dict  # step -> loss, for the steps logged in this run
+    eval_metrics: dict
+    tokens_per_second: float
+    mfu: float
+    compile_seconds: float
+    wall_seconds: float
+    preempted: bool = False
+
+
+class Trainer:
+    """Builds everything an experiment needs on the mesh and runs the loop."""
+
+    def __init__(self, exp: Experiment, workdir: str, data=None):
+        self.exp, self.workdir = exp, os.path.abspath(workdir)
+        check_workdir(self.workdir)
+        self.mesh = sharding.make_mesh(exp.mesh.shape)
+        sharding.check_batch(exp.batch_size, self.mesh)
+        if exp.batch_size % exp.optim.grad_accum or (exp.batch_size // exp.optim.grad_accum) % sharding.data_parallel_size(self.mesh):
+            raise ValueError(
+                f"batch_size={exp.batch_size} / grad_accum={exp.optim.grad_accum} must be a multiple of the "
+                f"{sharding.data_parallel_size(self.mesh)} data-parallel shards"
+            )
+        self.model = build_model(exp.model)
+        self.objective = objective_for(exp.objective)
+        self.data = data if data is not None else self._build_data()
+        self.schedule = make_schedule(exp.optim, exp.steps)
+        self.tx = make_optimizer(exp.optim, self.schedule)
+        self.rules = sharding.LOGICAL_RULES
+        self._build_state_shardings()
+
+    # -- data
+    def _build_data(self):
+        from jaxformers.data.pipeline import lm_data
+
+        if self.exp.objective != "causal_lm":
+            raise ValueError(f"no data pipeline for objective {self.exp.objective!r}")
+        return lm_data(self.exp, self.workdir, self.exp.model.vocab_size, self.exp.model.n_positions)
+
+    def mesh_context(self):
+        return _MeshRules(self.mesh, self.rules)
+
+    # -- state
+    def _init_fn(self, rng):
+        variables = self.model.init({"params": rng, "dropout": rng}, *self.data.dummy_inputs())
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+            apply_fn=self.model.apply, tx=self.tx, objective=self.objective, schedule=self.schedule,
+        )
+
+    def _build_state_shardings(self):
+        rng = jax.random.PRNGKey(self.exp.seed)
+        with self.mesh_context():
+            boxed = jax.eval_shape(self._init_fn, rng)
+            specs = nn.get_partition_spec(boxed)
+            self.state_shardings = sharding.logical_to_sharding(specs, self.mesh, self.rules)
+        # Unboxed outside the mesh context: there unboxing adds no sharding constraint.
+        self.abstract_state = nn.meta.unbox(boxed)
+
+    def init_state(self) -> TrainState:
+        rng = jax.random.PRNGKey(self.exp.seed)
+        with self.mesh_context():
+            init = jax.jit(lambda r: nn.meta.unbox(self._init_fn(r)), out_shardings=self.state_shardings)
+            return init(rng)
+
+    def restore_or_init(self, ckpt: checkpoint.Checkpointer) -> tuple[TrainState, int]:
+        abstract = checkpoint.abstract_like(self.abstract_state.arrays(), _arrays(self.state_shardings))
+        found = ckpt.restore_latest_good(abstract) if ckpt.all_steps() else None
+        if found is None:
+            return self.init_state(), 0
+        step, arrays, meta = found
+        if meta.get("fingerprint") not in (None, self.fingerprint()):
+            log.warning("the checkpoint was written by a different configuration; resuming anyway")
+        state = self.abstract_state.replace(**arrays)
+        return state, step
+
+    def fingerprint(self) -> str:
+        from jaxformers.data.pipeline import fingerprint
+        e = self.exp
+        return fingerprint([e.model, e.data, e.optim, e.batch_size, e.steps, e.seed, e.objective])
+
+    def compiled_steps(self):
+        batch_sh = jax.tree.map(lambda _: sharding.batch_sharding(self.mesh, 3, leading=1), self.data.train_spec())
+        eval_sh = jax.tree.map(lambda _: sharding.batch_sharding(self.mesh, 2), self.data.train_spec())
+        step = jax.jit(
+            train_step,
+            in_shardings=(self.state_shardings, batch_sh, None),
+            out_shardings=(self.state_shardings, None),
+            donate_argnums=0,
+        )
+        ev = jax.jit(eval_step, in_shardings=(self.state_shardings, eval_sh))
+        return step, ev
+
+    def evaluate(self, state, eval_fn) -> dict:
+        total = None
+        with self.mesh_context():
+            for i in range(self.exp.eval_batches):
+                local = jax.tree.map(lambda x: x[0], self.data.eval_batch(i))
+                sums = eval_fn(state, sharding.host_to_global(local, self.mesh))
+                total = sums if total is None else _add_host(total, sums)
+        total = jax.device_get(total)
+        return {k: float(v) for k, v in self.objective.finalize(total).items()}
+
+    # -- the loop
+    def run(self, stop_at: int | None = None) -> RunResult:
+        exp = self.exp
+        with WorkdirLock(self.workdir):
+            ckpt = checkpoint.Checkpointer(os.path.join(self.workdir, "checkpoints"), exp.checkpoint.keep,
+                                           exp.checkpoint.async_save)
+            writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+            try:
+                return self._loop(ckpt, writer, stop_at)
+            finally:
+                ckpt.close()
+                writer.close()
+
+    def _loop(self, ckpt, writer, stop_at) -> RunResult:
+        exp = self.exp
+        t_start = time.time()
+        state, start = self.restore_or_init(ckpt)
+        if start:
+            print(f"resuming from step {start} in {self.workdir}", flush=True)
+        end = exp.steps if stop_at is None else min(stop_at, exp.steps)
+        step_fn, eval_fn = self.compiled_steps()
+        rng = jax.random.PRNGKey(exp.seed + 1)
+        tokens_per_step = exp.batch_size * self.data.tokens_per_example
+        flops_per_step = exp.model.flops_per_token(self.data.seq_len) * tokens_per_step
+        peak, peak_src = perf.peak_tflops(exp.peak_tflops, getattr(exp.model, "dtype", "float32"))
+        n_dev = 1 if jax.devices()[0].platform == "cpu" else jax.device_count()  # a CPU peak is machine-wide
+        preempted = _PreemptionFlag()
+        bar = _progress(exp, start, end)
+        losses, eval_metrics = {}, {}
+        pending = None
+        compile_s, t_window, window_steps, tps, mfu = 0.0, None, 0, 0.0, 0.0
+        step = start
+        with self.mesh_context(), preempted:
+            for step in range(start, end):
+                local = self.data.train_batch(step)
+                batch = sharding.host_to_global(local, self.mesh, leading=1)
+                t0 = time.time()
+                state, metrics = step_fn(state, batch, rng)
+                if step == start:
+                    jax.block_until_ready(metrics)
+                    compile_s = time.time() - t0
+                    t_window, window_steps = time.time(), 0
+                else:
+                    window_steps += 1
+                # Fetch the previous step's metrics only now: the device never waits on the host.
+                if pending is not None:
+                    self._log_step(*pending, writer, losses, bar)
+                pending = (step, metrics) if (step + 1) % exp.log_every == 0 or step + 1 == end else None
+                if window_steps and (step + 1) % exp.log_every == 0:
+                    jax.block_until_ready(metrics)
+                    dt = (time.time() - t_window) / window_steps
+                    tps = tokens_per_step / dt
+                    mfu = perf.mfu(flops_per_step, dt, peak, n_dev)
+                    bar.set_postfix_str(f"tok/s={tps:,.0f} MFU={mfu:.1%}", refresh=False)
+                bar.update(1)
+                done = step + 1
+                if exp.eval_every and done % exp.eval_every == 0 and done != end:
+                    eval_metrics = self.evaluate(state, eval_fn)
+                    writer.write(done, "eval", eval_metrics)
+                if done % exp.checkpoint.every == 0 or done == end or preempted.set:
+                    ckpt.save(done, state.arrays(), {"step": done, "data_position": done, "fingerprint": self.fingerprint()})
+                if preempted.set:
+                    break
+            if pending is not None:
+                self._log_step(*pending, writer, losses, bar)
+        bar.close()
+        final = int(jax.device_get(state.step))
+        if preempted.set:
+            ckpt.wait()
+            print(f"preempted (SIGTERM): saved a checkpoint at step {final} in {self.workdir}; "
+                  "run the same command again to resume", flush=True)
+        elif final == exp.steps:
+            eval_metrics = self.evaluate(state, eval_fn)
+            writer.write(final, "eval", eval_metrics)
+            self.export(state)
+        perf_rec = {"tokens_per_second": tps, "mfu": mfu, "peak_tflops": peak, "peak_source": peak_src,
+                    "compile_seconds": compile_s, "flops_per_token": flops_per_step / tokens_per_step}
+        writer.write(final, "perf", {k: v for k, v in perf_rec.items() if isinstance(v, float)})
+        return RunResult(final - start, final, losses, eval_metrics, tps, mfu, compile_s,
+                         time.time() - t_start, preempted.set)
+
+    def _log_step(self, step, metrics, writer, losses, bar):
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(m["loss"]):
+            raise FloatingPointError(
+                f"loss is {m['loss']} at step {step + 1}; the last good checkpoint is in {self.workdir}/checkpoints. "
+                "Lower optim.lr, raise optim.warmup_steps or keep optim.clip_norm > 0"
+            )
+        losses[step + 1] = m["loss"]
+        writer.write(step + 1, "train", m)
+        bar.set_description(f"loss {m['loss']:.3f}", refresh=False)
+
+    def export(self, state) -> None:
+        """Params-only export plus what inference needs to rebuild the model."""
+        checkpoint.export_params(state.params, os.path.join(self.workdir, "params"))
+        if jax.process_index() == 0:
+            with open(os.path.join(self.workdir, "model.json"), "w") as f:
+                json.dump({"family": hf.family_of(self.exp.model), "config": dataclasses.asdict(self.exp.model)}, f, indent=2)
+
+
+def _arrays(state_tree) -> dict:
+    return {"step": state_tree.step, "params": state_tree.params, "opt_state": state_tree.opt_state}
+
+
+def _add_host(a, b):
+    return jax.tree.map(lambda x, y: x + y, a, b)
+
+
+class _MeshRules:
+    """``with`` the mesh set for sharding constraints and the logical-axis rules active."""
+
+    def __init__(self, mesh, rules):
+        self.stack = contextlib.ExitStack()
+        self.mesh, self.rules = mesh, rules
+
+    def __enter__(self):
+        self.stack.enter_context(jax.set_mesh(self.mesh))
+        self.stack.enter_context(nn.logical_axis_rules(self.rules))
+        return self
+
+    def __exit__(self, *exc):
+        return self.stack.__exit__(*exc)
+
+
+class _PreemptionFlag:
+    """SIGTERM sets a flag; the loop finishes its step, saves and exits."""
+
+    def __init__(self):
+        self.set = False
+
+    def __enter__(self):
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self.old = None
+        return self
+
+    def _handler(self, *_):
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+
+
+def _progress(exp, start, end):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=end, initial=start, disable=not exp.progress or jax.process_index() != 0,
+                unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+def train(exp: Experiment, workdir: str, stop_at: int | None = None) -> RunResult:
+    """Trains ``exp`` in ``workdir`` (resuming if it holds checkpoints)."""
+    return Trainer(exp, workdir).run(stop_at=stop_at)
