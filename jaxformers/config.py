@@ -21,6 +21,18 @@ class DataConfig:
     val_fraction: float = 0.05  # held-out tail of each local document
     seed: int = 0  # shuffling seed
     data_dir: str = ""  # TFDS data_dir; "" = $JAXFORMERS_DATA_DIR or ~/tensorflow_datasets
+    # BERT (mlm_nsp): google-research/bert's create_pretraining_data.py flags
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 1
+    whole_word_mask: bool = False
+    dynamic_masking: bool = False  # fresh masks every epoch (RoBERTa) instead of dupe_factor static copies
+    lowercase: bool = True
+    # T5 (span_corruption)
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    targets_length: int = 0  # 0 = what random_spans_helper gives for seq_len inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +86,8 @@ class Experiment:
     eval_batches: int = 8
     log_every: int = 10
     seed: int = 0  # parameter init and dropout
+    z_loss: float = 0.0  # span_corruption: weight of log(Z)^2 (t5x: 1e-4)
+    label_smoothing: float = 0.0  # span_corruption
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the table in perf.py (measured on CPU)
     progress: bool = True
 

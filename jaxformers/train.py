@@ -134,11 +134,35 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 
 # ---------------------------------------------------------------------------------- families
 
-def objective_for(name: str):
+OBJECTIVES = ("causal_lm", "mlm_nsp", "span_corruption")
+
+
+def objective_for(name: str, exp: Experiment | None = None):
     if name == "causal_lm":
         from jaxformers.objectives.causal_lm import CausalLM
         return CausalLM()
-    raise ValueError(f"unknown objective {name!r}")
+    if name == "mlm_nsp":
+        from jaxformers.objectives.mlm_nsp import MLMNSP
+        return MLMNSP()
+    if name == "span_corruption":
+        from jaxformers.objectives.span_corruption import SpanCorruption
+        return SpanCorruption(exp.z_loss if exp else 0.0, exp.label_smoothing if exp else 0.0)
+    raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+
+
+def build_data(exp: Experiment, workdir: str):
+    """The objective's data pipeline (tokenizer, train and eval batches) for an experiment."""
+    c = exp.model
+    if exp.objective == "causal_lm":
+        from jaxformers.data.pipeline import lm_data
+        return lm_data(exp, workdir, c.vocab_size, c.n_positions)
+    if exp.objective == "mlm_nsp":
+        from jaxformers.data.mlm_nsp_data import MLMData
+        return MLMData(exp, workdir, c.vocab_size, c.max_position_embeddings)
+    if exp.objective == "span_corruption":
+        from jaxformers.data.span_corruption_data import SpanData
+        return SpanData(exp, workdir, c.vocab_size)
+    raise ValueError(f"unknown objective {exp.objective!r}; choose one of {OBJECTIVES}")
 
 
 def build_model(model_config) -> nn.Module:
@@ -228,10 +252,11 @@ class RunResult:
 class Trainer:
     """Builds everything an experiment needs on the mesh and runs the loop."""
 
-    def __init__(self, exp: Experiment, workdir: str, data=None):
+    def __init__(self, exp: Experiment, workdir: str, data=None, devices=None):
+        """``data`` replaces the experiment's corpus (tests); ``devices`` a subset of jax.devices()."""
         self.exp, self.workdir = exp, os.path.abspath(workdir)
         check_workdir(self.workdir)
-        self.mesh = sharding.make_mesh(exp.mesh.shape)
+        self.mesh = sharding.make_mesh(exp.mesh.shape, devices)
         sharding.check_batch(exp.batch_size, self.mesh)
         if exp.batch_size % exp.optim.grad_accum or (exp.batch_size // exp.optim.grad_accum) % sharding.data_parallel_size(self.mesh):
             raise ValueError(
@@ -239,20 +264,12 @@ class Trainer:
                 f"{sharding.data_parallel_size(self.mesh)} data-parallel shards"
             )
         self.model = build_model(exp.model)
-        self.objective = objective_for(exp.objective)
-        self.data = data if data is not None else self._build_data()
+        self.objective = objective_for(exp.objective, exp)
+        self.data = data if data is not None else build_data(exp, self.workdir)
         self.schedule = make_schedule(exp.optim, exp.steps)
         self.tx = make_optimizer(exp.optim, self.schedule)
         self.rules = sharding.LOGICAL_RULES
         self._build_state_shardings()
-
-    # -- data
-    def _build_data(self):
-        from jaxformers.data.pipeline import lm_data
-
-        if self.exp.objective != "causal_lm":
-            raise ValueError(f"no data pipeline for objective {self.exp.objective!r}")
-        return lm_data(self.exp, self.workdir, self.exp.model.vocab_size, self.exp.model.n_positions)
 
     def mesh_context(self):
         return _MeshRules(self.mesh, self.rules)
@@ -298,8 +315,9 @@ class Trainer:
         return fingerprint([e.model, e.data, e.optim, e.batch_size, e.steps, e.seed, e.objective])
 
     def compiled_steps(self):
-        batch_sh = jax.tree.map(lambda _: sharding.batch_sharding(self.mesh, 3, leading=1), self.data.train_spec())
-        eval_sh = jax.tree.map(lambda _: sharding.batch_sharding(self.mesh, 2), self.data.train_spec())
+        spec = self.data.train_spec()  # feature -> ndim of one microbatch ([b, ...])
+        batch_sh = {k: sharding.batch_sharding(self.mesh, nd + 1, leading=1) for k, nd in spec.items()}
+        eval_sh = {k: sharding.batch_sharding(self.mesh, nd) for k, nd in spec.items()}
         step = jax.jit(
             train_step,
             in_shardings=(self.state_shardings, batch_sh, None),
@@ -342,9 +360,9 @@ class Trainer:
         step_fn, eval_fn = self.compiled_steps()
         rng = jax.random.PRNGKey(exp.seed + 1)
         tokens_per_step = exp.batch_size * self.data.tokens_per_example
-        flops_per_step = exp.model.flops_per_token(self.data.seq_len) * tokens_per_step
+        flops_per_step = self.data.flops_per_example(exp.model) * exp.batch_size
         peak, peak_src = perf.peak_tflops(exp.peak_tflops, getattr(exp.model, "dtype", "float32"))
-        n_dev = 1 if jax.devices()[0].platform == "cpu" else jax.device_count()  # a CPU peak is machine-wide
+        n_dev = 1 if jax.devices()[0].platform == "cpu" else self.mesh.size  # a CPU peak is machine-wide
         preempted = _PreemptionFlag()
         bar = _progress(exp, start, end)
         losses, eval_metrics = {}, {}
@@ -471,6 +489,6 @@ def _progress(exp, start, end):
                 unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
-def train(exp: Experiment, workdir: str, stop_at: int | None = None) -> RunResult:
+def train(exp: Experiment, workdir: str, stop_at: int | None = None, devices=None) -> RunResult:
     """Trains ``exp`` in ``workdir`` (resuming if it holds checkpoints)."""
-    return Trainer(exp, workdir).run(stop_at=stop_at)
+    return Trainer(exp, workdir, devices=devices).run(stop_at=stop_at)

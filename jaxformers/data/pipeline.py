@@ -74,6 +74,59 @@ class Windows:
         return np.asarray(self.tokens[s:s + self.seq_len + 1], dtype=np.int32)
 
 
+def step_rows(step: int, global_batch: int, accum: int, process_index: int, process_count: int) -> np.ndarray:
+    """Global example indices one host reads at ``step``, shaped [A, b_local] (module docstring)."""
+    mb = global_batch // accum
+    mb_local = mb // process_count
+    a = np.arange(accum)[:, None]
+    j = np.arange(mb_local)[None, :]
+    return step * global_batch + a * mb + process_index * mb_local + j
+
+
+def check_divisible(global_batch: int, accum: int, process_count: int) -> None:
+    if global_batch % (accum * process_count):
+        raise ValueError(
+            f"batch_size={global_batch} must divide into {accum} accumulation steps x "
+            f"{process_count} hosts; choose a multiple of {accum * process_count}"
+        )
+
+
+class ExampleBatches:
+    """Batches of fixed-shape examples from a random-access source (a TFDS data source).
+
+    ``transform(example, index)`` may rewrite an example deterministically from its global index
+    (e.g. dynamic masking draws fresh masks each epoch from a seed derived from the index).
+    """
+
+    def __init__(self, source, global_batch: int, seed: int | None = 0, accum: int = 1,
+                 process_index: int = 0, process_count: int = 1, transform=None):
+        import grain
+
+        check_divisible(global_batch, accum, process_count)
+        if len(source) == 0:
+            raise ValueError("the dataset split is empty; use a larger corpus")
+        self.source, self.transform = source, transform
+        ds = grain.MapDataset.range(len(source))
+        if seed is not None:
+            ds = ds.shuffle(seed=seed)
+        self.order = ds.repeat()
+        self.global_batch, self.accum = global_batch, accum
+        self.process_index, self.process_count = process_index, process_count
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def example(self, i: int) -> dict:
+        ex = self.source[int(self.order[int(i)])]
+        return self.transform(ex, int(i)) if self.transform else ex
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        rows = step_rows(step, self.global_batch, self.accum, self.process_index, self.process_count)
+        exs = [self.example(i) for i in rows.reshape(-1)]
+        return {k: np.stack([np.asarray(e[k]) for e in exs]).reshape(rows.shape + np.shape(exs[0][k]))
+                for k in exs[0]}
+
+
 class LMBatches:
     """Batches for causal LM training: ``{"inputs", "targets"}`` int32 ``[A, b, T]``.
 
@@ -90,11 +143,7 @@ class LMBatches:
                  process_index: int = 0, process_count: int = 1):
         import grain
 
-        if global_batch % (accum * process_count):
-            raise ValueError(
-                f"batch_size={global_batch} must divide into {accum} accumulation steps x "
-                f"{process_count} hosts; choose a multiple of {accum * process_count}"
-            )
+        check_divisible(global_batch, accum, process_count)
         self.windows = Windows(tokens, seq_len)
         ds = grain.MapDataset.source(self.windows)
         if seed is not None:
@@ -109,11 +158,7 @@ class LMBatches:
 
     def rows(self, step: int) -> np.ndarray:
         """Global example indices this host reads at ``step``, shaped [A, b_local]."""
-        mb = self.global_batch // self.accum
-        mb_local = mb // self.process_count
-        a = np.arange(self.accum)[:, None]
-        j = np.arange(mb_local)[None, :]
-        return step * self.global_batch + a * mb + self.process_index * mb_local + j
+        return step_rows(step, self.global_batch, self.accum, self.process_index, self.process_count)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         rows = self.rows(step)
@@ -143,7 +188,10 @@ class LMData:
         return (np.zeros((1, self.seq_len), np.int32),)
 
     def train_spec(self):
-        return {"inputs": None, "targets": None}
+        return {"inputs": 2, "targets": 2}
+
+    def flops_per_example(self, model_config) -> float:
+        return model_config.flops_per_token(self.seq_len) * self.seq_len
 
     def train_batch(self, step: int):
         return self.train.batch(step)

@@ -150,6 +150,55 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
     return builder.as_data_source()
 
 
+def _examples_builder_class():
+    import tensorflow_datasets as tfds
+
+    class JaxformersExamples(tfds.core.GeneratorBasedBuilder):
+        """Fixed-shape training examples (BERT instances, T5 packed rows) as a TFDS dataset."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def __init__(self, *, generators, spec, **kwargs):
+            self._generators, self._spec = generators, spec
+            super().__init__(**kwargs)
+
+        def _info(self):
+            feats = {k: tfds.features.Tensor(shape=tuple(shape), dtype=dtype) for k, (shape, dtype) in self._spec.items()}
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict(feats),
+                description="Training examples built by a jaxformers objective.",
+            )
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in self._generators}
+
+        def _generate_examples(self, split):
+            for i, ex in enumerate(self._generators[split]()):
+                yield i, ex
+
+    return JaxformersExamples
+
+
+def prepare_examples(name: str, generators: dict, spec: dict, data_dir: str | None = None):
+    """Prepares (once per ``name``) fixed-shape examples as array_record; returns data sources.
+
+    Args:
+      name: a config name that fingerprints everything the examples depend on.
+      generators: split -> zero-argument callable yielding dicts of numpy arrays.
+      spec: feature -> (shape, numpy dtype).
+    """
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    builder = _examples_builder_class()(
+        generators=generators, spec=spec,
+        config=tfds.core.BuilderConfig(name=name, description=name),
+        data_dir=data_dir or default_data_dir(), file_format="array_record",
+    )
+    builder.download_and_prepare()
+    return builder.as_data_source()
+
+
 def catalog_source(name: str, data_dir: str | None = None, val_split: str = "validation"):
     """A TFDS catalog dataset as random-access data sources (prepared beforehand)."""
     import tensorflow_datasets as tfds

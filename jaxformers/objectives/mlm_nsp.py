@@ -420,3 +420,52 @@ def sentence_split(text: str) -> list[str]:
         start = m.end()
     sentences.append(text[start:].strip())
     return [s for s in sentences if s]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and metrics (jax): the objective protocol of jaxformers.objectives.causal_lm.
+
+class MLMNSP:
+    """Masked-LM cross-entropy on the gathered masked positions plus NSP cross-entropy.
+
+    As google-research/bert: the vocabulary projection runs only on the
+    ``max_predictions_per_seq`` gathered positions; the loss is the sum of the two means.
+    """
+
+    name = "mlm_nsp"
+
+    @staticmethod
+    def normalizers(batch):
+        import jax.numpy as jnp
+
+        return {"mlm": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),
+                "nsp": jnp.asarray(batch["next_sentence_labels"].size, jnp.float32)}
+
+    @staticmethod
+    def loss(params, apply_fn, batch, rng, deterministic, norms):
+        import jax
+        import jax.numpy as jnp
+
+        from jaxformers.objectives.causal_lm import token_cross_entropy
+
+        out = apply_fn({"params": params}, batch["input_ids"], token_type_ids=batch["segment_ids"],
+                       attention_mask=batch["input_mask"], masked_lm_positions=batch["masked_lm_positions"],
+                       deterministic=deterministic, rngs={"dropout": rng})
+        w = batch["masked_lm_weights"].astype(jnp.float32)
+        mlm_nll, mlm_correct = token_cross_entropy(out.mlm_logits, batch["masked_lm_ids"], w)
+        nsp = out.nsp_logits.astype(jnp.float32)
+        labels = batch["next_sentence_labels"]
+        nsp_nll = jnp.sum(jax.nn.logsumexp(nsp, -1) - jnp.take_along_axis(nsp, labels[:, None], -1)[:, 0])
+        nsp_correct = jnp.sum((jnp.argmax(nsp, -1) == labels).astype(jnp.float32))
+        sums = {"mlm_loss": mlm_nll, "mlm_correct": mlm_correct, "mlm_weight": jnp.sum(w),
+                "nsp_loss": nsp_nll, "nsp_correct": nsp_correct, "nsp_count": jnp.float32(labels.size)}
+        return mlm_nll / norms["mlm"] + nsp_nll / norms["nsp"], sums
+
+    @staticmethod
+    def finalize(s):
+        import jax.numpy as jnp
+
+        mlm_w = jnp.maximum(s["mlm_weight"], 1.0)
+        mlm, nsp = s["mlm_loss"] / mlm_w, s["nsp_loss"] / s["nsp_count"]
+        return {"loss": mlm + nsp, "mlm_loss": mlm, "mlm_accuracy": s["mlm_correct"] / mlm_w,
+                "nsp_loss": nsp, "nsp_accuracy": s["nsp_correct"] / s["nsp_count"]}

@@ -343,3 +343,68 @@ def corrupt_and_pack(token_lists: Iterable[Sequence[int]], vocab_size: int,
                                              eos_id=eos_id))
             chunk_index += 1
     return pack_examples(examples, inputs_length, targets_length, pad_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and metrics (jax): the objective protocol of jaxformers.objectives.causal_lm.
+
+class SpanCorruption:
+    """Sequence-to-sequence cross-entropy over the non-padding targets of packed rows.
+
+    Attributes:
+      z_loss: weight of ``log(Z)^2`` per target token (t5x uses 1e-4); keeps logits from drifting.
+      label_smoothing: t5x-style; the constant entropy of the smoothed targets is subtracted so a
+        perfect model still scores 0.
+    """
+
+    name = "span_corruption"
+
+    def __init__(self, z_loss: float = 0.0, label_smoothing: float = 0.0):
+        self.z_loss, self.label_smoothing = float(z_loss), float(label_smoothing)
+
+    def __eq__(self, other):  # part of the jitted step's static structure
+        return isinstance(other, SpanCorruption) and (self.z_loss, self.label_smoothing) == (other.z_loss, other.label_smoothing)
+
+    def __hash__(self):
+        return hash((SpanCorruption, self.z_loss, self.label_smoothing))
+
+    @staticmethod
+    def normalizers(batch):
+        import jax.numpy as jnp
+
+        return {"tokens": jnp.maximum(jnp.sum(batch["decoder_loss_weights"]), 1.0)}
+
+    def loss(self, params, apply_fn, batch, rng, deterministic, norms):
+        import jax
+        import jax.numpy as jnp
+
+        logits = apply_fn(
+            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+            encoder_segment_ids=batch["encoder_segment_ids"], decoder_segment_ids=batch["decoder_segment_ids"],
+            deterministic=deterministic, rngs={"dropout": rng},
+        ).astype(jnp.float32)
+        targets, w = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
+        V = logits.shape[-1]
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        logp_target = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0] - logz
+        nll = -logp_target
+        if self.label_smoothing > 0:
+            conf, low = 1.0 - self.label_smoothing, self.label_smoothing / (V - 1)
+            mean_logp = jnp.mean(logits, axis=-1) - logz
+            smoothed = -(conf - low) * logp_target - low * V * mean_logp
+            const = -(conf * jnp.log(conf) + (V - 1) * low * jnp.log(low + 1e-20))
+            train_nll = smoothed - const
+        else:
+            train_nll = nll
+        loss_tokens = train_nll + self.z_loss * jnp.square(logz)
+        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        sums = {"loss": jnp.sum(nll * w), "correct": jnp.sum(correct * w), "tokens": jnp.sum(w),
+                "z_loss": jnp.sum(jnp.square(logz) * w)}
+        return jnp.sum(loss_tokens * w) / norms["tokens"], sums
+
+    @staticmethod
+    def finalize(s):
+        import jax.numpy as jnp
+
+        n = jnp.maximum(s["tokens"], 1.0)
+        return {"loss": s["loss"] / n, "accuracy": s["correct"] / n, "log_z_sq": s["z_loss"] / n}

@@ -1,0 +1,234 @@
+"""Fixed training and decoding workloads: tokens/s, MFU, compile time, peak memory, JSON output.
+
+    python benchmarks/run.py --model gpt2 --what train --json [--peer torch] [--size cpu|gpu]
+    python benchmarks/run.py --model gpt2 --what decode --json --peer torch
+
+Workloads (the yardstick; random weights, dropout 0, AdamW at a constant lr 1e-4 with weight decay
+0.01 on matrices only, no clipping; decodes produce exactly the asked number of tokens):
+  cpu: gpt2-train 124M 4 x 256 f32 | bert-train base 8 x 128 (20 masked) f32 |
+       t5-train small 8 x 128 -> 32 f32 | gpt2-decode 124M prompt 32 + 128 greedy, batch 1 and 8 |
+       t5-decode small 128 -> 64 greedy, batch 1 and 8
+  gpu: gpt2-train 124M 16 x 1024 bf16 | bert-train base 64 x 512 bf16 | t5-train base 64 x 512 -> 114 bf16
+
+Timing: median of ``--steps`` (>= 10) steps after two warm-up steps; compile time separately.
+MFU = model FLOPs per step / (step time x peak), model FLOPs as perf.py defines them; the peak is
+the device table's (dense bf16) on accelerators, and on a CPU the f32 (or bf16) 2048^3 matmul peak
+measured in the same run. ``--peer torch`` runs transformers' PyTorch model on the same workload in
+the same process and reports the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+WORKLOADS = {
+    ("gpt2", "cpu"): dict(batch=4, seq=256, dtype="float32"),
+    ("gpt2", "gpu"): dict(batch=16, seq=1024, dtype="bfloat16"),
+    ("bert", "cpu"): dict(batch=8, seq=128, predictions=20, dtype="float32"),
+    ("bert", "gpu"): dict(batch=64, seq=512, predictions=76, dtype="bfloat16"),
+    ("t5", "cpu"): dict(batch=8, seq=128, targets=32, dtype="float32"),
+    ("t5", "gpu"): dict(batch=64, seq=512, targets=114, dtype="bfloat16"),
+}
+
+
+def timed(fn, steps: int, warmup: int = 2):
+    """(compile+first seconds, median seconds per call over ``steps`` calls)."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    for _ in range(warmup - 1):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times), times
+
+
+def peak_memory_bytes() -> int | None:
+    try:
+        stats = jax.devices()[0].memory_stats()
+        return int(stats.get("peak_bytes_in_use")) if stats else None
+    except Exception:
+        return None
+
+
+def build(model_name: str, size: str, w: dict):
+    """(model, batch dict, objective, flops per step, tokens per step)."""
+    rng = np.random.default_rng(0)
+    B = w["batch"]
+    dt = dict(dtype=w["dtype"], param_dtype="float32")
+    gpu = jax.devices()[0].platform == "gpu"
+    impl = "cudnn" if gpu else "xla"
+    if model_name == "gpt2":
+        from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
+        from jaxformers.objectives.causal_lm import CausalLM
+
+        c = GPT2Config.preset("124m", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attention_impl=impl,
+                              scan_layers=size == "gpu", **dt)
+        T = w["seq"]
+        ids = rng.integers(0, c.vocab_size, (1, B, T + 1), dtype=np.int32)
+        batch = {"inputs": ids[..., :-1], "targets": ids[..., 1:]}
+        return GPT2LMHeadModel(c), batch, CausalLM(), c.flops_per_token(T) * B * T, B * T
+    raise ValueError(f"benchmark for {model_name} arrives with its model")
+
+
+def jax_train(model_name: str, size: str, steps: int) -> dict:
+    from jaxformers import perf
+    from jaxformers.train import TrainState, decay_mask, train_step
+
+    w = WORKLOADS[(model_name, size)]
+    model, batch, objective, flops, tokens = build(model_name, size, w)
+    tx = optax.adamw(1e-4, weight_decay=0.01, mask=decay_mask)
+
+    def init(r):
+        dummy = jnp.zeros((1,) + batch[next(iter(batch))].shape[2:], jnp.int32)
+        params = model.init(r, dummy)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          apply_fn=model.apply, tx=tx, objective=objective, schedule=lambda s: 1e-4)
+
+    import flax.linen as nn
+
+    state = jax.jit(lambda r: nn.meta.unbox(init(r)))(jax.random.PRNGKey(0))
+    batch = jax.tree.map(jnp.asarray, batch)
+    step = jax.jit(train_step, donate_argnums=0)
+    rng = jax.random.PRNGKey(1)
+    box = {"s": state}
+
+    def run():
+        box["s"], m = step(box["s"], batch, rng)
+        return m["loss"]
+
+    first, med, times = timed(run, steps)
+    peak, src = perf.peak_tflops(0.0, w["dtype"])
+    n_dev = 1
+    return {
+        "framework": "jaxformers", "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+        "workload": f"{model_name}-train", "size": size, **w,
+        "step_seconds_median": med, "compile_seconds": first - med,
+        "tokens_per_second": tokens / med, "flops_per_step": flops,
+        "peak_tflops": peak, "peak_source": src, "mfu": perf.mfu(flops, med, peak, n_dev),
+        "peak_memory_bytes": peak_memory_bytes(), "loss_last": float(run()),
+    }
+
+
+def torch_train(model_name: str, size: str, steps: int) -> dict:
+    import torch
+    import transformers
+
+    w = WORKLOADS[(model_name, size)]
+    torch.manual_seed(0)
+    B, T = w["batch"], w["seq"]
+    if model_name != "gpt2":
+        raise ValueError(f"torch peer for {model_name} arrives with its model")
+    cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(cfg).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "ln" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "ln" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+    ids = torch.randint(0, cfg.vocab_size, (B, T + 1))
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        out = model(ids[:, :-1], labels=None)
+        loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, cfg.vocab_size).float(), ids[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss
+
+    run()
+    run()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"framework": "transformers-pytorch", "torch": torch.__version__, "workload": f"{model_name}-train",
+            "step_seconds_median": med, "tokens_per_second": B * T / med}
+
+
+def jax_decode(model_name: str, steps: int, batch: int) -> dict:
+    from jaxformers import decoding
+    from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+    if model_name != "gpt2":
+        raise ValueError(f"decode benchmark for {model_name} arrives with its model")
+    c = GPT2Config.preset("124m", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(c)
+    params = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"])(jax.random.PRNGKey(0))
+    import flax.linen as nn
+
+    params = nn.meta.unbox(params)
+    ids = np.random.default_rng(0).integers(0, c.vocab_size, (batch, 32))
+    first, med, _ = timed(lambda: decoding.generate(model, params, ids, max_new_tokens=128), max(3, steps // 3), warmup=1)
+    return {"framework": "jaxformers", "workload": "gpt2-decode", "batch": batch, "prompt": 32, "new_tokens": 128,
+            "seconds_median": med, "compile_seconds": first - med, "new_tokens_per_second": batch * 128 / med}
+
+
+def torch_decode(model_name: str, steps: int, batch: int) -> dict:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (batch, 32))
+    kw = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=0, use_cache=True)
+    with torch.no_grad():
+        model.generate(ids, **kw)
+        times = []
+        for _ in range(max(3, steps // 3)):
+            t = time.perf_counter()
+            model.generate(ids, **kw)
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"framework": "transformers-pytorch", "workload": "gpt2-decode", "batch": batch,
+            "seconds_median": med, "new_tokens_per_second": batch * 128 / med}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["gpt2", "bert", "t5"], required=True)
+    p.add_argument("--what", choices=["train", "decode"], required=True)
+    p.add_argument("--size", choices=["cpu", "gpu"], default=None, help="default: gpu on a GPU, else cpu")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--peer", choices=["torch"], default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    a = p.parse_args()
+    size = a.size or ("gpu" if jax.devices()[0].platform == "gpu" else "cpu")
+    steps = max(a.steps, 10) if a.what == "train" else a.steps
+    results = []
+    if a.what == "train":
+        results.append(jax_train(a.model, size, steps))
+        if a.peer == "torch":
+            peer = torch_train(a.model, size, steps)
+            peer["ratio_jaxformers_over_peer"] = results[0]["tokens_per_second"] / peer["tokens_per_second"]
+            results.append(peer)
+    else:
+        for b in (1, 8):
+            r = jax_decode(a.model, steps, b)
+            results.append(r)
+            if a.peer == "torch":
+                peer = torch_decode(a.model, steps, b)
+                peer["ratio_jaxformers_over_peer"] = r["new_tokens_per_second"] / peer["new_tokens_per_second"]
+                results.append(peer)
+    out = {"model": a.model, "what": a.what, "size": size, "results": results}
+    print(json.dumps(out, indent=None if a.json else 2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from jaxformers.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""``jaxformers train|sample|plot`` (also ``python -m jaxformers``).
+
+    jaxformers train EXPERIMENT.py --workdir DIR [--variant tiny] [--set a.b=value ...]
+    jaxformers sample --workdir DIR --prompt TEXT [--method greedy|sample] [--temperature ...]
+    jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
+
+Running ``train`` again with the same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+
+def load_experiment(path: str, variant: str = "default", settings: list[str] | None = None):
+    """Imports an experiment file and returns its ``get_config(variant)`` with overrides applied."""
+    from jaxformers.config import apply_overrides
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"experiment file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"jaxformers_experiment_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config(); an experiment file must define one")
+    return apply_overrides(module.get_config(variant), settings)
+
+
+def _train(args) -> int:
+    from jaxformers import train
+
+    exp = load_experiment(args.experiment, args.variant, args.set)
+    t = time.time()
+    trainer = train.Trainer(exp, args.workdir)
+    d = trainer.data
+    print(f"{exp.name}: {sum(x.size for x in _leaves(trainer.abstract_state.params)) / 1e6:.2f}M params, "
+          f"{d.num_train_tokens:,} train / {d.num_val_tokens:,} validation tokens, "
+          f"mesh {dict(trainer.mesh.shape)}", flush=True)
+    result = trainer.run()
+    if result.preempted:
+        return 0
+    ev = result.eval_metrics
+    print(f"done: step {result.final_step}, {result.wall_seconds:.0f} s in all (setup included: {time.time() - t:.0f} s), "
+          f"{result.tokens_per_second:,.0f} tokens/s, MFU {result.mfu:.1%}, compile {result.compile_seconds:.1f} s",
+          flush=True)
+    if ev:
+        print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()), flush=True)
+    if result.final_step == exp.steps and jax_process_index() == 0:
+        from jaxformers import plot
+
+        print(f"loss plot: {plot.plot_workdir(args.workdir)}")
+        if exp.objective == "causal_lm" and exp.sample.max_new_tokens > 0:
+            for prompt in exp.sample.prompts:
+                text = sample_text(args.workdir, prompt, exp.sample.max_new_tokens, "sample",
+                                   exp.sample.temperature, exp.sample.top_k, None, seed=0)
+                print(f"\n--- sample ({prompt!r}) ---\n{text}")
+    return 0
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def load_for_inference(workdir: str):
+    """(model, params, tokenizer) from a finished training workdir."""
+    from jaxformers import checkpoint, hf
+    from jaxformers.data.tokenizers import BPETokenizer
+
+    meta_path = os.path.join(workdir, "model.json")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{meta_path} is missing: no finished training run in {workdir}")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    fam = hf.family_module(meta["family"])
+    config_cls = next(getattr(fam, n) for n in dir(fam) if n.endswith("Config") and n.lower().startswith(meta["family"]))
+    config = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    model = fam.model_from_config(config)
+    params = checkpoint.load_params(os.path.join(workdir, "params"))
+    return model, params, BPETokenizer.load(os.path.join(workdir, "tokenizer"))
+
+
+def sample_text(workdir, prompt, max_new_tokens, method, temperature, top_k, top_p, seed=0) -> str:
+    import jax
+    import numpy as np
+
+    from jaxformers import decoding
+
+    model, params, tok = load_for_inference(workdir)
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt is empty; give some text with --prompt")
+    room = model.config.n_positions - len(ids)
+    if room < 1:
+        raise ValueError(f"the prompt has {len(ids)} tokens, the model only {model.config.n_positions} positions")
+    out = decoding.generate(model, params, np.asarray([ids]), max_new_tokens=min(max_new_tokens, room),
+                            method=method, temperature=temperature, top_k=top_k or None, top_p=top_p,
+                            rng=jax.random.PRNGKey(seed))
+    return tok.decode(np.asarray(out[0]).tolist())
+
+
+def _sample(args) -> int:
+    text = sample_text(args.workdir, args.prompt, args.max_new_tokens, args.method, args.temperature,
+                       args.top_k, args.top_p, args.seed)
+    print(text)
+    return 0
+
+
+def _plot(args) -> int:
+    from jaxformers import plot
+
+    print(plot.plot_workdir(args.workdir, args.out))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxformers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an experiment (resumes from the workdir's checkpoints)")
+    t.add_argument("experiment", help="path to an experiments/*.py file")
+    t.add_argument("--workdir", required=True)
+    t.add_argument("--variant", default="default", help="the experiment's variant, e.g. tiny")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=1e-3")
+    t.set_defaults(fn=_train)
+    s = sub.add_parser("sample", help="generate text from a trained workdir")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--method", default="sample", choices=["greedy", "sample"])
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=40)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_sample)
+    pl = sub.add_parser("plot", help="plot the loss curves of a workdir as PNG")
+    pl.add_argument("--workdir", required=True)
+    pl.add_argument("--out", default=None)
+    pl.set_defaults(fn=_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet_logs()
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
+        print(f"jaxformers: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _quiet_logs() -> None:
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS/orbax info lines drown the progress bar
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_experiment_file(path: str) -> None:
+    """``python experiments/x.py --workdir DIR [--variant V] [--set k=v]``: the same as ``jaxformers train``."""
+    sys.exit(main(["train", path, *sys.argv[1:]]))

@@ -1,0 +1,17 @@
+"""Tests run on CPU with 8 fake devices, so meshes like (2, 2, 2) are real shardings."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir shared by the session's tests (the embedded corpus is prepared once)."""
+    d = tmp_path_factory.mktemp("tfds")
+    os.environ["JAXFORMERS_DATA_DIR"] = str(d)
+    return str(d)
