@@ -1,7 +1,8 @@
-"""``jaxformers train|sample|plot`` (also ``python -m jaxformers``).
+"""``jaxformers train|sample|fill-mask|plot`` (also ``python -m jaxformers``).
 
     jaxformers train EXPERIMENT.py --workdir DIR [--variant tiny] [--set a.b=value ...]
     jaxformers sample --workdir DIR --prompt TEXT [--method greedy|sample] [--temperature ...]
+    jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT; workdir or HF dir)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
 
 Running ``train`` again with the same workdir resumes from its latest checkpoint.
@@ -74,22 +75,79 @@ def jax_process_index() -> int:
     return jax.process_index()
 
 
-def load_for_inference(workdir: str):
-    """(model, params, tokenizer) from a finished training workdir."""
-    from jaxformers import checkpoint, hf
-    from jaxformers.data.tokenizers import BPETokenizer
+def load_tokenizer(family: str, directory: str):
+    """The tokenizer saved beside a model: BPE (GPT-2), WordPiece (BERT) or SentencePiece (T5)."""
+    if family == "gpt2":
+        from jaxformers.data.tokenizers import BPETokenizer
+        return BPETokenizer.load(directory)
+    if family == "bert":
+        from jaxformers.data.wordpiece import WordPieceTokenizer
+        lower = True
+        cfg = os.path.join(directory, "tokenizer_config.json")
+        if os.path.isfile(cfg):
+            with open(cfg) as f:
+                lower = json.load(f).get("do_lower_case", True)
+        path = os.path.join(directory, "vocab.txt")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no vocab.txt in {directory}: BERT needs its WordPiece vocabulary")
+        return WordPieceTokenizer.from_vocab_file(path, lowercase=lower)
+    from jaxformers.data.sentencepiece_vocab import SentencePieceVocab
+    return SentencePieceVocab(os.path.join(directory, "spiece.model"))
 
-    meta_path = os.path.join(workdir, "model.json")
+
+def load_for_inference(path: str):
+    """(model, params, tokenizer) from a finished training workdir or a Hugging Face-format dir."""
+    from jaxformers import checkpoint, hf
+
+    if os.path.isfile(os.path.join(path, "config.json")):
+        model, params = hf.from_pretrained(path)
+        return model, params, load_tokenizer(hf.family_of(model.config), path)
+    meta_path = os.path.join(path, "model.json")
     if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{meta_path} is missing: no finished training run in {workdir}")
+        raise FileNotFoundError(f"{path} is neither a finished training workdir (model.json) nor a "
+                                "Hugging Face model directory (config.json)")
     with open(meta_path) as f:
         meta = json.load(f)
     fam = hf.family_module(meta["family"])
     config_cls = next(getattr(fam, n) for n in dir(fam) if n.endswith("Config") and n.lower().startswith(meta["family"]))
     config = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
     model = fam.model_from_config(config)
-    params = checkpoint.load_params(os.path.join(workdir, "params"))
-    return model, params, BPETokenizer.load(os.path.join(workdir, "tokenizer"))
+    params = checkpoint.load_params(os.path.join(path, "params"))
+    return model, params, load_tokenizer(meta["family"], os.path.join(path, "tokenizer"))
+
+
+def fill_mask(model_dir: str, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each [MASK] in ``text``: the ``top_k`` (token, probability) pairs of a BERT MLM head."""
+    import jax
+    import numpy as np
+
+    if "[MASK]" not in text:
+        raise ValueError("the text has no [MASK] token; write e.g. --text 'the [MASK] of the play'")
+    model, params, tok = load_for_inference(model_dir)
+    if not hasattr(model, "config") or type(model).__name__ != "BertForPreTraining":
+        raise ValueError(f"{model_dir} holds a {type(model).__name__} without a masked-LM head; "
+                         "fill-mask needs BertForPreTraining weights")
+    ids = tok.encode(text, add_special_tokens=True)
+    limit = model.config.max_position_embeddings
+    if len(ids) > limit:
+        raise ValueError(f"the text is {len(ids)} tokens long, the model takes at most {limit}")
+    positions = [i for i, t in enumerate(ids) if t == tok.mask_id]
+    out = model.apply({"params": params}, np.asarray([ids]), attention_mask=np.ones((1, len(ids)), np.int32),
+                      masked_lm_positions=np.asarray([positions]))
+    probs = np.asarray(jax.nn.softmax(out.mlm_logits[0].astype("float32"), axis=-1))
+    result = []
+    for p in probs:
+        best = np.argsort(-p)[:top_k]
+        result.append([(tok.vocab[i], float(p[i])) for i in best])
+    return result
+
+
+def _fill_mask(args) -> int:
+    for n, cands in enumerate(fill_mask(args.model, args.text, args.top_k)):
+        print(f"[MASK] #{n + 1}:")
+        for token, p in cands:
+            print(f"  {token:<15} {p:.4f}")
+    return 0
 
 
 def sample_text(workdir, prompt, max_new_tokens, method, temperature, top_k, top_p, seed=0) -> str:
@@ -144,6 +202,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_sample)
+    fm = sub.add_parser("fill-mask", help="top-k tokens for each [MASK] with a BERT model")
+    fm.add_argument("--model", required=True, help="a training workdir or a Hugging Face-format directory")
+    fm.add_argument("--text", required=True)
+    fm.add_argument("--top-k", type=int, default=5)
+    fm.set_defaults(fn=_fill_mask)
     pl = sub.add_parser("plot", help="plot the loss curves of a workdir as PNG")
     pl.add_argument("--workdir", required=True)
     pl.add_argument("--out", default=None)

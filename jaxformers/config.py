@@ -48,6 +48,7 @@ class OptimConfig:
     eps: float = 1e-8
     clip_norm: float = 1.0  # 0 disables clipping
     grad_accum: int = 1  # microbatches per step
+    total_steps: int = 0  # length of the schedule; 0 = the experiment's steps (set it for multi-phase runs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,7 @@ class Experiment:
     eval_batches: int = 8
     log_every: int = 10
     seed: int = 0  # parameter init and dropout
+    init_from: str = ""  # fine-tuning: a Hugging Face dir or a training workdir whose params seed a fresh run
     z_loss: float = 0.0  # span_corruption: weight of log(Z)^2 (t5x: 1e-4)
     label_smoothing: float = 0.0  # span_corruption
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the table in perf.py (measured on CPU)

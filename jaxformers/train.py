@@ -134,7 +134,7 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 
 # ---------------------------------------------------------------------------------- families
 
-OBJECTIVES = ("causal_lm", "mlm_nsp", "span_corruption")
+OBJECTIVES = ("causal_lm", "mlm_nsp", "span_corruption", "classification")
 
 
 def objective_for(name: str, exp: Experiment | None = None):
@@ -147,6 +147,9 @@ def objective_for(name: str, exp: Experiment | None = None):
     if name == "span_corruption":
         from jaxformers.objectives.span_corruption import SpanCorruption
         return SpanCorruption(exp.z_loss if exp else 0.0, exp.label_smoothing if exp else 0.0)
+    if name == "classification":
+        from jaxformers.objectives.classification import Classification
+        return Classification()
     raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
 
 
@@ -162,6 +165,9 @@ def build_data(exp: Experiment, workdir: str):
     if exp.objective == "span_corruption":
         from jaxformers.data.span_corruption_data import SpanData
         return SpanData(exp, workdir, c.vocab_size)
+    if exp.objective == "classification":
+        from jaxformers.data.classification_data import ClassificationData
+        return ClassificationData(exp, workdir, c.vocab_size, c.max_position_embeddings)
     raise ValueError(f"unknown objective {exp.objective!r}; choose one of {OBJECTIVES}")
 
 
@@ -266,7 +272,7 @@ class Trainer:
         self.model = build_model(exp.model)
         self.objective = objective_for(exp.objective, exp)
         self.data = data if data is not None else build_data(exp, self.workdir)
-        self.schedule = make_schedule(exp.optim, exp.steps)
+        self.schedule = make_schedule(exp.optim, exp.optim.total_steps or exp.steps)
         self.tx = make_optimizer(exp.optim, self.schedule)
         self.rules = sharding.LOGICAL_RULES
         self._build_state_shardings()
@@ -302,12 +308,24 @@ class Trainer:
         abstract = checkpoint.abstract_like(self.abstract_state.arrays(), _arrays(self.state_shardings))
         found = ckpt.restore_latest_good(abstract) if ckpt.all_steps() else None
         if found is None:
-            return self.init_state(), 0
+            state = self.init_state()
+            if self.exp.init_from:
+                state = state.replace(params=self._pretrained_params(state.params))
+            return state, 0
         step, arrays, meta = found
         if meta.get("fingerprint") not in (None, self.fingerprint()):
             log.warning("the checkpoint was written by a different configuration; resuming anyway")
         state = self.abstract_state.replace(**arrays)
         return state, step
+
+    def _pretrained_params(self, params):
+        """``exp.init_from``'s params merged into freshly initialised ones (heads it lacks stay fresh)."""
+        from jaxformers.cli import load_for_inference
+
+        _, loaded, _ = load_for_inference(self.exp.init_from)
+        merged, fresh = merge_pretrained(jax.device_get(params), jax.device_get(loaded))
+        print(f"initialised from {self.exp.init_from}; freshly initialised: {', '.join(fresh) or 'nothing'}", flush=True)
+        return jax.device_put(merged, self.state_shardings.params)
 
     def fingerprint(self) -> str:
         from jaxformers.data.pipeline import fingerprint
@@ -435,6 +453,31 @@ class Trainer:
         if jax.process_index() == 0:
             with open(os.path.join(self.workdir, "model.json"), "w") as f:
                 json.dump({"family": hf.family_of(self.exp.model), "config": dataclasses.asdict(self.exp.model)}, f, indent=2)
+
+
+def merge_pretrained(target: dict, source: dict, prefix: str = "") -> tuple[dict, list[str]]:
+    """Takes every tensor of ``target`` that ``source`` has (same path and shape).
+
+    An encoder saved on its own (BertModel) fills the ``bert`` subtree of a model with a head.
+    Returns (merged params, paths left freshly initialised).
+    """
+    if not prefix and "bert" in target and "bert" not in source:
+        source = {"bert": source}
+    merged, fresh = {}, []
+    for k, v in target.items():
+        path = f"{prefix}{k}"
+        if k not in source:
+            merged[k] = v
+            fresh.append(path)
+        elif isinstance(v, dict):
+            merged[k], f = merge_pretrained(v, source[k], path + "/")
+            fresh += f
+        elif np.shape(source[k]) != np.shape(v):
+            raise ValueError(f"pretrained {path} has shape {np.shape(source[k])}, the model wants {np.shape(v)}; "
+                             "the model config must match the checkpoint's")
+        else:
+            merged[k] = np.asarray(source[k], np.asarray(v).dtype)
+    return merged, fresh
 
 
 def _arrays(state_tree) -> dict:

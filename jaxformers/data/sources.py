@@ -208,7 +208,7 @@ def catalog_source(name: str, data_dir: str | None = None, val_split: str = "val
     except Exception as e:
         raise RuntimeError(
             f"TFDS dataset {name!r} is not prepared in {data_dir or default_data_dir()} and could "
-            f"not be prepared here ({type(e).__name__}: {str(e)[:200]}). Preparing catalog datasets "
+            f"not be prepared here ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). Preparing catalog datasets "
             f"needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
             f"`tfds build {name} --file_format=array_record`, or point data.corpus at local files"
         ) from e
