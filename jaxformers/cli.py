@@ -33,6 +33,9 @@ def load_experiment(path: str, variant: str = "default", settings: list[str] | N
 
 
 def _train(args) -> int:
+    from jaxformers import launch
+
+    launch.initialize(args.coordinator, args.num_processes, args.process_id)
     from jaxformers import train
 
     exp = load_experiment(args.experiment, args.variant, args.set)
@@ -191,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", required=True)
     t.add_argument("--variant", default="default", help="the experiment's variant, e.g. tiny")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=1e-3")
+    t.add_argument("--coordinator", default=None, help="multi-host: HOST:PORT of process 0 (auto on TPU VMs, SLURM)")
+    t.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
+    t.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
     t.set_defaults(fn=_train)
     s = sub.add_parser("sample", help="generate text from a trained workdir")
     s.add_argument("--workdir", required=True)

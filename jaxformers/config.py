@@ -91,6 +91,7 @@ class Experiment:
     z_loss: float = 0.0  # span_corruption: weight of log(Z)^2 (t5x: 1e-4)
     label_smoothing: float = 0.0  # span_corruption
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the table in perf.py (measured on CPU)
+    nan_policy: str = "stop"  # a NaN/inf loss or gradient: "stop" (with the last good checkpoint) or "skip" the update
     progress: bool = True
 
 

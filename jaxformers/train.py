@@ -41,6 +41,7 @@ class TrainState(struct.PyTreeNode):
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     objective: Any = struct.field(pytree_node=False)
     schedule: Callable = struct.field(pytree_node=False)
+    skip_nonfinite: bool = struct.field(pytree_node=False, default=False)
 
     def arrays(self) -> dict:
         """What a checkpoint holds."""
@@ -121,7 +122,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = obj.finalize(sums)
-    metrics.update(grad_norm=optax.global_norm(grads), lr=state.schedule(state.step))
+    grad_norm = optax.global_norm(grads)
+    metrics.update(grad_norm=grad_norm, lr=state.schedule(state.step))
+    if state.skip_nonfinite:
+        # A NaN/inf loss or gradient leaves params and optimizer state as they were.
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -181,7 +189,8 @@ class WorkdirLock:
     """One run per workdir: an exclusive flock on ``workdir/.lock`` (released if the process dies)."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, ".lock")
+        # One lock file per process: the hosts of one multi-host run share the workdir.
+        self.path = os.path.join(workdir, ".lock" if jax.process_index() == 0 else f".lock.{jax.process_index()}")
 
     def __enter__(self):
         self.f = open(self.path, "w")
@@ -269,13 +278,26 @@ class Trainer:
                 f"batch_size={exp.batch_size} / grad_accum={exp.optim.grad_accum} must be a multiple of the "
                 f"{sharding.data_parallel_size(self.mesh)} data-parallel shards"
             )
+        if exp.nan_policy not in ("stop", "skip"):
+            raise ValueError(f"nan_policy={exp.nan_policy!r}; choose stop or skip")
         self.model = build_model(exp.model)
         self.objective = objective_for(exp.objective, exp)
-        self.data = data if data is not None else build_data(exp, self.workdir)
+        self.data = data if data is not None else self._build_data_in_turn()
         self.schedule = make_schedule(exp.optim, exp.optim.total_steps or exp.steps)
         self.tx = make_optimizer(exp.optim, self.schedule)
         self.rules = sharding.LOGICAL_RULES
         self._build_state_shardings()
+
+    def _build_data_in_turn(self):
+        """Process 0 prepares datasets, tokenizer and token files first; the others then read them."""
+        from jaxformers.launch import barrier
+
+        if jax.process_index() == 0:
+            data = build_data(self.exp, self.workdir)
+        barrier("jaxformers-data-prepared")
+        if jax.process_index() != 0:
+            data = build_data(self.exp, self.workdir)
+        return data
 
     def mesh_context(self):
         return _MeshRules(self.mesh, self.rules)
@@ -287,6 +309,7 @@ class Trainer:
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
             apply_fn=self.model.apply, tx=self.tx, objective=self.objective, schedule=self.schedule,
+            skip_nonfinite=self.exp.nan_policy == "skip",
         )
 
     def _build_state_shardings(self):
@@ -399,10 +422,10 @@ class Trainer:
                     t_window, window_steps = time.time(), 0
                 else:
                     window_steps += 1
-                # Fetch the previous step's metrics only now: the device never waits on the host.
+                # Look at the previous step's metrics only now: the device never waits on the host.
                 if pending is not None:
-                    self._log_step(*pending, writer, losses, bar)
-                pending = (step, metrics) if (step + 1) % exp.log_every == 0 or step + 1 == end else None
+                    self._after_step(*pending, writer, losses, bar, ckpt, end)
+                pending = (step, metrics)
                 if window_steps and (step + 1) % exp.log_every == 0:
                     jax.block_until_ready(metrics)
                     dt = (time.time() - t_window) / window_steps
@@ -415,11 +438,13 @@ class Trainer:
                     eval_metrics = self.evaluate(state, eval_fn)
                     writer.write(done, "eval", eval_metrics)
                 if done % exp.checkpoint.every == 0 or done == end or preempted.set:
+                    self._after_step(*pending, writer, losses, bar, ckpt, end)  # never save a non-finite state
+                    pending = None
                     ckpt.save(done, state.arrays(), {"step": done, "data_position": done, "fingerprint": self.fingerprint()})
                 if preempted.set:
                     break
             if pending is not None:
-                self._log_step(*pending, writer, losses, bar)
+                self._after_step(*pending, writer, losses, bar, ckpt, end)
         bar.close()
         final = int(jax.device_get(state.step))
         if preempted.set:
@@ -436,13 +461,20 @@ class Trainer:
         return RunResult(final - start, final, losses, eval_metrics, tps, mfu, compile_s,
                          time.time() - t_start, preempted.set)
 
-    def _log_step(self, step, metrics, writer, losses, bar):
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(m["loss"]):
+    def _after_step(self, step, metrics, writer, losses, bar, ckpt, end):
+        """Checks a finished step's loss (one scalar to the host) and logs it on log steps."""
+        loss = float(jax.device_get(metrics["loss"]))
+        if not math.isfinite(loss) and self.exp.nan_policy == "stop":
+            ckpt.wait()
+            good = ckpt.latest_step()
+            where = f"step {good} in {self.workdir}/checkpoints" if good else "none yet"
             raise FloatingPointError(
-                f"loss is {m['loss']} at step {step + 1}; the last good checkpoint is in {self.workdir}/checkpoints. "
-                "Lower optim.lr, raise optim.warmup_steps or keep optim.clip_norm > 0"
+                f"loss is {loss} at step {step + 1}; the last good checkpoint: {where}. Lower optim.lr, raise "
+                "optim.warmup_steps or keep optim.clip_norm > 0; --set nan_policy=skip skips such updates instead"
             )
+        if (step + 1) % self.exp.log_every and step + 1 != end:
+            return
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         losses[step + 1] = m["loss"]
         writer.write(step + 1, "train", m)
         bar.set_description(f"loss {m['loss']:.3f}", refresh=False)
