@@ -123,7 +123,9 @@ def save_pretrained(model: Any, params: Any, out_dir: str) -> None:
 
     config = model.config
     fam = family_module(family_of(config))
-    params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+    import flax.linen as nn
+
+    params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), nn.meta.unbox(params))
     hf_params = fam.params_to_hf(params, config)
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in hf_params.items()}

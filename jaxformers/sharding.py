@@ -89,6 +89,34 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules=LOGICAL_RULES) -> 
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def _path_keys(path) -> tuple:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def like_params(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for optimizer state: a leaf whose path ends with a parameter's path and whose
+    shape equals that parameter's is sharded like it (Adam's moments); anything else (counts,
+    Adafactor's factored row/column statistics) is replicated: small next to the parameters."""
+    table = {}
+    for (path, p), (_, sh) in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                  jax.tree_util.tree_flatten_with_path(param_shardings)[0]):
+        table[_path_keys(path)] = (tuple(p.shape), sh)
+
+    def pick(path, leaf):
+        keys = _path_keys(path)
+        for i in range(len(keys)):
+            hit = table.get(keys[i:])
+            if hit is not None and hit[0] == tuple(np.shape(leaf)):
+                return hit[1]
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
 def batch_sharding(mesh: Mesh, ndim: int, leading: int = 0) -> NamedSharding:
     """Batch dim sharded over (data, fsdp); ``leading`` unsharded dims before it (grad accumulation)."""
     return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - leading - 1))))

@@ -51,7 +51,10 @@ class TrainState(struct.PyTreeNode):
 # ---------------------------------------------------------------------------------- optimizer
 
 def make_schedule(o, total_steps: int) -> Callable:
+    """Linear warmup then the decay; "rsqrt" is T5's: constant lr for warmup, then lr*sqrt(warmup/step)."""
     warm = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
+    if o.schedule == "rsqrt":
+        warm = optax.constant_schedule(o.lr)
     rest = max(total_steps - o.warmup_steps, 1)
     if o.schedule == "cosine":
         decay = optax.cosine_decay_schedule(o.lr, rest, alpha=o.end_lr_ratio)
@@ -59,8 +62,8 @@ def make_schedule(o, total_steps: int) -> Callable:
         decay = optax.linear_schedule(o.lr, o.lr * o.end_lr_ratio, rest)
     elif o.schedule == "constant":
         decay = optax.constant_schedule(o.lr)
-    elif o.schedule == "rsqrt":  # T5: lr / sqrt(max(step, warmup)) shape, continuous at warmup
-        decay = lambda s: o.lr * jnp.sqrt(max(o.warmup_steps, 1) / (s + max(o.warmup_steps, 1)))
+    elif o.schedule == "rsqrt":  # s counts from the end of warmup
+        decay = lambda s: o.lr * jnp.sqrt(max(o.warmup_steps, 1) / (s + max(o.warmup_steps, 1)))  # noqa: E731
     else:
         raise ValueError(f"unknown schedule {o.schedule!r}; choose cosine, linear, constant or rsqrt")
     return optax.join_schedules([warm, decay], [o.warmup_steps])
@@ -303,9 +306,11 @@ class Trainer:
         return _MeshRules(self.mesh, self.rules)
 
     # -- state
+    def _init_params(self, rng):  # boxed: parameters carry their logical axis names
+        return self.model.init({"params": rng, "dropout": rng}, *self.data.dummy_inputs())["params"]
+
     def _init_fn(self, rng):
-        variables = self.model.init({"params": rng, "dropout": rng}, *self.data.dummy_inputs())
-        params = variables["params"]
+        params = nn.meta.unbox(self._init_params(rng))
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
             apply_fn=self.model.apply, tx=self.tx, objective=self.objective, schedule=self.schedule,
@@ -313,18 +318,21 @@ class Trainer:
         )
 
     def _build_state_shardings(self):
+        """Abstract-first: shapes and shardings of the whole state without allocating any of it."""
         rng = jax.random.PRNGKey(self.exp.seed)
         with self.mesh_context():
-            boxed = jax.eval_shape(self._init_fn, rng)
-            specs = nn.get_partition_spec(boxed)
-            self.state_shardings = sharding.logical_to_sharding(specs, self.mesh, self.rules)
-        # Unboxed outside the mesh context: there unboxing adds no sharding constraint.
-        self.abstract_state = nn.meta.unbox(boxed)
+            boxed = jax.eval_shape(self._init_params, rng)
+            param_sh = sharding.logical_to_sharding(nn.get_partition_spec(boxed), self.mesh, self.rules)
+            # Unboxed outside the jit trace: no sharding constraint is attached here.
+            self.abstract_state = jax.eval_shape(self._init_fn, rng)
+        opt_sh = sharding.like_params(self.abstract_state.opt_state, nn.meta.unbox(boxed), param_sh, self.mesh)
+        self.state_shardings = self.abstract_state.replace(
+            step=sharding.replicated(self.mesh), params=param_sh, opt_state=opt_sh)
 
     def init_state(self) -> TrainState:
         rng = jax.random.PRNGKey(self.exp.seed)
         with self.mesh_context():
-            init = jax.jit(lambda r: nn.meta.unbox(self._init_fn(r)), out_shardings=self.state_shardings)
+            init = jax.jit(self._init_fn, out_shardings=self.state_shardings)
             return init(rng)
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer) -> tuple[TrainState, int]:

@@ -211,6 +211,15 @@ def padding_mask(attention_mask: Array) -> Array:
     return attention_mask.astype(bool)[:, None, None, :]
 
 
+def segment_mask(q_segment_ids: Array, kv_segment_ids: Array) -> Array:
+    """Packed examples: [B, T], [B, S] segment ids (0 = padding) -> bool [B, 1, T, S].
+
+    A query sees only keys of its own example, so attention never crosses packed examples.
+    """
+    q, k = q_segment_ids[:, None, :, None], kv_segment_ids[:, None, None, :]
+    return (q == k) & (k > 0)
+
+
 def combine_masks(*masks: Array | None) -> Array | None:
     masks = [m for m in masks if m is not None]
     if not masks:
@@ -241,6 +250,8 @@ def dot_product_attention(
     GPU) when there is no attention dropout.
     """
     if impl != "xla" and (dropout_rate == 0.0 or dropout_rng is None):
+        if mask is not None:  # cuDNN wants the sequence dims of a mask spelled out
+            mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
         return jax.nn.dot_product_attention(
             q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
             implementation=None if impl == "auto" else impl,
