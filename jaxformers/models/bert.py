@@ -23,14 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.models import layers
-from jaxformers.models.gpt2 import REMAT_POLICIES, block_stack
+from jaxformers.models.layers import block_stack
 from jaxformers.models.layers import Array
 
 ARCHITECTURES = ("BertModel", "BertForPreTraining", "BertForSequenceClassification")
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(layers.ModelConfig):
     """Hyperparameters of a BERT model (field names as transformers' BertConfig).
 
     ``architecture`` is the head type, one of ``ARCHITECTURES``. The module classes set it on
@@ -57,13 +57,9 @@ class BertConfig:
     architecture: str | None = None
     num_labels: int = 2
     classifier_dropout: float | None = None
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    scan_layers: bool = False
-    remat: str = "none"
-    attention_impl: str = "xla"
 
     # The BERT miniatures' sizes (Turc et al. 2019) plus the paper's base and large.
+    FAMILY = "BERT"
     PRESETS = {
         "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2),
         "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4),
@@ -89,8 +85,7 @@ class BertConfig:
                 f"{self.num_attention_heads}; pick a head count dividing hidden_size"
             )
         layers.activation(self.hidden_act)
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+        self.check_run_fields()
         if self.architecture is not None and self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r}; choose one of {ARCHITECTURES}")
 

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.models import layers
-from jaxformers.models.layers import Array
+from jaxformers.models.layers import Array, block_stack
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(layers.ModelConfig):
     """Hyperparameters of a GPT-2 model (field names as transformers' GPT2Config).
 
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype; ``scan_layers`` runs the
@@ -43,12 +43,8 @@ class GPT2Config:
     initializer_range: float = 0.02
     bos_token_id: int = 50256
     eos_token_id: int = 50256
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    scan_layers: bool = False
-    remat: str = "none"
-    attention_impl: str = "xla"
 
+    FAMILY = "GPT-2"
     PRESETS = {
         "tiny": dict(n_positions=128, n_embd=64, n_layer=2, n_head=4, vocab_size=512),
         "124m": dict(n_embd=768, n_layer=12, n_head=12),
@@ -57,20 +53,13 @@ class GPT2Config:
         "1558m": dict(n_embd=1600, n_layer=48, n_head=25),
     }
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "GPT2Config":
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown GPT-2 preset {name!r}; choose one of {sorted(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
-
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_head dividing n_embd"
             )
         layers.activation(self.activation_function)
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+        self.check_run_fields()
 
     @property
     def d_ff(self) -> int:
@@ -82,43 +71,6 @@ class GPT2Config:
         D, L, F = self.n_embd, self.n_layer, self.d_ff
         matmul_params = L * (4 * D * D + 2 * D * F) + D * self.vocab_size
         return 6.0 * matmul_params + 12.0 * L * seq_len * D
-
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.checkpoint_dots,
-    "save_dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
-
-def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
-    """Wraps a block class with remat and scan; returns a function ``(x, *args) -> x``.
-
-    The block's ``__call__(x, *args)`` must return ``(x, None)`` so that it can be scanned.
-    Scanned params carry the logical axis "layers" on their new leading dimension.
-    """
-    cls = block_cls
-    if remat != "none":
-        cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
-
-    def run(parent_kwargs, x, *args):
-        if scan:
-            scanned = nn.scan(
-                cls,
-                variable_axes={"params": 0, "cache": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,) * len(args),
-                length=n_layer,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = scanned(**parent_kwargs, name=name)(x, *args)
-            return x
-        for i in range(n_layer):
-            x, _ = cls(**parent_kwargs, name=f"{name}_{i}")(x, *args)
-        return x
-
-    return run
 
 
 class GPT2Block(nn.Module):

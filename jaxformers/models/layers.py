@@ -14,8 +14,9 @@ names a device axis.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -374,3 +375,79 @@ class Attention(nn.Module):
         if mask is not None and mask.shape[-1] != S:
             raise ValueError(f"decode mask must cover the whole cache ({S} keys), got {mask.shape}")
         return cached_k.value, cached_v.value, combine_masks(visible, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# What every model config shares: how to run it (not what it computes), and named presets.
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,
+    "save_dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Run fields of a model config, shared by GPT2Config, BertConfig and T5Config.
+
+    ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype; ``scan_layers`` runs the
+    blocks under ``nn.scan`` (compile time flat in depth, params stacked on a "layers" axis);
+    ``remat`` is one of ``REMAT_POLICIES``; ``attention_impl`` one of ``ATTENTION_IMPLS``.
+    """
+
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
+    attention_impl: str = "xla"
+
+    PRESETS: ClassVar[dict] = {}
+    FAMILY: ClassVar[str] = "model"  # for messages: "GPT-2", "BERT", "T5"
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any):
+        """A named size (``cls.PRESETS``) with field overrides."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown {cls.FAMILY} preset {name!r}; choose one of {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def check_run_fields(self) -> None:
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}")
+        for f in ("dtype", "param_dtype"):
+            if getattr(self, f) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"{f}={getattr(self, f)!r}; choose float32, bfloat16 or float16")
+
+
+def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
+    """Wraps a block class with remat and scan; returns a function ``(x, *args) -> x``.
+
+    The block's ``__call__(x, *args)`` must return ``(x, None)`` so that it can be scanned.
+    Scanned params carry the logical axis "layers" on their new leading dimension.
+    """
+    cls = block_cls
+    if remat != "none":
+        cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+
+    def run(parent_kwargs, x, *args):
+        if scan:
+            scanned = nn.scan(
+                cls,
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * len(args),
+                length=n_layer,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(**parent_kwargs, name=name)(x, *args)
+            return x
+        for i in range(n_layer):
+            x, _ = cls(**parent_kwargs, name=f"{name}_{i}")(x, *args)
+        return x
+
+    return run

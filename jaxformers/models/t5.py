@@ -21,10 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.models import layers
-from jaxformers.models.gpt2 import REMAT_POLICIES, block_stack
+from jaxformers.models.layers import block_stack
 from jaxformers.models.layers import Array
 
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
 
 
 def parse_feed_forward_proj(proj: str) -> tuple[str, bool]:
@@ -48,7 +47,7 @@ _V11 = dict(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embedding
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(layers.ModelConfig):
     """Hyperparameters of a T5 model (field names as transformers' T5Config).
 
     ``tie_word_embeddings``: the head reuses the shared embedding (else a separate ``lm_head``).
@@ -78,12 +77,8 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    scan_layers: bool = False
-    remat: str = "none"
-    attention_impl: str = "xla"
 
+    FAMILY = "T5"
     PRESETS = {
         "tiny": dict(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, n_positions=128),
         "t5-small": dict(_V10, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
@@ -94,12 +89,6 @@ class T5Config:
         "t5.1.1-large": dict(_V11, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16),
     }
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "T5Config":
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown T5 preset {name!r}; choose one of {sorted(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
-
     def __post_init__(self):
         if self.num_decoder_layers is None:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
@@ -108,10 +97,7 @@ class T5Config:
             if getattr(self, f) < 1:
                 raise ValueError(f"{f}={getattr(self, f)} must be at least 1")
         layers.activation(parse_feed_forward_proj(self.feed_forward_proj)[0])
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}")
+        self.check_run_fields()
 
     @property
     def dense_act_fn(self) -> str:
