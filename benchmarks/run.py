@@ -83,7 +83,36 @@ def build(model_name: str, size: str, w: dict):
         ids = rng.integers(0, c.vocab_size, (1, B, T + 1), dtype=np.int32)
         batch = {"inputs": ids[..., :-1], "targets": ids[..., 1:]}
         return GPT2LMHeadModel(c), batch, CausalLM(), c.flops_per_token(T) * B * T, B * T
-    raise ValueError(f"benchmark for {model_name} arrives with its model")
+    if model_name == "bert":
+        from jaxformers.models.bert import BertConfig, BertForPreTraining
+        from jaxformers.objectives.mlm_nsp import MLMNSP
+
+        c = BertConfig.preset("base", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                              attention_impl=impl, scan_layers=size == "gpu", **dt)
+        T, P = w["seq"], w["predictions"]
+        pos = np.sort(np.stack([rng.choice(np.arange(1, T - 1), P, replace=False) for _ in range(B)]), -1)
+        batch = {"input_ids": rng.integers(0, c.vocab_size, (1, B, T), dtype=np.int32),
+                 "input_mask": np.ones((1, B, T), np.int32), "segment_ids": np.zeros((1, B, T), np.int32),
+                 "masked_lm_positions": pos[None].astype(np.int32),
+                 "masked_lm_ids": rng.integers(0, c.vocab_size, (1, B, P), dtype=np.int32),
+                 "masked_lm_weights": np.ones((1, B, P), np.float32),
+                 "next_sentence_labels": rng.integers(0, 2, (1, B), dtype=np.int32)}
+        return BertForPreTraining(c), batch, MLMNSP(), c.flops_per_token(T, P) * B * T, B * T
+    if model_name == "t5":
+        from jaxformers.models.t5 import T5Config, T5ForConditionalGeneration
+        from jaxformers.objectives.span_corruption import SpanCorruption
+
+        c = T5Config.preset("t5-small" if size == "cpu" else "t5-base", dropout_rate=0.0, attention_impl=impl,
+                            scan_layers=size == "gpu", **dt)
+        T, S = w["seq"], w["targets"]
+        tgt = rng.integers(2, c.vocab_size, (1, B, S), dtype=np.int32)
+        batch = {"encoder_input_tokens": rng.integers(2, c.vocab_size, (1, B, T), dtype=np.int32),
+                 "encoder_segment_ids": np.ones((1, B, T), np.int32),
+                 "decoder_input_tokens": np.concatenate([np.zeros((1, B, 1), np.int32), tgt[..., :-1]], -1),
+                 "decoder_target_tokens": tgt, "decoder_segment_ids": np.ones((1, B, S), np.int32),
+                 "decoder_loss_weights": np.ones((1, B, S), np.float32)}
+        return T5ForConditionalGeneration(c), batch, SpanCorruption(), c.flops_per_example(T, S) * B, B * (T + S)
+    raise ValueError(f"unknown model {model_name!r}")
 
 
 def jax_train(model_name: str, size: str, steps: int) -> dict:
@@ -95,8 +124,11 @@ def jax_train(model_name: str, size: str, steps: int) -> dict:
     tx = optax.adamw(1e-4, weight_decay=0.01, mask=decay_mask)
 
     def init(r):
-        dummy = jnp.zeros((1,) + batch[next(iter(batch))].shape[2:], jnp.int32)
-        params = model.init(r, dummy)["params"]
+        first = batch[next(iter(batch))]
+        dummies = [jnp.zeros((1,) + first.shape[2:], jnp.int32)]
+        if model_name == "t5":
+            dummies.append(jnp.zeros((1,) + batch["decoder_input_tokens"].shape[2:], jnp.int32))
+        params = model.init(r, *dummies)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           apply_fn=model.apply, tx=tx, objective=objective, schedule=lambda s: 1e-4)
 
@@ -132,19 +164,46 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
     w = WORKLOADS[(model_name, size)]
     torch.manual_seed(0)
     B, T = w["batch"], w["seq"]
-    if model_name != "gpt2":
-        raise ValueError(f"torch peer for {model_name} arrives with its model")
-    cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = transformers.GPT2LMHeadModel(cfg).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "ln" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "ln" not in n)]
+    ce = torch.nn.functional.cross_entropy
+    if model_name == "gpt2":
+        cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = transformers.GPT2LMHeadModel(cfg)
+        ids = torch.randint(0, cfg.vocab_size, (B, T + 1))
+
+        def loss_fn():
+            out = model(ids[:, :-1])
+            return ce(out.logits.reshape(-1, cfg.vocab_size).float(), ids[:, 1:].reshape(-1))
+    elif model_name == "bert":
+        cfg = transformers.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        model = transformers.BertForPreTraining(cfg)
+        P = w["predictions"]
+        ids = torch.randint(0, cfg.vocab_size, (B, T))
+        labels = torch.full((B, T), -100)
+        for b in range(B):  # the reference model scores masked positions only through its labels
+            labels[b, torch.randperm(T - 2)[:P] + 1] = torch.randint(0, cfg.vocab_size, (P,))
+        nsp = torch.randint(0, 2, (B,))
+
+        def loss_fn():
+            return model(ids, labels=labels, next_sentence_label=nsp).loss
+    else:
+        S = w["targets"]
+        cfg = transformers.T5Config(dropout_rate=0.0, d_model=512, d_ff=2048, num_layers=6, num_heads=8,
+                                    feed_forward_proj="relu", tie_word_embeddings=True)
+        model = transformers.T5ForConditionalGeneration(cfg)
+        ids = torch.randint(2, cfg.vocab_size, (B, T))
+        tgt = torch.randint(2, cfg.vocab_size, (B, S))
+
+        def loss_fn():
+            return model(input_ids=ids, labels=tgt).loss
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower() and "ln" not in n]
+    ids_ = {id(p) for p in decay}
+    no_decay = [p for p in model.parameters() if id(p) not in ids_]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
-    ids = torch.randint(0, cfg.vocab_size, (B, T + 1))
 
     def run():
         opt.zero_grad(set_to_none=True)
-        out = model(ids[:, :-1], labels=None)
-        loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, cfg.vocab_size).float(), ids[:, 1:].reshape(-1))
+        loss = loss_fn()
         loss.backward()
         opt.step()
         return loss
@@ -157,8 +216,9 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
         run()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
+    tokens = B * (T + w.get("targets", 0)) if model_name == "t5" else B * T
     return {"framework": "transformers-pytorch", "torch": torch.__version__, "workload": f"{model_name}-train",
-            "step_seconds_median": med, "tokens_per_second": B * T / med}
+            "step_seconds_median": med, "tokens_per_second": tokens / med}
 
 
 def jax_decode(model_name: str, steps: int, batch: int) -> dict:

@@ -1,8 +1,9 @@
-"""``jaxformers train|sample|fill-mask|plot`` (also ``python -m jaxformers``).
+"""``jaxformers train|sample|fill-mask|convert|plot`` (also ``python -m jaxformers``).
 
     jaxformers train EXPERIMENT.py --workdir DIR [--variant tiny] [--set a.b=value ...]
     jaxformers sample --workdir DIR --prompt TEXT [--method greedy|sample] [--temperature ...]
     jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT; workdir or HF dir)
+    jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
 
 Running ``train`` again with the same workdir resumes from its latest checkpoint.
@@ -179,6 +180,37 @@ def _sample(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    """Hugging Face dir <-> jaxformers export (workdir with model.json + orbax params + tokenizer)."""
+    import dataclasses
+    import shutil
+
+    from jaxformers import checkpoint, hf
+
+    if bool(args.from_hf) == bool(args.to_hf):
+        raise ValueError("give exactly one of --from-hf DIR (import) or --to-hf DIR (export)")
+    if args.from_hf:
+        model, params = hf.from_pretrained(args.from_hf)
+        checkpoint.export_params(params, os.path.join(args.workdir, "params"))
+        with open(os.path.join(args.workdir, "model.json"), "w") as f:
+            json.dump({"family": hf.family_of(model.config), "config": dataclasses.asdict(model.config)}, f, indent=2)
+        tok_dir = os.path.join(args.workdir, "tokenizer")
+        os.makedirs(tok_dir, exist_ok=True)
+        for name in ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "spiece.model", "tokenizer_config.json"):
+            if os.path.isfile(os.path.join(args.from_hf, name)):
+                shutil.copy(os.path.join(args.from_hf, name), tok_dir)
+        print(f"imported {args.from_hf} -> {args.workdir}")
+    else:
+        model, params, _ = load_for_inference(args.workdir)
+        hf.save_pretrained(model, params, args.to_hf)
+        tok_dir = os.path.join(args.workdir, "tokenizer")
+        if os.path.isdir(tok_dir):
+            for name in os.listdir(tok_dir):
+                shutil.copy(os.path.join(tok_dir, name), args.to_hf)
+        print(f"exported {args.workdir} -> {args.to_hf} (transformers' from_pretrained reads it)")
+    return 0
+
+
 def _plot(args) -> int:
     from jaxformers import plot
 
@@ -213,6 +245,11 @@ def parser() -> argparse.ArgumentParser:
     fm.add_argument("--text", required=True)
     fm.add_argument("--top-k", type=int, default=5)
     fm.set_defaults(fn=_fill_mask)
+    cv = sub.add_parser("convert", help="Hugging Face format <-> jaxformers workdir export")
+    cv.add_argument("--workdir", required=True)
+    cv.add_argument("--from-hf", default=None, help="import this Hugging Face dir into --workdir")
+    cv.add_argument("--to-hf", default=None, help="export --workdir's params to this Hugging Face dir")
+    cv.set_defaults(fn=_convert)
     pl = sub.add_parser("plot", help="plot the loss curves of a workdir as PNG")
     pl.add_argument("--workdir", required=True)
     pl.add_argument("--out", default=None)

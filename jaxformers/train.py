@@ -490,9 +490,14 @@ class Trainer:
     def export(self, state) -> None:
         """Params-only export plus what inference needs to rebuild the model."""
         checkpoint.export_params(state.params, os.path.join(self.workdir, "params"))
+        config = self.exp.model
+        eos = getattr(getattr(self.data, "tokenizer", None), "eos_id", None)
+        if hf.family_of(config) == "gpt2" and eos is not None:
+            # A tokenizer trained here has its own end-of-text id: exports must say so.
+            config = dataclasses.replace(config, eos_token_id=eos, bos_token_id=eos)
         if jax.process_index() == 0:
             with open(os.path.join(self.workdir, "model.json"), "w") as f:
-                json.dump({"family": hf.family_of(self.exp.model), "config": dataclasses.asdict(self.exp.model)}, f, indent=2)
+                json.dump({"family": hf.family_of(config), "config": dataclasses.asdict(config)}, f, indent=2)
 
 
 def merge_pretrained(target: dict, source: dict, prefix: str = "") -> tuple[dict, list[str]]:
