@@ -70,15 +70,17 @@ def build(model_name: str, size: str, w: dict):
     """(model, batch dict, objective, flops per step, tokens per step)."""
     rng = np.random.default_rng(0)
     B = w["batch"]
-    dt = dict(dtype=w["dtype"], param_dtype="float32")
     gpu = jax.devices()[0].platform == "gpu"
     impl = "cudnn" if gpu else "xla"
+    # Model-config overrides for experiments with the levers (JSON), e.g. '{"remat": "full"}'.
+    extra = json.loads(os.environ.get("JAXFORMERS_BENCH_MODEL", "{}"))
+    dt = dict(dtype=w["dtype"], param_dtype="float32", **extra)
     if model_name == "gpt2":
         from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
         from jaxformers.objectives.causal_lm import CausalLM
 
-        c = GPT2Config.preset("124m", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attention_impl=impl,
-                              scan_layers=size == "gpu", **dt)
+        c = GPT2Config.preset("124m", **{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+                                         "attention_impl": impl, "scan_layers": size == "gpu", **dt})
         T = w["seq"]
         ids = rng.integers(0, c.vocab_size, (1, B, T + 1), dtype=np.int32)
         batch = {"inputs": ids[..., :-1], "targets": ids[..., 1:]}
@@ -87,8 +89,8 @@ def build(model_name: str, size: str, w: dict):
         from jaxformers.models.bert import BertConfig, BertForPreTraining
         from jaxformers.objectives.mlm_nsp import MLMNSP
 
-        c = BertConfig.preset("base", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                              attention_impl=impl, scan_layers=size == "gpu", **dt)
+        c = BertConfig.preset("base", **{"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                                         "attention_impl": impl, "scan_layers": size == "gpu", **dt})
         T, P = w["seq"], w["predictions"]
         pos = np.sort(np.stack([rng.choice(np.arange(1, T - 1), P, replace=False) for _ in range(B)]), -1)
         batch = {"input_ids": rng.integers(0, c.vocab_size, (1, B, T), dtype=np.int32),
@@ -102,8 +104,8 @@ def build(model_name: str, size: str, w: dict):
         from jaxformers.models.t5 import T5Config, T5ForConditionalGeneration
         from jaxformers.objectives.span_corruption import SpanCorruption
 
-        c = T5Config.preset("t5-small" if size == "cpu" else "t5-base", dropout_rate=0.0, attention_impl=impl,
-                            scan_layers=size == "gpu", **dt)
+        c = T5Config.preset("t5-small" if size == "cpu" else "t5-base",
+                            **{"dropout_rate": 0.0, "attention_impl": impl, "scan_layers": size == "gpu", **dt})
         T, S = w["seq"], w["targets"]
         tgt = rng.integers(2, c.vocab_size, (1, B, S), dtype=np.int32)
         batch = {"encoder_input_tokens": rng.integers(2, c.vocab_size, (1, B, T), dtype=np.int32),
@@ -188,7 +190,8 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
     else:
         S = w["targets"]
         cfg = transformers.T5Config(dropout_rate=0.0, d_model=512, d_ff=2048, num_layers=6, num_heads=8,
-                                    feed_forward_proj="relu", tie_word_embeddings=True)
+                                    feed_forward_proj="relu", tie_word_embeddings=True,
+                                    decoder_start_token_id=0, pad_token_id=0)
         model = transformers.T5ForConditionalGeneration(cfg)
         ids = torch.randint(2, cfg.vocab_size, (B, T))
         tgt = torch.randint(2, cfg.vocab_size, (B, S))
@@ -260,10 +263,43 @@ def torch_decode(model_name: str, steps: int, batch: int) -> dict:
             "seconds_median": med, "new_tokens_per_second": batch * 128 / med}
 
 
+def compile_times() -> dict:
+    """Compile seconds of the GPT-2 124M-wide train step at 12 and 48 layers, scanned or unrolled.
+
+    Lowered from abstract shapes (nothing is allocated): with ``scan_layers`` the compile time
+    should stay flat in depth, unrolled it grows with it.
+    """
+    import flax.linen as nn
+
+    from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
+    from jaxformers.objectives.causal_lm import CausalLM
+    from jaxformers.train import TrainState, decay_mask, train_step
+
+    out = []
+    tx = optax.adamw(1e-4, weight_decay=0.01, mask=decay_mask)
+    for layers_ in (12, 48):
+        for scan in (True, False):
+            c = GPT2Config.preset("124m", n_layer=layers_, scan_layers=scan, resid_pdrop=0.0, embd_pdrop=0.0,
+                                  attn_pdrop=0.0)
+            model = GPT2LMHeadModel(c)
+
+            def init(r, model=model):
+                params = nn.meta.unbox(model.init(r, jnp.zeros((1, 256), jnp.int32))["params"])
+                return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                  apply_fn=model.apply, tx=tx, objective=CausalLM(), schedule=lambda s: 1e-4)
+
+            abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+            batch = {k: jax.ShapeDtypeStruct((1, 4, 256), jnp.int32) for k in ("inputs", "targets")}
+            t = time.perf_counter()
+            jax.jit(train_step, donate_argnums=0).lower(abstract, batch, jax.random.PRNGKey(1)).compile()
+            out.append({"layers": layers_, "scan_layers": scan, "compile_seconds": time.perf_counter() - t})
+    return {"workload": "gpt2-124m-width train_step compile", "results": out}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["gpt2", "bert", "t5"], required=True)
-    p.add_argument("--what", choices=["train", "decode"], required=True)
+    p.add_argument("--what", choices=["train", "decode", "compile"], required=True)
     p.add_argument("--size", choices=["cpu", "gpu"], default=None, help="default: gpu on a GPU, else cpu")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peer", choices=["torch"], default=None)
@@ -272,6 +308,9 @@ def main() -> None:
     size = a.size or ("gpu" if jax.devices()[0].platform == "gpu" else "cpu")
     steps = max(a.steps, 10) if a.what == "train" else a.steps
     results = []
+    if a.what == "compile":
+        print(json.dumps(compile_times(), indent=None if a.json else 2))
+        return
     if a.what == "train":
         results.append(jax_train(a.model, size, steps))
         if a.peer == "torch":

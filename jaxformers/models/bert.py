@@ -132,9 +132,9 @@ class BertForSequenceClassificationOutput:
 
 def _check_range(ids: Any, limit: int, name: str, why: str) -> None:
     """ValueError for ids outside [0, limit) when the values are concrete (not under jit)."""
-    if ids is None or isinstance(ids, jax.core.Tracer):
+    arr = layers.concrete_values(ids)
+    if arr is None:
         return
-    arr = np.asarray(ids)
     if arr.size and (arr.min() < 0 or arr.max() >= limit):
         bad = int(arr.max()) if arr.max() >= limit else int(arr.min())
         raise ValueError(f"{name} holds {bad}, outside [0, {limit}): {why}")

@@ -69,15 +69,26 @@ def activation(name: str) -> Callable[[Array], Array]:
         ) from None
 
 
+def concrete_values(x: Any) -> np.ndarray | None:
+    """``x`` as numpy when its values are known here; None under ``jit`` (a tracer) or when the
+    array spans devices of other hosts."""
+    if x is None or isinstance(x, jax.core.Tracer if hasattr(jax.core, "Tracer") else ()):
+        return None
+    try:
+        return np.asarray(x)
+    except Exception:  # TracerArrayConversionError, non-addressable shards
+        return None
+
+
 def check_token_ids(ids: Any, vocab_size: int, name: str = "input_ids") -> None:
     """Raises a clear error for token ids outside [0, vocab_size) when the values are known.
 
     Inside ``jit`` the values are abstract and only shapes can be checked; the data pipeline
     checks its tokenizer's vocabulary against the model's once, before training.
     """
-    if isinstance(ids, jax.core.Tracer):
+    arr = concrete_values(ids)
+    if arr is None:
         return
-    arr = np.asarray(ids)
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
         raise ValueError(
             f"{name} holds token id {int(arr.max()) if arr.max() >= vocab_size else int(arr.min())}"
