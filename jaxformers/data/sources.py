@@ -14,6 +14,7 @@ single file has a held-out part drawn from the same distribution.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import importlib.util
@@ -91,7 +92,9 @@ def split_document(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+@functools.lru_cache(maxsize=None)
 def _builder_class():
+    """Defined once per process: TFDS registers every builder class under its name."""
     import tensorflow_datasets as tfds
 
     class JaxformersText(tfds.core.GeneratorBasedBuilder):
@@ -132,6 +135,8 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
     """
     import tensorflow_datasets as tfds
 
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction={val_fraction}: a local corpus needs a held-out share in (0, 1), e.g. 0.05")
     files, fmt = (shakespeare_files(), "play_markdown") if spec == EMBEDDED else (resolve_paths(spec), "plain")
     # The config name fingerprints the files (path, size, mtime) and the split, so a changed
     # corpus is prepared afresh instead of silently reusing stale records.
@@ -150,6 +155,7 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
     return builder.as_data_source()
 
 
+@functools.lru_cache(maxsize=None)
 def _examples_builder_class():
     import tensorflow_datasets as tfds
 
@@ -195,7 +201,7 @@ def prepare_examples(name: str, generators: dict, spec: dict, data_dir: str | No
         config=tfds.core.BuilderConfig(name=name, description=name),
         data_dir=data_dir or default_data_dir(), file_format="array_record",
     )
-    builder.download_and_prepare()
+    _prepare(builder, name)
     return builder.as_data_source()
 
 

@@ -62,6 +62,8 @@ class BPETokenizer:
             tok = Tokenizer(models.BPE.from_file(path, merges))
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
+            # As GPT-2's own tokenizer: "<|endoftext|>" in text is the one EOS token, not 7 pieces.
+            tok.add_special_tokens([EOS_TOKEN])
             return cls(tok)
         return cls(Tokenizer.from_file(path))
 
