@@ -52,7 +52,7 @@ def get_config(variant: str = "default") -> Experiment:
             optim=dataclasses.replace(exp.optim, warmup_steps=1, grad_accum=2),
             checkpoint=CheckpointConfig(every=1, keep=2),
             sample=SampleConfig(prompts=("ROMEO:",), max_new_tokens=8),
-            batch_size=8, steps=2, eval_every=0, eval_batches=1, log_every=1,
+            batch_size=16, steps=2, eval_every=0, eval_batches=1, log_every=1,
         )
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r}; choose default or tiny")

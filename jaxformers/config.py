@@ -42,7 +42,7 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: str = "cosine"  # "cosine" | "constant" | "rsqrt" (T5) | "linear"
     end_lr_ratio: float = 0.1  # cosine/linear decay ends at lr * end_lr_ratio
-    weight_decay: float = 0.1  # decoupled, on matrices only (not norms, biases, embeddings of positions)
+    weight_decay: float = 0.1  # decoupled, on matrices only (embeddings included; not norms or biases)
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
@@ -119,7 +119,7 @@ def _coerce(value: str, current: Any, key: str) -> Any:
     return value
 
 
-def override(cfg: Any, key: str, value: str) -> Any:
+def override(cfg: Any, key: str, value: str, _prefix: str = "") -> Any:
     """Returns ``cfg`` with the dotted field ``key`` set from the string ``value``.
 
     Unknown keys raise an error that lists the valid ones, so a typo never trains silently with
@@ -128,12 +128,13 @@ def override(cfg: Any, key: str, value: str) -> Any:
     head, _, rest = key.partition(".")
     names = [f.name for f in dataclasses.fields(cfg)]
     if head not in names:
-        raise ValueError(f"unknown setting {key!r} in {type(cfg).__name__}; valid keys: {', '.join(names)}")
+        raise ValueError(f"unknown setting {_prefix + head!r} ({type(cfg).__name__}); valid keys: "
+                         f"{', '.join(_prefix + n for n in names)}")
     current = getattr(cfg, head)
     if rest:
         if not dataclasses.is_dataclass(current):
             raise ValueError(f"{head} is a plain value, not a group: use --set {head}=...")
-        new = override(current, rest, value)
+        new = override(current, rest, value, _prefix + head + ".")
     else:
         if dataclasses.is_dataclass(current):
             raise ValueError(f"{head} is a group; set one of its fields: "

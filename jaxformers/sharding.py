@@ -89,6 +89,27 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules=LOGICAL_RULES) -> 
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
+def fit_to_shapes(shardings: Any, abstract: Any) -> Any:
+    """Drops the mesh axes of any dimension they do not divide (that dimension is replicated).
+
+    GPT-2's vocabulary of 50257 or a head count of 5 cannot split over a tensor axis of 2; rather
+    than failing inside the jitted init, such a dimension stays whole on every device.
+    """
+    def fit(sh, x):
+        if not isinstance(sh, NamedSharding):
+            return sh
+        spec = list(sh.spec) + [None] * (len(x.shape) - len(sh.spec))
+        for i, axes in enumerate(spec):
+            if axes is None:
+                continue
+            size = math.prod(sh.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            if x.shape[i] % size:
+                spec[i] = None
+        return NamedSharding(sh.mesh, P(*spec))
+
+    return jax.tree.map(fit, shardings, abstract)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

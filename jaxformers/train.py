@@ -125,7 +125,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = obj.finalize(sums)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     metrics.update(grad_norm=grad_norm, lr=state.schedule(state.step))
     if state.skip_nonfinite:
         # A NaN/inf loss or gradient leaves params and optimizer state as they were.
@@ -325,6 +325,7 @@ class Trainer:
             param_sh = sharding.logical_to_sharding(nn.get_partition_spec(boxed), self.mesh, self.rules)
             # Unboxed outside the jit trace: no sharding constraint is attached here.
             self.abstract_state = jax.eval_shape(self._init_fn, rng)
+        param_sh = sharding.fit_to_shapes(param_sh, nn.meta.unbox(boxed))
         opt_sh = sharding.like_params(self.abstract_state.opt_state, nn.meta.unbox(boxed), param_sh, self.mesh)
         self.state_shardings = self.abstract_state.replace(
             step=sharding.replicated(self.mesh), params=param_sh, opt_state=opt_sh)

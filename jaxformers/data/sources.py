@@ -151,8 +151,16 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
         config=tfds.core.BuilderConfig(name=name, description=spec),
         data_dir=data_dir or default_data_dir(), file_format="array_record",
     )
-    builder.download_and_prepare()
+    _prepare(builder, f"corpus {spec!r}")
     return builder.as_data_source()
+
+
+def _prepare(builder, what: str) -> None:
+    try:
+        builder.download_and_prepare()
+    except AssertionError as e:  # TFDS asserts when a split yields nothing
+        raise ValueError(f"cannot prepare {what}: {e}; the corpus is too small for a train and a validation "
+                         "split (add text or raise data.val_fraction)") from e
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,142 @@
+"""The command line: every experiment's tiny variant trains, resumes, samples and plots."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxformers import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
+GPT2 = os.path.join(ROOT, "experiments", "gpt2_shakespeare.py")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A rerun compiles the same programs as the first run: let XLA reuse them (restored after)."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    old = {n: getattr(jax.config, n) for n in names}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield
+    for n, v in old.items():
+        jax.config.update(n, v)
+
+
+def train_records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, filter(str.strip, f)) if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """experiment path -> (workdir, exit code, stdout) of its tiny run, trained once per module."""
+    runs = {}
+
+    def get(path, capsys):
+        if path not in runs:
+            wd = str(tmp_path_factory.mktemp(os.path.basename(path)[:-3]))
+            capsys.readouterr()
+            rc = cli.main(["train", path, "--workdir", wd, "--variant", "tiny"])
+            out, err = capsys.readouterr()
+            runs[path] = (wd, rc, out, err)
+        return runs[path]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
+def test_experiment_tiny_trains_and_resumes(path, trained, capsys):
+    exp = cli.load_experiment(path, "tiny")
+    wd, rc, out, err = trained(path, capsys)
+    assert rc == 0, err[-3000:]
+    assert f"done: step {exp.steps}" in out
+    with open(os.path.join(wd, "loss.png"), "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    assert [r["step"] for r in train_records(wd)] == list(range(1, exp.steps + 1))
+    assert os.path.isdir(os.path.join(wd, "params")) and os.path.isfile(os.path.join(wd, "model.json"))
+    if exp.objective == "causal_lm" and exp.sample.max_new_tokens > 0:
+        for prompt in exp.sample.prompts:
+            header = f"--- sample ({prompt!r}) ---\n"
+            assert header in out
+            assert out.split(header, 1)[1].startswith(prompt)
+
+    # The same command again resumes from the last checkpoint and trains no further step.
+    rc2 = cli.main(["train", path, "--workdir", wd, "--variant", "tiny"])
+    out2, err2 = capsys.readouterr()
+    assert rc2 == 0, err2[-3000:]
+    assert f"resuming from step {exp.steps}" in out2
+    assert [r["step"] for r in train_records(wd)] == list(range(1, exp.steps + 1))
+
+
+@pytest.mark.slow
+def test_sample_and_plot(trained, capsys, tmp_path):
+    wd, rc, _, err = trained(GPT2, capsys)
+    assert rc == 0, err[-3000:]
+    argv = ["sample", "--workdir", wd, "--prompt", "ROMEO:", "--max-new-tokens", "6", "--method", "greedy"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("ROMEO:") and len(text.rstrip("\n")) > len("ROMEO:")
+
+    # Independently: the exported params, the saved tokenizer and decoding.generate.
+    from jaxformers import checkpoint, decoding
+    from jaxformers.data.tokenizers import BPETokenizer
+    from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+    meta = json.load(open(os.path.join(wd, "model.json")))
+    model = GPT2LMHeadModel(GPT2Config(**meta["config"]))
+    params = checkpoint.load_params(os.path.join(wd, "params"))
+    tok = BPETokenizer.load(os.path.join(wd, "tokenizer"))
+    ids = np.asarray([tok.encode("ROMEO:")])
+    out = decoding.generate(model, params, ids, max_new_tokens=6)
+    assert text == tok.decode(np.asarray(out[0]).tolist()) + "\n"
+
+    assert cli.main(["sample", "--workdir", wd, "--prompt", "ROMEO:", "--max-new-tokens", "6", "--seed", "3"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+
+    png = str(tmp_path / "curves.png")
+    assert cli.main(["plot", "--workdir", wd, "--out", png]) == 0
+    assert capsys.readouterr().out.strip() == png
+    with open(png, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+
+
+def test_unknown_set_key_exits_2(capsys, tmp_path):
+    rc = cli.main(["train", GPT2, "--workdir", str(tmp_path), "--variant", "tiny", "--set", "optim.lrr=1e-3"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert err.startswith("jaxformers: error: unknown setting")
+    assert "lrr" in err and "valid keys" in err and "warmup_steps" in err
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_cli_errors_exit_2(capsys, tmp_path):
+    assert cli.main(["train", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)]) == 2
+    assert "nope.py" in capsys.readouterr().err
+    assert cli.main(["train", GPT2, "--workdir", str(tmp_path), "--variant", "huge"]) == 2
+    assert "unknown variant 'huge'" in capsys.readouterr().err
+    assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt", "x"]) == 2
+    assert "model.json" in capsys.readouterr().err
+    assert cli.main(["plot", "--workdir", str(tmp_path)]) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse: a missing required option
+        cli.main(["train", GPT2])
+    assert e.value.code == 2
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "jaxformers", "--help"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0
+    for cmd in ("train", "sample", "plot"):
+        assert cmd in r.stdout
