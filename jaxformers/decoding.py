@@ -1,61 +1,123 @@
-"""One generation engine: a KV cache of fixed size, a ``lax.while_loop``, compiled once per shape.
+"""One generation engine for GPT-2 and T5: a fixed-size KV cache and a ``lax.while_loop``, compiled
+once per shape.
 
-``generate(model, params, input_ids, ...)`` prefills the cache with the (left-padded) prompt in one
-forward pass, then produces one token per loop iteration. The prompt length is bucketed (padded on
-the left to a multiple of ``prompt_bucket``) so nearby lengths share one compilation.
+``generate(model, params, input_ids, ...)`` runs the whole generation in one jitted call:
 
-Token choice follows transformers' order: temperature, then top-k, then top-p, then sampling (or
-argmax for greedy). After a sequence emits ``eos_token_id`` every later position holds
-``pad_token_id``.
+- GPT-2: the (left-padded) prompt fills the cache in one forward pass; every loop iteration then
+  feeds one token per row. Returns ``[B, T + max_new_tokens]`` (prompt included).
+- T5: the encoder runs once (``attention_mask`` is its padding mask); ``init_decode_cache`` projects
+  the cross-attention keys/values once; the decoder starts from ``decoder_start_token_id`` and feeds
+  one token per iteration. Returns ``[B, max_new_tokens]`` decoder tokens (no start token).
+
+Nothing happens in Python per token: the loop, token choice, EOS bookkeeping and beam bookkeeping
+all live inside the compiled ``while_loop``. The prompt length is bucketed (padded to a multiple of
+``prompt_bucket``; on the left for GPT-2, on the right of the encoder input for T5) so nearby
+lengths share one compilation. ``trace_count()`` counts how often the engine was traced.
+
+Token choice follows transformers: greedy is argmax; sampling applies temperature, then top-k, then
+top-p, then draws (``process_logits``); beam search is transformers 5's ``_beam_search`` (see
+``_beam_search``) with ``num_beams``, ``length_penalty`` and ``early_stopping``. After a sequence's
+EOS every later position holds ``pad_token_id``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformers.models.layers import NEG_INF
+from jaxformers.models import t5 as t5_lib
+from jaxformers.models.gpt2 import GPT2LMHeadModel
+from jaxformers.models.layers import NEG_INF, check_token_ids
+from jaxformers.models.t5 import T5ForConditionalGeneration
+
+# transformers' beam search marks impossible candidates by adding this (float32) to their scores.
+_BEAM_NEG = -1.0e9
+
+_TRACES = [0]
+
+
+def trace_count() -> int:
+    """How many times the engine's jitted function has been traced (a new trace = a compilation).
+
+    A second ``generate`` call with the same shapes and static settings leaves it unchanged.
+    """
+    return _TRACES[0]
 
 
 def process_logits(logits: jax.Array, temperature: float, top_k: int | None, top_p: float | None) -> jax.Array:
-    """[B, V] float32 -> [B, V] with filtered entries at NEG_INF (transformers' warper order)."""
+    """[B, V] -> [B, V] float32 with filtered entries at NEG_INF (transformers' warper order:
+    temperature, top-k, top-p). ``top_k`` None or 0 and ``top_p`` None or 1.0 filter nothing.
+
+    The settings may be traced scalars (``generate`` passes them so, and changing them does not
+    recompile); ``top_k=None`` / ``top_p=None`` given as Python values skip the sorts they need.
+    """
     logits = logits.astype(jnp.float32)
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k is not None and top_k > 0:
-        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+    V = logits.shape[-1]
+    logits = logits / jnp.asarray(temperature, jnp.float32)  # dividing by 1.0 is exact
+    sorted_desc = None
+    if top_k is not None:
+        # The k-th largest logit (transformers: torch.topk(scores, k)[0][..., -1]); k = 0: keep all.
+        k = jnp.asarray(top_k, jnp.int32)
+        k = jnp.where(k > 0, jnp.minimum(k, V), V)
+        sorted_desc = -jnp.sort(-logits, axis=-1)
+        kth = jnp.take(sorted_desc, k - 1, axis=-1)[..., None]
         logits = jnp.where(logits < kth, NEG_INF, logits)
-    if top_p is not None and top_p < 1.0:
+    if top_p is not None:
         # Keep the smallest set of most likely tokens whose probability reaches top_p (at least one).
+        top_p = jnp.asarray(top_p, jnp.float32)
         sorted_logits = jnp.sort(logits, axis=-1)  # ascending, as transformers
         cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
         remove_sorted = cum <= (1.0 - top_p)
         remove_sorted = remove_sorted.at[..., -1].set(False)
         # Threshold: the smallest kept logit; ties are kept, as a scatter back would also keep them.
         thresh = jnp.min(jnp.where(remove_sorted, jnp.inf, sorted_logits), axis=-1, keepdims=True)
-        logits = jnp.where(logits < thresh, NEG_INF, logits)
+        # transformers applies no top-p warper at all for top_p = 1.0.
+        logits = jnp.where((logits < thresh) & (top_p < 1.0), NEG_INF, logits)
     return logits
 
 
-def _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, input_ids):
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, early_stopping, input_ids):
     if method not in ("greedy", "sample", "beam"):
         raise ValueError(f"method={method!r}; choose greedy, sample or beam")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be an integer of at least 1")
     if top_p is not None and not (0.0 < top_p <= 1.0):
         raise ValueError(f"top_p={top_p} must lie in (0, 1]")
-    if method == "sample" and temperature <= 0:
+    if method == "sample" and not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0 for sampling; use method='greedy' for argmax")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k={top_k} must be >= 0")
-    if num_beams < 1:
-        raise ValueError(f"num_beams={num_beams} must be >= 1")
-    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+    if int(num_beams) != num_beams or num_beams < 1:
+        raise ValueError(f"num_beams={num_beams} must be an integer of at least 1")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping={early_stopping!r}; choose True, False or 'never' (as transformers)")
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
         raise ValueError(f"input_ids must be a non-empty [batch, length] prompt, got shape {input_ids.shape}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Everything static about one compiled engine (hashable: the compilation cache key)."""
+
+    family: str  # "gpt2" | "t5"
+    max_new_tokens: int
+    method: str  # "greedy" | "sample" | "beam"
+    use_top_k: bool  # sampling: whether the top-k / top-p filters run at all (their values are traced)
+    use_top_p: bool
+    num_beams: int
+    start: int  # T5's decoder_start_token_id
+    return_logits: bool
+    rules: Any  # flax logical axis rules active when tracing (they shape the sharding constraints)
 
 
 def generate(
@@ -71,100 +133,352 @@ def generate(
     length_penalty: float = 1.0,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
-    attention_mask: Any = None,  # [B, T], 0 on left padding
+    attention_mask: Any = None,  # [B, T]
     rng: jax.Array | None = None,
-    early_stopping: bool = False,
+    early_stopping: bool | str = False,
     prompt_bucket: int = 16,
-) -> jax.Array:
-    """Generates continuations. GPT-2: returns [B, T + max_new_tokens] (prompt included).
+    return_logits: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Generates with a KV cache, all steps in one compiled loop.
 
     Args:
-      model, params: a GPT2LMHeadModel and its params (as ``model.apply({"params": params}, ...)``).
-      input_ids: [B, T] prompts, left-padded when ``attention_mask`` marks padding with 0.
+      model, params: a GPT2LMHeadModel or T5ForConditionalGeneration and its params (as
+        ``model.apply({"params": params}, ...)``). Params may be sharded: call under
+        ``jax.set_mesh(mesh)`` and ``nn.logical_axis_rules(sharding.LOGICAL_RULES)``.
+      input_ids: [B, T] GPT-2 prompts (left-padded when ``attention_mask`` marks padding with 0) or
+        T5 encoder inputs (padding anywhere, as marked by ``attention_mask``).
+      max_new_tokens: tokens to generate (exactly this many when ``eos_token_id`` is None).
       method: "greedy" | "sample" | "beam".
-      temperature, top_k, top_p: sampling filters, applied in that order.
-      eos_token_id: None generates exactly ``max_new_tokens``; else a sequence stops at EOS and is
-        padded with ``pad_token_id`` (default: eos_token_id) afterwards.
-      rng: PRNG key for sampling (default PRNGKey(0)).
+      temperature, top_k, top_p: sampling filters, applied in that order (ignored by greedy and by
+        beam search, as transformers with ``do_sample=False``).
+      num_beams, length_penalty, early_stopping: beam search as transformers' generate: beam scores
+        are sums of log-probabilities; a finished hypothesis scores ``sum_logprobs / (generated
+        length ** length_penalty)``; ``early_stopping`` True | False | "never". ``num_beams=1`` is
+        greedy, as transformers.
+      eos_token_id: None generates exactly ``max_new_tokens``; else a sequence stops at EOS and every
+        later position holds ``pad_token_id``.
+      pad_token_id: GPT-2 default: ``eos_token_id`` (or 0); T5 default: ``config.pad_token_id``.
+      attention_mask: [B, T] 1 = token, 0 = padding.
+      rng: PRNG key for sampling (default PRNGKey(0)); step i draws with ``fold_in(rng, i)``.
+      prompt_bucket: prompts are padded to a multiple of this so nearby lengths share a compilation.
+      return_logits: greedy/sample only: also return the float32 logits each token was chosen from,
+        [B, max_new_tokens, V] (zeros after every row has stopped).
+
+    Returns:
+      GPT-2: [B, T + max_new_tokens] (prompt included); T5: [B, max_new_tokens] (no start token).
     """
     input_ids = np.asarray(input_ids)
-    _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, input_ids)
+    _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, early_stopping, input_ids)
+    if isinstance(model, GPT2LMHeadModel):
+        family = "gpt2"
+    elif isinstance(model, T5ForConditionalGeneration):
+        family = "t5"
+    else:
+        raise ValueError(
+            f"generate supports GPT2LMHeadModel and T5ForConditionalGeneration; got {type(model).__name__}")
+    if method == "beam" and num_beams == 1:
+        method = "greedy"  # transformers runs greedy search for num_beams=1
+    if return_logits and method == "beam":
+        raise ValueError("return_logits is available for greedy and sample, not beam search")
     c = model.config
-    family = type(model).__name__
-    if not family.startswith("GPT2"):
-        raise ValueError(f"generate supports GPT-2 models here; got {family}")
-    if method == "beam":
-        raise ValueError("beam search is not available yet for this model; use greedy or sample")
     B, T = input_ids.shape
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}")
+    mask = (mask != 0).astype(np.int32)
     if (mask.sum(-1) == 0).any():
         raise ValueError("a prompt is empty (its attention_mask is all zeros); give every row at least one token")
-    from jaxformers.models.layers import check_token_ids
     check_token_ids(input_ids, c.vocab_size)
-    Tb = -(-T // prompt_bucket) * prompt_bucket
-    if Tb + max_new_tokens > c.n_positions:
-        Tb = T  # no room to bucket: use the exact length
-    if T + max_new_tokens > c.n_positions:
-        raise ValueError(
-            f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the model's n_positions={c.n_positions}; "
-            f"lower max_new_tokens to {c.n_positions - T} or shorten the prompt"
-        )
-    pad = 0 if pad_token_id is None else pad_token_id
-    if Tb > T:  # left-pad to the bucket
-        input_ids = np.concatenate([np.full((B, Tb - T), pad, input_ids.dtype), input_ids], axis=1)
-        mask = np.concatenate([np.zeros((B, Tb - T), mask.dtype), mask], axis=1)
-    fn = _compiled_gpt2(model, max_new_tokens, method, float(temperature), top_k, top_p,
-                        eos_token_id, pad_token_id if pad_token_id is not None else eos_token_id)
+    bucket = max(1, int(prompt_bucket))
+    Tb = -(-T // bucket) * bucket
+    if family == "gpt2":
+        if (np.diff(mask, axis=1) < 0).any():
+            raise ValueError("GPT-2 prompts must be left-padded: an attention_mask row has a 0 after a 1")
+        if T + max_new_tokens > c.n_positions:
+            raise ValueError(
+                f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the model's n_positions="
+                f"{c.n_positions}; lower max_new_tokens to {c.n_positions - T} or shorten the prompt")
+        # The cache holds Tb + max_new_tokens - 1 slots and may not outgrow n_positions.
+        Tb = min(Tb, c.n_positions - max_new_tokens + 1)
+        pad = eos_token_id if pad_token_id is None else pad_token_id
+        pad = 0 if pad is None else pad
+        ids = np.concatenate([np.zeros((B, Tb - T), np.int32), input_ids.astype(np.int32)], axis=1)
+        mask = np.concatenate([np.zeros((B, Tb - T), np.int32), mask], axis=1)
+    else:
+        if max_new_tokens > c.n_positions:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} exceeds the model's n_positions={c.n_positions} "
+                f"(the decoder length T5 accepts); lower max_new_tokens to {c.n_positions}")
+        if T > c.n_positions:
+            raise ValueError(f"input_ids has length {T}, longer than the model's n_positions={c.n_positions}; "
+                             f"truncate the input to {c.n_positions} tokens")
+        Tb = min(Tb, c.n_positions)
+        pad = c.pad_token_id if pad_token_id is None else pad_token_id
+        # Right-pad the encoder input: masked keys change nothing (relative positions, no absolute ones).
+        ids = np.concatenate([input_ids.astype(np.int32), np.zeros((B, Tb - T), np.int32)], axis=1)
+        mask = np.concatenate([mask, np.zeros((B, Tb - T), np.int32)], axis=1)
+    if early_stopping != "never":
+        early_stopping = bool(early_stopping)
+    if method != "beam":
+        num_beams = 1
+    rules = nn.get_logical_axis_rules()
+    spec = _Spec(
+        family=family, max_new_tokens=int(max_new_tokens), method=method,
+        use_top_k=method == "sample" and bool(top_k),
+        use_top_p=method == "sample" and top_p is not None and top_p < 1.0,
+        num_beams=int(num_beams), start=int(getattr(c, "decoder_start_token_id", 0)),
+        return_logits=bool(return_logits), rules=_freeze(rules),
+    )
+    # EOS, padding, the sampling and the beam-search settings are traced values: changing them does
+    # not recompile.
+    eos = np.int32(-1 if eos_token_id is None else eos_token_id)  # -1: no token is EOS
+    # transformers divides a finished hypothesis' score by (generated length ** length_penalty),
+    # computed in Python floats and rounded to float32: a table indexed by length does the same.
+    lengths = np.arange(max_new_tokens + 1)
+    denom = np.array([float(n) ** length_penalty if n else 1.0 for n in lengths], np.float64).astype(np.float32)
+    # early_stopping="never" with a positive length penalty bounds scores at the maximal length.
+    never_len = np.int32(max_new_tokens if (early_stopping == "never" and length_penalty > 0) else 0)
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    out = fn(params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(mask, jnp.int32), rng)
-    return out[:, Tb - T:]
+    settings = dict(eos=eos, pad=np.int32(pad), early=np.bool_(early_stopping is True), denom=denom,
+                    never_len=never_len, temperature=np.float32(temperature), top_k=np.int32(top_k or 0),
+                    top_p=np.float32(1.0 if top_p is None else top_p))
+    fn = _compiled(model, spec)
+    out = fn(params, jnp.asarray(ids), jnp.asarray(mask), rng, jax.tree.map(jnp.asarray, settings))
+    tokens, logits = out
+    if family == "gpt2":
+        tokens = tokens[:, Tb - T:]
+    return (tokens, logits) if return_logits else tokens
+
+
+def _freeze(x):
+    if isinstance(x, (list, tuple)):
+        return tuple(_freeze(v) for v in x)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Model adapters: ``start`` -> (state, first tokens to feed [B]); ``step(state, tokens [B])`` ->
+# (logits [B, V], state). A state is {"cache": the flax cache collection, "rows": per-row arrays
+# with the batch first, equal for the beams of one example}.
+
+_SELF_CACHE = ("cached_key", "cached_value")
+_ALL_CACHE = _SELF_CACHE + ("cross_key", "cross_value")
+
+
+def _map_cache(cache, fn: Callable, names, scan: bool):
+    """Applies ``fn(x, batch_axis)`` to the cache entries named in ``names`` (scanned layers put
+    their stacked layer axis first, the batch second)."""
+    axis = 1 if scan else 0
+
+    def f(path, x):
+        return fn(x, axis) if getattr(path[-1], "key", None) in names else x
+
+    return jax.tree_util.tree_map_with_path(f, cache)
+
+
+def _gpt2_start(model, params, ids, mask, M):
+    """Prefills the cache with all prompt tokens but the last; the loop feeds the last one first, so
+    that every token is chosen inside the loop (one traced copy of the step and of the choice)."""
+    B, T = ids.shape
+    S = T + M - 1  # the prompt, then M - 1 chosen tokens (the last chosen token is never fed)
+    cache = jax.tree.map(
+        jnp.zeros_like,
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((B, S), jnp.int32), decode=True))["cache"],
+    )
+    full_mask = jnp.concatenate([mask, jnp.ones((B, M - 1), mask.dtype)], axis=1)
+    pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    if T > 1:
+        _, v = model.apply({"params": params, "cache": cache}, ids[:, :-1], attention_mask=full_mask,
+                           position_ids=pos[:, :-1], decode=True, mutable=["cache"])
+        cache = v["cache"]
+    return {"cache": cache, "rows": {"mask": full_mask, "pos": pos[:, -1]}}, ids[:, -1]
+
+
+def _gpt2_step(model, params, state, tok):
+    rows = state["rows"]
+    logits, v = model.apply({"params": params, "cache": state["cache"]}, tok[:, None], attention_mask=rows["mask"],
+                            position_ids=rows["pos"][:, None], decode=True, mutable=["cache"])
+    return logits[:, -1], {"cache": v["cache"], "rows": {**rows, "pos": rows["pos"] + 1}}
+
+
+def _t5_start(model, params, ids, mask, M, start):
+    enc = model.apply({"params": params}, ids, mask, method=model.encode)  # [B, S, D], once
+    # Cross-attention keys/values are projected here, once; the self-attention cache holds M slots
+    # (the start token and M - 1 chosen tokens).
+    cache = t5_lib.init_decode_cache(model, params, enc, M, mask)
+    return {"cache": cache, "rows": {"enc": enc, "mask": mask}}, jnp.full((ids.shape[0],), start, jnp.int32)
+
+
+def _t5_step(model, params, state, tok):
+    rows = state["rows"]
+    # Positions come from the cache index (tokens already in the cache).
+    logits, v = model.apply({"params": params, "cache": state["cache"]}, tok[:, None], rows["enc"], rows["mask"],
+                            decode=True, method=model.decode, mutable=["cache"])
+    return logits[:, -1], {"cache": v["cache"], "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# Search loops. Each iteration feeds one token per row and chooses the next from its logits.
+
+
+def _sample_loop(spec: _Spec, V, tok, state, step, rng, settings):
+    """Greedy or sampling: one token per row per iteration; stops early once every row hit EOS."""
+    M, eos, pad = spec.max_new_tokens, settings["eos"], settings["pad"]
+    B = tok.shape[0]
+
+    def choose(logits, i):
+        if spec.method == "greedy":
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        z = process_logits(logits, settings["temperature"], settings["top_k"] if spec.use_top_k else None,
+                           settings["top_p"] if spec.use_top_p else None)
+        return jax.random.categorical(jax.random.fold_in(rng, i), z, axis=-1).astype(jnp.int32)
+
+    def cond(carry):
+        i, _, _, _, finished, _ = carry
+        return (i < M) & ~jnp.all(finished)
+
+    def body(carry):
+        i, tok, state, out, finished, rec = carry
+        logits, state = step(state, tok)
+        logits = logits.astype(jnp.float32)
+        tok = jnp.where(finished, pad, choose(logits, i))
+        finished = finished | (tok == eos)
+        out = out.at[:, i].set(tok)
+        if rec is not None:
+            rec = rec.at[:, i].set(logits)
+        return i + 1, tok, state, out, finished, rec
+
+    out = jnp.full((B, M), pad, jnp.int32)
+    rec = jnp.zeros((B, M, V), jnp.float32) if spec.return_logits else None
+    carry = (jnp.int32(0), tok, state, out, jnp.zeros((B,), bool), rec)
+    _, _, _, out, _, rec = jax.lax.while_loop(cond, body, carry)
+    return out, rec
+
+
+def _gather_beams(x, idx):
+    """x [B, W, ...], idx [B, W'] -> [B, W', ...] (transformers' ``_gather_beams``)."""
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _beam_search(spec: _Spec, V, tok, state, step, reorder, settings):
+    """transformers 5's ``GenerationMixin._beam_search`` (do_sample=False), as fixed-shape arrays.
+
+    Per example: ``num_beams`` running beams (scores: sums of log-probabilities; initially beam 0
+    at 0 and the rest at -1e9 so the first step expands one beam) and ``num_beams`` finished
+    hypotheses (initially empty at -1e9). Each step:
+
+    1. the top 2K continuations over all beams x vocabulary (K = num_beams);
+    2. a continuation "hits a stopping criterion" when its token is EOS or the maximal length is
+       reached; the best K continuations that did not become the running beams;
+    3. those among the top K that hit one become hypotheses with score sum / length**length_penalty
+       (length = generated tokens), unless the example is done (early_stopping=True and K finished,
+       or the early-stop heuristic below already holds); the best K hypotheses are kept;
+    4. heuristic: the example is done when the best running beam, scored at the current length
+       (early_stopping False or True; at the maximal length for "never" with a positive penalty),
+       cannot beat the worst of K finished hypotheses. The loop ends when every example is done,
+       when every example holds K finished hypotheses (early_stopping=True), or at max length.
+
+    ``tok`` [B*K] are the first tokens to feed, ``state`` the model state with B*K rows. Returns the
+    best hypothesis per example [B, M], pad after its end.
+    """
+    M, K = spec.max_new_tokens, spec.num_beams
+    eos, pad, early, denom, never_len = (settings[k] for k in ("eos", "pad", "early", "denom", "never_len"))
+    BK = tok.shape[0]
+    B = BK // K
+    K2 = 2 * K  # transformers: max(2, 1 + number of EOS ids) * num_beams
+    neg = jnp.float32(_BEAM_NEG)
+    top_mask = jnp.arange(K2) < K
+
+    def select(i, logits, beams):
+        running_seqs, running_scores, seqs, scores, finished, unsat = beams
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(B, K, V)
+        log_probs = (log_probs + running_scores[:, :, None]).reshape(B, K * V)
+        top_lp, top_idx = jax.lax.top_k(log_probs, K2)  # [B, 2K]
+        src = top_idx // V
+        tok = (top_idx % V).astype(jnp.int32)
+        top_seqs = _gather_beams(running_seqs, src).at[:, :, i].set(tok)  # [B, 2K, M]
+        hits = (i + 1 >= M) | (tok == eos)
+        # Running beams: the best K continuations that did not stop.
+        run_lp = top_lp + hits.astype(jnp.float32) * neg
+        nxt = jax.lax.top_k(run_lp, K)[1]
+        running_seqs = _gather_beams(top_seqs, nxt)
+        running_scores = _gather_beams(run_lp, nxt)
+        running_src = _gather_beams(src, nxt)
+        # Finished hypotheses: only the top K continuations may finish.
+        did = hits & top_mask[None]
+        s = top_lp / denom[i + 1]
+        s = s + (jnp.all(finished, axis=-1, keepdims=True) & early).astype(jnp.float32) * neg
+        s = s + (~unsat).astype(jnp.float32) * neg
+        s = s + (~did).astype(jnp.float32) * neg
+        m_scores = jnp.concatenate([scores, s], axis=1)
+        keep = jax.lax.top_k(m_scores, K)[1]
+        seqs = _gather_beams(jnp.concatenate([seqs, top_seqs], axis=1), keep)
+        scores = _gather_beams(m_scores, keep)
+        finished = _gather_beams(jnp.concatenate([finished, did], axis=1), keep)
+        # The early-stop heuristic, at the new length i + 1.
+        hyp_len = jnp.where(never_len > 0, never_len, i + 1)
+        best = running_scores[:, :1] / denom[hyp_len]
+        worst = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), neg)
+        unsat = unsat & jnp.any(best > worst, axis=-1, keepdims=True)
+        going = jnp.any(unsat) & ~(jnp.all(finished) & early) & ~jnp.all(hits)
+        rows = (jnp.arange(B)[:, None] * K + running_src).reshape(BK)
+        next_tok = running_seqs[:, :, i].reshape(BK)
+        return (running_seqs, running_scores, seqs, scores, finished, unsat), rows, next_tok, going
+
+    def cond(carry):
+        i, going = carry[0], carry[-1]
+        return (i < M) & going
+
+    def body(carry):
+        i, rows, tok, state, beams, _ = carry
+        state = reorder(state, rows)  # each running beam continues its source beam's cache
+        logits, state = step(state, tok)
+        beams, rows, tok, going = select(i, logits, beams)
+        return i + 1, rows, tok, state, beams, going
+
+    init_scores = jnp.where(jnp.arange(K)[None] == 0, 0.0, neg) * jnp.ones((B, 1), jnp.float32)
+    beams = (
+        jnp.full((B, K, M), pad, jnp.int32), init_scores, jnp.full((B, K, M), pad, jnp.int32),
+        jnp.full((B, K), neg, jnp.float32), jnp.zeros((B, K), bool), jnp.ones((B, 1), bool),
+    )
+    carry = (jnp.int32(0), jnp.arange(BK), tok, state, beams, jnp.array(True))
+    seqs = jax.lax.while_loop(cond, body, carry)[4][2]
+    return seqs[:, 0]  # hypotheses are kept sorted: the best first
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_gpt2(model, max_new_tokens, method, temperature, top_k, top_p, eos, pad):
+def _compiled(model, spec: _Spec):
+    scan = model.config.scan_layers
+    V = model.config.vocab_size
+    M = spec.max_new_tokens
+
     @jax.jit
-    def run(params, ids, mask, rng):
-        B, T = ids.shape
-        S = T + max_new_tokens
-        cache = jax.tree.map(
-            jnp.zeros_like,
-            jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((B, S), jnp.int32), decode=True))["cache"],
-        )
-        full_mask = jnp.concatenate([mask, jnp.ones((B, max_new_tokens), mask.dtype)], axis=1)
-        pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-        logits, vars_ = model.apply({"params": params, "cache": cache}, ids, attention_mask=full_mask,
-                                    position_ids=pos, decode=True, mutable=["cache"])
-        next_pos = pos[:, -1] + 1
-        out = jnp.zeros((B, max_new_tokens), jnp.int32)
-        finished = jnp.zeros((B,), bool)
+    def run(params, ids, mask, rng, settings):
+        _TRACES[0] += 1
+        if spec.family == "gpt2":
+            state, tok = _gpt2_start(model, params, ids, mask, M)
+            step = functools.partial(_gpt2_step, model, params)
+        else:
+            state, tok = _t5_start(model, params, ids, mask, M, spec.start)
+            step = functools.partial(_t5_step, model, params)
+        rec = None
+        if spec.method == "beam":
+            K = spec.num_beams
+            # One prefill per example; its beams start from copies of the cache.
+            rep = lambda x, axis: jnp.repeat(x, K, axis=axis)  # noqa: E731
+            state = {"cache": _map_cache(state["cache"], rep, _ALL_CACHE, scan),
+                     "rows": jax.tree.map(lambda x: rep(x, 0), state["rows"])}
 
-        def choose(logits, i):
-            if method == "greedy":
-                return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            l = process_logits(logits, temperature, top_k, top_p)
-            return jax.random.categorical(jax.random.fold_in(rng, i), l, axis=-1).astype(jnp.int32)
+            def reorder(state, rows):
+                take = lambda x, axis: jnp.take(x, rows, axis=axis)  # noqa: E731
+                # Only self-attention caches differ between the beams of an example.
+                return {"cache": _map_cache(state["cache"], take, _SELF_CACHE, scan), "rows": state["rows"]}
 
-        def body(carry):
-            i, last_logits, cache, out, finished, p = carry
-            tok = choose(last_logits, i)
-            if eos is not None:
-                tok = jnp.where(finished, pad, tok)
-                finished = finished | (tok == eos)
-            out = out.at[:, i].set(tok)
-            logits, v = model.apply({"params": params, "cache": cache}, tok[:, None], attention_mask=full_mask,
-                                    position_ids=p[:, None], decode=True, mutable=["cache"])
-            return i + 1, logits[:, -1].astype(jnp.float32), v["cache"], out, finished, p + 1
-
-        def cond(carry):
-            i, *_, finished, _p = carry
-            return (i < max_new_tokens) & ~jnp.all(finished) if eos is not None else i < max_new_tokens
-
-        carry = (0, logits[:, -1].astype(jnp.float32), vars_["cache"], out, finished, next_pos)
-        i, _, _, out, finished, _ = jax.lax.while_loop(cond, body, carry)
-        if eos is not None:  # stopped early: the rest is padding
-            out = jnp.where(jnp.arange(max_new_tokens)[None] >= i, pad, out)
-        return jnp.concatenate([ids, out], axis=1)
+            gen = _beam_search(spec, V, rep(tok, 0), state, step, reorder, settings)
+        else:
+            gen, rec = _sample_loop(spec, V, tok, state, step, rng, settings)
+        if spec.family == "gpt2":
+            gen = jnp.concatenate([ids, gen], axis=1)
+        return gen, rec
 
     return run

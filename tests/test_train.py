@@ -29,24 +29,6 @@ from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Reruns of one configuration compile identical programs: let XLA reuse them.
-
-    (Compiling the random initialisers dominates these tests on a small CPU.) The executables are
-    the same ones a fresh compile makes; restored afterwards so other modules are unaffected.
-    """
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
-
-
 def tiny_experiment(**kw) -> Experiment:
     spec = importlib.util.spec_from_file_location("gpt2_shakespeare_exp", os.path.join(ROOT, "experiments", "gpt2_shakespeare.py"))
     mod = importlib.util.module_from_spec(spec)

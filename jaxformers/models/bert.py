@@ -18,7 +18,6 @@ from typing import Any
 
 import flax.linen as nn
 import flax.struct
-import jax
 import jax.numpy as jnp
 import numpy as np
 

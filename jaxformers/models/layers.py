@@ -374,7 +374,7 @@ class Attention(nn.Module):
         if is_init:
             # Initialising the cache: the input only sizes it.
             return k, v, combine_masks(causal_mask(k.shape[1], k.shape[1]), mask)
-        B, T = k.shape[0], k.shape[1]
+        T = k.shape[1]
         S = cached_k.value.shape[1]
         i = index.value
         cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
