@@ -1,7 +1,8 @@
 """``jaxformers train|sample|fill-mask|convert|plot`` (also ``python -m jaxformers``).
 
     jaxformers train EXPERIMENT.py --workdir DIR [--variant tiny] [--set a.b=value ...]
-    jaxformers sample --workdir DIR --prompt TEXT [--method greedy|sample] [--temperature ...]
+    jaxformers sample --workdir DIR --prompt TEXT [--method greedy|sample|beam] [--temperature ...]
+    jaxformers sample --workdir T5_DIR --input "to be or <extra_id_0> to be"
     jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT; workdir or HF dir)
     jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
@@ -154,28 +155,39 @@ def _fill_mask(args) -> int:
     return 0
 
 
-def sample_text(workdir, prompt, max_new_tokens, method, temperature, top_k, top_p, seed=0) -> str:
+def sample_text(workdir, prompt, max_new_tokens, method, temperature, top_k, top_p, seed=0, num_beams=4,
+                model_input=None) -> str:
+    """GPT-2: continues ``prompt``. T5: generates from ``model_input`` (or ``prompt``)."""
     import jax
     import numpy as np
 
     from jaxformers import decoding
 
     model, params, tok = load_for_inference(workdir)
-    ids = tok.encode(prompt)
+    family = type(model).__name__
+    text = model_input if model_input is not None else prompt
+    ids = tok.encode(text)
     if not ids:
-        raise ValueError("the prompt is empty; give some text with --prompt")
-    room = model.config.n_positions - len(ids)
-    if room < 1:
-        raise ValueError(f"the prompt has {len(ids)} tokens, the model only {model.config.n_positions} positions")
-    out = decoding.generate(model, params, np.asarray([ids]), max_new_tokens=min(max_new_tokens, room),
-                            method=method, temperature=temperature, top_k=top_k or None, top_p=top_p,
+        raise ValueError("the prompt is empty; give some text with --prompt (GPT-2) or --input (T5)")
+    if family.startswith("T5"):
+        ids = ids + [tok.eos_id]
+        room = max_new_tokens
+    else:
+        room = min(max_new_tokens, model.config.n_positions - len(ids))
+        if room < 1:
+            raise ValueError(f"the prompt has {len(ids)} tokens, the model only {model.config.n_positions} positions")
+    out = decoding.generate(model, params, np.asarray([ids]), max_new_tokens=room, method=method,
+                            temperature=temperature, top_k=top_k or None, top_p=top_p, num_beams=num_beams,
+                            eos_token_id=tok.eos_id if family.startswith("T5") else None,
                             rng=jax.random.PRNGKey(seed))
     return tok.decode(np.asarray(out[0]).tolist())
 
 
 def _sample(args) -> int:
+    if args.prompt is None and args.input is None:
+        raise ValueError("give --prompt TEXT (GPT-2) or --input TEXT (T5)")
     text = sample_text(args.workdir, args.prompt, args.max_new_tokens, args.method, args.temperature,
-                       args.top_k, args.top_p, args.seed)
+                       args.top_k, args.top_p, args.seed, args.num_beams, args.input)
     print(text)
     return 0
 
@@ -232,9 +244,11 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_train)
     s = sub.add_parser("sample", help="generate text from a trained workdir")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--prompt", required=True)
+    s.add_argument("--prompt", default=None, help="GPT-2: the text to continue")
+    s.add_argument("--input", default=None, help="T5: the encoder input, e.g. a text with <extra_id_0> sentinels")
     s.add_argument("--max-new-tokens", type=int, default=200)
-    s.add_argument("--method", default="sample", choices=["greedy", "sample"])
+    s.add_argument("--method", default="sample", choices=["greedy", "sample", "beam"])
+    s.add_argument("--num-beams", type=int, default=4)
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-k", type=int, default=40)
     s.add_argument("--top-p", type=float, default=None)
