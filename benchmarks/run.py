@@ -224,22 +224,35 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
             "step_seconds_median": med, "tokens_per_second": tokens / med}
 
 
-def jax_decode(model_name: str, steps: int, batch: int) -> dict:
-    from jaxformers import decoding
-    from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
-
-    if model_name != "gpt2":
-        raise ValueError(f"decode benchmark for {model_name} arrives with its model")
-    c = GPT2Config.preset("124m", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(c)
-    params = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"])(jax.random.PRNGKey(0))
+def _decode_setup(model_name: str, batch: int):
+    """(model, params, input ids, new tokens) of the decode workloads (random weights)."""
     import flax.linen as nn
 
-    params = nn.meta.unbox(params)
-    ids = np.random.default_rng(0).integers(0, c.vocab_size, (batch, 32))
-    first, med, _ = timed(lambda: decoding.generate(model, params, ids, max_new_tokens=128), max(3, steps // 3), warmup=1)
-    return {"framework": "jaxformers", "workload": "gpt2-decode", "batch": batch, "prompt": 32, "new_tokens": 128,
-            "seconds_median": med, "compile_seconds": first - med, "new_tokens_per_second": batch * 128 / med}
+    rng = np.random.default_rng(0)
+    if model_name == "gpt2":
+        from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+        c = GPT2Config.preset("124m", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model, dummies, ids, new = GPT2LMHeadModel(c), (jnp.zeros((1, 8), jnp.int32),), \
+            rng.integers(0, c.vocab_size, (batch, 32)), 128
+    else:
+        from jaxformers.models.t5 import T5Config, T5ForConditionalGeneration
+
+        c = T5Config.preset("t5-small", dropout_rate=0.0)
+        model, dummies, ids, new = T5ForConditionalGeneration(c), \
+            (jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, 4), jnp.int32)), rng.integers(2, 32000, (batch, 128)), 64
+    params = nn.meta.unbox(jax.jit(lambda r: model.init(r, *dummies)["params"])(jax.random.PRNGKey(0)))
+    return model, params, ids, new
+
+
+def jax_decode(model_name: str, steps: int, batch: int) -> dict:
+    from jaxformers import decoding
+
+    model, params, ids, new = _decode_setup(model_name, batch)
+    first, med, _ = timed(lambda: decoding.generate(model, params, ids, max_new_tokens=new), max(3, steps // 3), warmup=1)
+    return {"framework": "jaxformers", "workload": f"{model_name}-decode", "batch": batch, "prompt": ids.shape[1],
+            "new_tokens": new, "seconds_median": med, "compile_seconds": first - med,
+            "new_tokens_per_second": batch * new / med}
 
 
 def torch_decode(model_name: str, steps: int, batch: int) -> dict:
@@ -247,10 +260,15 @@ def torch_decode(model_name: str, steps: int, batch: int) -> dict:
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    ids = torch.randint(0, cfg.vocab_size, (batch, 32))
-    kw = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=0, use_cache=True)
+    if model_name == "gpt2":
+        cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model, ids, new = transformers.GPT2LMHeadModel(cfg).eval(), torch.randint(0, cfg.vocab_size, (batch, 32)), 128
+    else:
+        cfg = transformers.T5Config(dropout_rate=0.0, d_model=512, d_ff=2048, num_layers=6, num_heads=8,
+                                    feed_forward_proj="relu", tie_word_embeddings=True,
+                                    decoder_start_token_id=0, pad_token_id=0)
+        model, ids, new = transformers.T5ForConditionalGeneration(cfg).eval(), torch.randint(2, 32000, (batch, 128)), 64
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0, use_cache=True)
     with torch.no_grad():
         model.generate(ids, **kw)
         times = []
@@ -259,8 +277,8 @@ def torch_decode(model_name: str, steps: int, batch: int) -> dict:
             model.generate(ids, **kw)
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return {"framework": "transformers-pytorch", "workload": "gpt2-decode", "batch": batch,
-            "seconds_median": med, "new_tokens_per_second": batch * 128 / med}
+    return {"framework": "transformers-pytorch", "workload": f"{model_name}-decode", "batch": batch,
+            "seconds_median": med, "new_tokens_per_second": batch * new / med}
 
 
 def compile_times() -> dict:

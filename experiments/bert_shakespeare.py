@@ -29,8 +29,8 @@ def get_config(variant: str = "default") -> Experiment:
         checkpoint=CheckpointConfig(every=500, keep=2),
         sample=SampleConfig(max_new_tokens=0),
         batch_size=32,
-        steps=600,
-        eval_every=200,
+        steps=300,
+        eval_every=100,
         eval_batches=8,
         log_every=10,
     )

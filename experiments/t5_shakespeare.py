@@ -31,8 +31,8 @@ def get_config(variant: str = "default") -> Experiment:
         sample=SampleConfig(max_new_tokens=0),
         z_loss=1e-4,
         batch_size=32,
-        steps=600,
-        eval_every=200,
+        steps=300,
+        eval_every=100,
         eval_batches=8,
         log_every=10,
     )
