@@ -119,34 +119,54 @@ def _coerce(value: str, current: Any, key: str) -> Any:
     return value
 
 
-def override(cfg: Any, key: str, value: str, _prefix: str = "") -> Any:
-    """Returns ``cfg`` with the dotted field ``key`` set from the string ``value``.
+def _tree(settings: list[str]) -> dict:
+    tree: dict = {}
+    for s in settings:
+        if "=" not in s:
+            raise ValueError(f"--set {s!r}: expected key=value, e.g. --set optim.lr=1e-3")
+        key, value = (p.strip() for p in s.split("=", 1))
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part} is set as a plain value elsewhere")
+        node[parts[-1]] = value
+    return tree
 
-    Unknown keys raise an error that lists the valid ones, so a typo never trains silently with
-    the default.
-    """
-    head, _, rest = key.partition(".")
+
+def _apply(cfg: Any, tree: dict, prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cfg)]
-    if head not in names:
-        raise ValueError(f"unknown setting {_prefix + head!r} ({type(cfg).__name__}); valid keys: "
-                         f"{', '.join(_prefix + n for n in names)}")
-    current = getattr(cfg, head)
-    if rest:
-        if not dataclasses.is_dataclass(current):
-            raise ValueError(f"{head} is a plain value, not a group: use --set {head}=...")
-        new = override(current, rest, value, _prefix + head + ".")
-    else:
-        if dataclasses.is_dataclass(current):
-            raise ValueError(f"{head} is a group; set one of its fields: "
-                             f"{', '.join(head + '.' + f.name for f in dataclasses.fields(current))}")
-        new = _coerce(value, current, key)
-    return dataclasses.replace(cfg, **{head: new})
+    changes = {}
+    for head, value in tree.items():
+        key = prefix + head
+        if head not in names:
+            raise ValueError(f"unknown setting {key!r} ({type(cfg).__name__}); valid keys: "
+                             f"{', '.join(prefix + n for n in names)}")
+        current = getattr(cfg, head)
+        if isinstance(value, dict):
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(f"{key} is a plain value, not a group: use --set {key}=...")
+            changes[head] = _apply(current, value, key + ".")
+        elif dataclasses.is_dataclass(current):
+            raise ValueError(f"{key} is a group; set one of its fields: "
+                             f"{', '.join(key + '.' + f.name for f in dataclasses.fields(current))}")
+        else:
+            changes[head] = _coerce(value, current, key)
+    # One replace per dataclass: its checks see all of this group's new values together.
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def override(cfg: Any, key: str, value: str) -> Any:
+    """Returns ``cfg`` with the dotted field ``key`` set from the string ``value``."""
+    return apply_overrides(cfg, [f"{key}={value}"])
 
 
 def apply_overrides(cfg: Any, settings: list[str] | None) -> Any:
-    for s in settings or []:
-        if "=" not in s:
-            raise ValueError(f"--set {s!r}: expected key=value, e.g. --set optim.lr=1e-3")
-        k, v = s.split("=", 1)
-        cfg = override(cfg, k.strip(), v.strip())
-    return cfg
+    """``cfg`` with every ``key=value`` of ``settings`` applied (dotted keys reach nested groups).
+
+    Unknown keys raise an error that lists the valid ones, so a typo never trains silently with
+    the default; the settings of one group are applied together, so ``model.n_embd`` and
+    ``model.n_head`` can change in one command.
+    """
+    return _apply(cfg, _tree(settings or []), "")

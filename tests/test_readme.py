@@ -123,9 +123,11 @@ def test_python_snippet_runs(index, model_dirs, tmp_path):
     script.write_text(code, encoding="utf-8")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path)
     proc = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"README python snippet #{index + 1} failed:\n{code}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, \
+        f"README python snippet #{index + 1} failed:\n{code}\n--- stderr ---\n{proc.stderr[-4000:]}"
 
     # What a snippet writes in Hugging Face format must load in transformers ("loads it unchanged").
     written = [d for d, _, files in os.walk(cwd) if "config.json" in files and "model.safetensors" in files]
