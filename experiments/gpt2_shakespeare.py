@@ -6,7 +6,11 @@ Launch:
     ... --variant tiny        (two-step smoke test used by the tests)
 
 Sized for: 2 CPU cores (any machine works; a GPU just finishes sooner).
-Measured: see the table in README.md (wall time, tokens/s, MFU, validation loss).
+Measured (2026-11-26, this project's 2-core CPU, jax 0.10.2): 2.22M params, 1,748,013 train and
+91,566 validation BPE tokens; after 450 steps of 32 x 128 tokens the validation loss is 4.254
+nats/token with 21.1% next-token accuracy (the same to the digit in two runs). The run used 629
+CPU-seconds (about 5 minutes of wall time on an idle 2-core machine; 16.7 minutes on a shared one
+where it got 62% of one core). Samples read like play text with invented names and words.
 """
 
 import dataclasses
