@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -64,7 +65,20 @@ class Checkpointer:
             except Exception as e:  # orbax raises many types for truncated/garbled files
                 log.warning("checkpoint at step %d is damaged (%s: %s); falling back to the previous one",
                             step, type(e).__name__, str(e)[:300])
+                self._set_aside(step)
         return None
+
+    def _set_aside(self, step: int) -> None:
+        """Moves a damaged step out of the way (kept for inspection), so training can write it again."""
+        from jaxformers.launch import barrier
+
+        if jax.process_index() == 0:
+            aside = self.directory + "_damaged"
+            os.makedirs(aside, exist_ok=True)
+            os.replace(os.path.join(self.directory, str(step)), os.path.join(aside, f"{step}-{int(time.time())}"))
+            log.warning("moved the damaged checkpoint of step %d to %s", step, aside)
+        barrier(f"jaxformers-set-aside-{step}")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

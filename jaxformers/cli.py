@@ -65,6 +65,8 @@ def _train(args) -> int:
                 text = sample_text(args.workdir, prompt, exp.sample.max_new_tokens, "sample",
                                    exp.sample.temperature, exp.sample.top_k, None, seed=0)
                 print(f"\n--- sample ({prompt!r}) ---\n{text}")
+    # Every process leaves together: none may reach the runtime's shutdown while another still works.
+    launch.barrier("jaxformers-train-done")
     return 0
 
 
