@@ -60,7 +60,11 @@ def _train(args) -> int:
         from jaxformers import plot
 
         print(f"loss plot: {plot.plot_workdir(args.workdir)}")
-        if exp.objective == "causal_lm" and exp.sample.max_new_tokens > 0:
+        if jax_process_count() > 1:
+            # Reading the export back goes through orbax's collective restore, which every process
+            # would have to join: sample afterwards with `jaxformers sample` on one host.
+            print(f"samples: jaxformers sample --workdir {args.workdir} --prompt ...")
+        elif exp.objective == "causal_lm" and exp.sample.max_new_tokens > 0:
             for prompt in exp.sample.prompts:
                 text = sample_text(args.workdir, prompt, exp.sample.max_new_tokens, "sample",
                                    exp.sample.temperature, exp.sample.top_k, None, seed=0)
@@ -74,6 +78,12 @@ def _leaves(tree):
     import jax
 
     return jax.tree.leaves(tree)
+
+
+def jax_process_count() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 def jax_process_index() -> int:

@@ -1,0 +1,483 @@
+"""Reliability: multi-host equivalence, restore onto other meshes, preemption, kill -9 resume,
+damaged checkpoints, unwritable workdirs, non-finite losses, the workdir lock, and fuzzed inputs.
+
+The subprocess runs use the tiny variants on a ~40 KB slice of one play (fast data preparation)
+and share the session's XLA compilation cache through JAX_COMPILATION_CACHE_DIR.
+"""
+
+import dataclasses
+import glob
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jaxformers import cli, sharding, train
+from jaxformers.config import CheckpointConfig, MeshConfig
+from jaxformers.data import sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPS = {n: os.path.join(ROOT, "experiments", f"{n}_shakespeare.py") for n in ("gpt2", "bert", "t5")}
+FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, data_dir):
+    md = open(sources.shakespeare_files()[0], encoding="utf-8").read()
+    path = tmp_path_factory.mktemp("rcorpus") / "play.txt"
+    path.write_text(sources.play_markdown_to_text(md)[:40_000], encoding="utf-8")
+    return str(path)
+
+
+def sub_env(data_dir, ndev=8):
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", JAXFORMERS_DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if "JAXFORMERS_TEST_COMPILE_CACHE" in os.environ:
+        env["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXFORMERS_TEST_COMPILE_CACHE"]
+    return env
+
+
+def train_cmd(name, workdir, corpus, *sets, extra=()):
+    cmd = [sys.executable, "-m", "jaxformers", "train", EXPS[name], "--variant", "tiny", "--workdir", str(workdir),
+           "--set", "progress=false", "--set", f"data.corpus={corpus}"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd + list(extra)
+
+
+def run_ok(cmd, env, timeout=240):
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout + p.stderr
+
+
+def records(workdir, split="train"):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        recs = []
+        for line in f:
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written
+                pass
+    return [r for r in recs if r["split"] == split]
+
+
+def losses(workdir):
+    """step -> loss; a step logged twice (before a kill and after the resume) keeps the last."""
+    return {r["step"]: r["loss"] for r in records(workdir)}
+
+
+def wait_for(pred, proc, timeout=180):
+    t = time.time()
+    while not pred():
+        assert proc.poll() is None, f"exited early: {proc.returncode}\n{proc.stdout.read()[-3000:]}"
+        assert time.time() - t < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def tiny(corpus, **kw):
+    spec = importlib.util.spec_from_file_location("gpt2_shakespeare_rel", EXPS["gpt2"])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    exp = mod.get_config("tiny")
+    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, corpus=corpus), progress=False,
+                               peak_tflops=1.0, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_close(a, b, rel=1e-5):
+    assert sorted(a) == sorted(b)
+    for s in a:
+        assert a[s] == pytest.approx(b[s], rel=rel), (s, a[s], b[s])
+
+
+# ---------------------------------------------------------------------------------- 1. multi-host
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, corpus, data_dir):
+    one = tmp_path / "one"
+    run_ok(train_cmd("gpt2", one, corpus, "steps=5"), sub_env(data_dir, 8))  # also prepares the corpus
+    two = tmp_path / "two"
+    port = free_port()
+    procs = [subprocess.Popen(
+        train_cmd("gpt2", two, corpus, "steps=5",
+                  extra=("--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))),
+        env={k: v for k, v in sub_env(data_dir, 4).items() if k != "JAX_COMPILATION_CACHE_DIR"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=150)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        outs = [p.communicate()[0] for p in procs]
+        pytest.fail("2-process run hung:\n" + "\n----\n".join(o[-1500:] for o in outs))
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert "mesh {'data': 8" in outs[0]
+    a, b = losses(one), losses(two)
+    assert sorted(a) == [1, 2, 3, 4, 5]
+    assert_close(b, a, rel=1e-5)
+    assert [r["step"] for r in records(two)] == [1, 2, 3, 4, 5]  # only process 0 writes metrics
+
+
+# ---------------------------------------------------------------------------------- 2. other meshes
+
+@pytest.mark.slow
+def test_restore_onto_other_meshes(tmp_path, corpus):
+    exp = tiny(corpus, steps=6, mesh=MeshConfig((8, 1, 1)), optim=dataclasses.replace(tiny(corpus).optim, warmup_steps=2))
+    full = train.Trainer(exp, str(tmp_path / "full")).run()
+    assert sorted(full.train_losses) == [1, 2, 3, 4, 5, 6]
+    wa, wb = str(tmp_path / "a"), str(tmp_path / "b")
+    first = train.Trainer(exp, wa).run(stop_at=3)
+    assert first.final_step == 3
+    for s in (1, 2, 3):
+        assert first.train_losses[s] == full.train_losses[s]
+    shutil.copytree(wa, wb)
+    r222 = train.Trainer(dataclasses.replace(exp, mesh=MeshConfig((2, 2, 2))), wa).run()
+    r111 = train.Trainer(dataclasses.replace(exp, mesh=MeshConfig((1, 1, 1))), wb, devices=jax.devices()[:1]).run()
+    want = {s: full.train_losses[s] for s in (4, 5, 6)}
+    for r in (r222, r111):
+        assert r.steps_run == 3 and r.final_step == 6
+        assert_close(r.train_losses, want, rel=1e-5)
+    assert len(set(want.values())) == 3
+
+
+# ---------------------------------------------------------------------------------- 3. preemption
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resumes(tmp_path, corpus, data_dir):
+    wd = tmp_path / "wd"
+    env = sub_env(data_dir)
+    p = subprocess.Popen(train_cmd("gpt2", wd, corpus, "steps=400", "checkpoint.every=1000"), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        wait_for(lambda: len(records(wd)) >= 3, p)
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=120)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, out[-3000:]
+    m = re.search(r"preempted \(SIGTERM\): saved a checkpoint at step (\d+)", out)
+    assert m, out[-3000:]
+    step = int(m.group(1))
+    assert 3 <= step < 400
+    assert os.path.isdir(wd / "checkpoints" / str(step))
+    out2 = run_ok(train_cmd("gpt2", wd, corpus, f"steps={step + 2}", "checkpoint.every=1000"), env)
+    assert f"resuming from step {step}" in out2
+    assert f"done: step {step + 2}" in out2
+
+
+# ---------------------------------------------------------------------------------- 4. kill -9
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "bert", "t5"])
+def test_exact_resume_after_sigkill(tmp_path, corpus, data_dir, name):
+    env = sub_env(data_dir)
+    sets = ("steps=8", "log_every=1", "checkpoint.every=2")
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_ok(train_cmd(name, a, corpus, *sets), env)
+    want = losses(a)
+    assert sorted(want) == list(range(1, 9))
+    # B reuses A's tokenizer and token caches (the prepared examples live in the shared data_dir).
+    b.mkdir()
+    for d in ("tokenizer", "data"):
+        if (a / d).is_dir():
+            shutil.copytree(a / d, b / d)
+    p = subprocess.Popen(train_cmd(name, b, corpus, *sets), env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        wait_for(lambda: any(r["step"] >= 3 for r in records(b)), p)
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == -signal.SIGKILL
+    killed_at = max(r["step"] for r in records(b))
+    out = run_ok(train_cmd(name, b, corpus, *sets), env)
+    m = re.search(r"resuming from step (\d+)", out)
+    resumed = int(m.group(1)) if m else 0
+    assert resumed <= killed_at and resumed < 8, (resumed, killed_at)
+    got = losses(b)
+    assert sorted(got) == list(range(1, 9))
+    for s in range(resumed + 1, 9):
+        assert got[s] == want[s], (name, s, got[s], want[s])  # bit for bit
+
+
+# ---------------------------------------------------------------------------------- 5. damaged / unwritable
+
+@pytest.mark.slow
+def test_damaged_checkpoint_falls_back(tmp_path, corpus, caplog):
+    wd = str(tmp_path / "wd")
+    exp = tiny(corpus, steps=3, checkpoint=CheckpointConfig(every=1, keep=3))
+    train.Trainer(exp, wd).run()
+    assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit()) == [1, 2, 3]
+    files = [f for f in glob.glob(os.path.join(wd, "checkpoints", "3", "state", "**"), recursive=True)
+             if os.path.isfile(f)]
+    biggest = max(files, key=os.path.getsize)
+    size = os.path.getsize(biggest)
+    with open(biggest, "r+b") as f:
+        f.truncate(size // 2)
+    caplog.set_level("WARNING", logger="jaxformers")
+    r = train.Trainer(dataclasses.replace(exp, steps=5), wd).run()
+    assert "checkpoint at step 3 is damaged" in caplog.text
+    assert r.final_step == 5 and r.steps_run == 3 and sorted(r.train_losses) == [3, 4, 5]
+
+
+def test_unwritable_workdir(tmp_path, corpus, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    bad = str(blocker / "wd")
+    with pytest.raises(RuntimeError, match="not writable"):
+        train.Trainer(tiny(corpus), bad)
+    rc = cli.main(["train", EXPS["gpt2"], "--variant", "tiny", "--workdir", bad, "--set", f"data.corpus={corpus}"])
+    assert rc == 2
+    assert "not writable" in capsys.readouterr().err
+    assert not os.path.exists(bad)
+
+
+# ---------------------------------------------------------------------------------- 6. numerics
+
+@pytest.mark.slow
+def test_nan_stop_names_step_and_checkpoint(tmp_path, corpus):
+    wd = str(tmp_path)
+    exp = tiny(corpus, steps=6, checkpoint=CheckpointConfig(every=1, keep=3))
+    exp = dataclasses.replace(exp, optim=dataclasses.replace(exp.optim, lr=1e30, clip_norm=0.0, warmup_steps=1))
+    with pytest.raises(FloatingPointError) as e:
+        train.Trainer(exp, wd).run()
+    msg = str(e.value)
+    m = re.search(r"loss is (nan|inf|-inf) at step (\d+); the last good checkpoint: step (\d+)", msg)
+    assert m, msg
+    bad, good = int(m.group(2)), int(m.group(3))
+    assert good == bad - 1 and os.path.isdir(os.path.join(wd, "checkpoints", str(good)))
+    assert not os.path.exists(os.path.join(wd, "checkpoints", str(bad)))  # never saves a non-finite state
+
+
+class _PoisonedData:
+    """The real data, but the batches of ``bad`` steps hold out-of-range ids (NaN embeddings)."""
+
+    def __init__(self, inner, bad):
+        self.inner, self.bad = inner, bad
+
+    def __getattr__(self, k):
+        return getattr(self.inner, k)
+
+    def train_batch(self, step):
+        b = self.inner.train_batch(step)
+        if step in self.bad:
+            b = dict(b, inputs=np.full_like(b["inputs"], 10 ** 6))
+        return b
+
+
+@pytest.mark.slow
+def test_nan_skip_keeps_params_finite(tmp_path, corpus):
+    wd = str(tmp_path)
+    exp = tiny(corpus, steps=5, nan_policy="skip", checkpoint=CheckpointConfig(every=1, keep=3))
+    tr = train.Trainer(exp, wd)
+    tr.data = _PoisonedData(tr.data, bad={1, 3})  # steps 2 and 4
+    r = tr.run()
+    assert r.final_step == 5
+    recs = {x["step"]: x for x in records(wd)}
+    assert [recs[s]["skipped"] for s in range(1, 6)] == [0.0, 1.0, 0.0, 1.0, 0.0]
+    assert not math.isfinite(recs[2]["loss"]) and math.isfinite(recs[5]["loss"])
+    from jaxformers import checkpoint
+    params = checkpoint.load_params(os.path.join(wd, "params"))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_bf16_loss_is_float32(tmp_path, corpus):
+    exp = tiny(corpus)
+    exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, dtype="bfloat16"))
+    tr = train.Trainer(exp, str(tmp_path))
+    state = tr.init_state()
+    step_fn, _ = tr.compiled_steps()
+    with tr.mesh_context():
+        _, m = step_fn(state, sharding.host_to_global(tr.data.train_batch(0), tr.mesh, leading=1), jax.random.PRNGKey(1))
+    assert m["loss"].dtype == jnp.float32 and math.isfinite(float(m["loss"]))
+
+
+# ---------------------------------------------------------------------------------- 7. the lock
+
+def test_workdir_in_use(tmp_path, corpus):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(120)", str(wd / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        tr = train.Trainer(tiny(corpus), str(wd))
+        with pytest.raises(RuntimeError, match="in use"):
+            tr.run()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not os.path.exists(wd / "checkpoints")
+
+
+# ---------------------------------------------------------------------------------- 8. fuzzing
+
+from jaxformers.objectives import mlm_nsp, span_corruption  # noqa: E402
+
+
+@FUZZ
+@given(length=st.integers(0, 300), density=st.floats(0.01, 0.99), span=st.floats(1.0, 10.0), seed=st.integers(0, 2**31))
+def test_fuzz_noise_mask(length, density, span, seed):
+    m = span_corruption.noise_mask(length, density, span, seed)
+    assert m.dtype == bool and m.shape == (length,)
+    if length >= 2:
+        assert not m[0] and m[-1] and 1 <= m.sum() <= length - 1
+
+
+@FUZZ
+@given(toks=st.lists(st.integers(2, 350), min_size=0, max_size=300), density=st.floats(-0.5, 1.5),
+       span=st.floats(0.0, 10.0), seed=st.integers(0, 2**31))
+def test_fuzz_span_corrupt(toks, density, span, seed):
+    V = 512
+    try:
+        out = span_corruption.span_corrupt(toks, V, density, span, seed)
+    except ValueError:
+        assert len(toks) < 2 or not 0 < density < 1 or span < 1
+        return
+    inp, tgt = out["inputs"], out["targets"]
+    assert inp[-1] == 1 and tgt[-1] == 1 and inp.dtype == np.int32
+    n_noise = int(np.sum(inp[:-1] > 350))  # sentinels count down from V - 1
+    sent_in = [t for t in inp[:-1] if t > 350]
+    sent_tg = [t for t in tgt[:-1] if t > 350]
+    assert sent_in == sent_tg == list(range(V - 1, V - 1 - n_noise, -1))
+    # Putting each span back into its sentinel restores the tokens.
+    spans, cur = {}, None
+    for t in tgt[:-1]:
+        if t > 350:
+            cur = t
+            spans[cur] = []
+        else:
+            spans[cur].append(int(t))
+    rebuilt = [x for t in inp[:-1] for x in (spans[t] if t > 350 else [int(t)])]
+    assert rebuilt == list(toks)
+    assert len(inp) + len(tgt) == len(toks) + 2 * n_noise + 2
+
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "king", "##s", "lord", "##ly", "a", "is", ".", "o"]
+
+
+@FUZZ
+@given(docs=st.lists(st.lists(st.lists(st.sampled_from(VOCAB[5:]), max_size=12), max_size=6), max_size=5),
+       L=st.integers(3, 40), P=st.integers(0, 8), prob=st.floats(-0.1, 1.1), short=st.floats(0, 1),
+       wwm=st.booleans(), seed=st.integers(0, 1000))
+def test_fuzz_create_instances(docs, L, P, prob, short, wwm, seed):
+    try:
+        inst = mlm_nsp.create_instances(docs, VOCAB, max_seq_length=L, max_predictions_per_seq=P, masked_lm_prob=prob,
+                                        short_seq_prob=short, do_whole_word_mask=wwm, seed=seed)
+    except ValueError:
+        assert L < 5 or P < 1 or not 0 < prob < 1
+        return
+    for x in inst:
+        ids, mask = x["input_ids"], x["input_mask"]
+        assert ids.shape == (L,) and x["masked_lm_positions"].shape == (P,)
+        n = int(mask.sum())
+        assert (mask[:n] == 1).all() and (ids[n:] == 0).all()
+        assert ((0 <= ids) & (ids < len(VOCAB))).all()
+        orig = mlm_nsp.original_input_ids(x)
+        assert orig[0] == 2 and int(np.sum(orig[:n] == 3)) == 2 and orig[n - 1] == 3
+        k = int(x["masked_lm_weights"].sum())
+        pos = x["masked_lm_positions"][:k]
+        assert k <= P and (pos < n).all() and len(set(pos.tolist())) == k
+        assert not np.isin(orig[pos], [0, 2, 3]).any()  # no special token masked
+        assert int(x["next_sentence_labels"]) in (0, 1)
+
+
+@pytest.fixture(scope="module")
+def tokenizers_trained():
+    from jaxformers.data.tokenizers import train_bpe
+    from jaxformers.data.wordpiece import train_wordpiece
+
+    md = open(sources.shakespeare_files()[0], encoding="utf-8").read()
+    text = sources.play_markdown_to_text(md)[:20_000]
+    lines = text.splitlines()
+    return train_bpe(lines, 400), train_wordpiece(lines, 300)
+
+
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_fuzz_tokenizers(tokenizers_trained, text):
+    bpe, wp = tokenizers_trained
+    ids = bpe.encode(text)
+    assert all(0 <= i < bpe.vocab_size for i in ids)
+    assert bpe.decode(ids) == text
+    ids = wp.encode(text)
+    assert all(0 <= i < wp.vocab_size for i in ids)
+    wp.decode(ids)
+
+
+@FUZZ
+@given(n=st.integers(0, 400), T=st.integers(1, 16), B=st.sampled_from([1, 2, 4, 8]), A=st.sampled_from([1, 2]),
+       seed=st.one_of(st.none(), st.integers(0, 100)), step=st.integers(0, 50))
+def test_fuzz_lm_batches(n, T, B, A, seed, step):
+    from jaxformers.data.pipeline import LMBatches
+
+    toks = np.random.default_rng(n).integers(0, 1000, n + T + 1).astype(np.uint16)
+    try:
+        lb = LMBatches(toks, T, B, seed, A)
+    except ValueError:
+        assert B % A
+        return
+    b1, b2 = lb.batch(step), LMBatches(toks, T, B, seed, A).batch(step)
+    assert b1["inputs"].shape == (A, B // A, T) and b1["targets"].shape == (A, B // A, T)
+    np.testing.assert_array_equal(b1["inputs"], b2["inputs"])
+    np.testing.assert_array_equal(b1["inputs"][..., 1:], b1["targets"][..., :-1])
+    assert ((0 <= b1["inputs"]) & (b1["inputs"] < 1000)).all()
+    # Every row is a window of the token stream.
+    for row in np.concatenate([b1["inputs"], b1["targets"][..., -1:]], -1).reshape(-1, T + 1):
+        assert any((toks[s:s + T + 1] == row).all() for s in range(0, len(toks) - T, T))
+
+
+@FUZZ
+@given(n=st.integers(1, 30), B=st.sampled_from([1, 2, 4]), seed=st.one_of(st.none(), st.integers(0, 9)),
+       step=st.integers(0, 40))
+def test_fuzz_example_batches(n, B, seed, step):
+    from jaxformers.data.pipeline import ExampleBatches
+
+    src = [{"x": np.full(3, i, np.int32), "y": np.int32(i)} for i in range(n)]
+    b = ExampleBatches(src, B, seed).batch(step)
+    b2 = ExampleBatches(src, B, seed).batch(step)
+    assert b["x"].shape == (1, B, 3) and b["y"].shape == (1, B)
+    np.testing.assert_array_equal(b["x"], b2["x"])
+    assert ((0 <= b["y"]) & (b["y"] < n)).all() and (b["x"][..., 0] == b["y"]).all()
+    if seed is None:
+        assert b["y"].reshape(-1).tolist() == [(step * B + j) % n for j in range(B)]
+
+
+@FUZZ
+@given(text=st.text(max_size=300), frac=st.floats(-1, 2))
+def test_fuzz_sources(text, frac):
+    sources.play_markdown_to_text(text)
+    tr, va = sources.split_document(text, frac)
+    assert tr + va == text
