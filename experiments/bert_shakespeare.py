@@ -7,7 +7,10 @@ Launch:
 Data exactly as google-research/bert builds it (create_pretraining_data.py): WordPiece trained on
 the corpus, sentence pairs with 50% random B, 15% masking 80/10/10, max 20 predictions per 128
 tokens, dupe_factor 5. Sized for: 2 CPU cores, minutes.
-Measured: see README.md (MLM and NSP accuracy against chance).
+Measured (2026-11-26, 2-core CPU shared with other jobs: 13.7 min wall, 1,573 tokens/s): 4.38M
+params, 8,122,880 train tokens (63,460 instances). Held-out eval (256 sequences) at steps
+100/200/300: MLM accuracy 7.3% / 11.8% / 12.9% (chance 1/4096), NSP accuracy 53.1% / 46.9% / 53.1%,
+i.e. NSP is still at chance (about 57% of pairs have a random B): 300 steps are too few for NSP.
 """
 
 import dataclasses
