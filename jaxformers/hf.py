@@ -11,7 +11,6 @@ Each family module provides ``config_from_hf``, ``config_to_hf``, ``params_from_
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import os
@@ -135,7 +134,3 @@ def save_pretrained(model: Any, params: Any, out_dir: str) -> None:
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(fam.config_to_hf(config), f, indent=2)
 
-
-def config_dict(config: Any) -> dict:
-    """A config dataclass as a JSON-able dict (used for workdir metadata)."""
-    return dataclasses.asdict(config)

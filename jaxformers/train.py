@@ -336,7 +336,7 @@ class Trainer:
             return init(rng)
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer) -> tuple[TrainState, int]:
-        abstract = checkpoint.abstract_like(self.abstract_state.arrays(), _arrays(self.state_shardings))
+        abstract = checkpoint.abstract_like(self.abstract_state.arrays(), self.state_shardings.arrays())
         found = ckpt.restore_latest_good(abstract) if ckpt.all_steps() else None
         if found is None:
             state = self.init_state()
@@ -382,7 +382,7 @@ class Trainer:
             for i in range(self.exp.eval_batches):
                 local = jax.tree.map(lambda x: x[0], self.data.eval_batch(i))
                 sums = eval_fn(state, sharding.host_to_global(local, self.mesh))
-                total = sums if total is None else _add_host(total, sums)
+                total = sums if total is None else _add(total, sums)
         total = jax.device_get(total)
         return {k: float(v) for k, v in self.objective.finalize(total).items()}
 
@@ -525,12 +525,6 @@ def merge_pretrained(target: dict, source: dict, prefix: str = "") -> tuple[dict
     return merged, fresh
 
 
-def _arrays(state_tree) -> dict:
-    return {"step": state_tree.step, "params": state_tree.params, "opt_state": state_tree.opt_state}
-
-
-def _add_host(a, b):
-    return jax.tree.map(lambda x, y: x + y, a, b)
 
 
 class _MeshRules:
