@@ -244,8 +244,8 @@ def combine_masks(*masks: Array | None) -> Array | None:
 
 def dot_product_attention(
     q: Array,  # [B, T, N, H]
-    k: Array,  # [B, S, K, H]
-    v: Array,  # [B, S, K, H]
+    k: Array,  # [B, S, N, H] ([B, N, S, H] with heads_first)
+    v: Array,  # [B, S, N, H] ([B, N, S, H] with heads_first)
     mask: Array | None,  # bool [B|1, N|1, T, S]
     bias: Array | None,  # [B|1, N, T, S] additive (T5 relative positions)
     scale: float,
@@ -254,23 +254,27 @@ def dot_product_attention(
     dtype: DType,
     impl: str = "xla",
     is_causal: bool = False,
+    heads_first: bool = False,
 ) -> Array:  # [B, T, N, H]
     """Softmax attention, softmax in float32.
 
     ``impl="xla"`` is written out in einsums (exact parity with transformers, attention dropout);
     ``impl="cudnn"``/``"auto"`` route to ``jax.nn.dot_product_attention`` (cuDNN flash attention on
-    GPU) when there is no attention dropout.
+    GPU) when there is no attention dropout. ``heads_first``: ``k`` and ``v`` are [B, N, S, H] (the
+    KV cache's layout, whose per-head [S, H] blocks the attention dots read without a transpose);
+    it always takes the einsum path.
     """
-    if impl != "xla" and (dropout_rate == 0.0 or dropout_rng is None):
+    if impl != "xla" and not heads_first and (dropout_rate == 0.0 or dropout_rng is None):
         if mask is not None:  # cuDNN wants the sequence dims of a mask spelled out
             mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
         return jax.nn.dot_product_attention(
             q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
             implementation=None if impl == "auto" else impl,
         ).astype(dtype)
+    kv = "BNSH" if heads_first else "BSNH"
     if is_causal:
-        mask = combine_masks(causal_mask(q.shape[1], k.shape[1]), mask)
-    logits = jnp.einsum("BTNH,BSNH->BNTS", q, k).astype(jnp.float32) * scale
+        mask = combine_masks(causal_mask(q.shape[1], k.shape[kv.index("S")]), mask)
+    logits = jnp.einsum(f"BTNH,{kv}->BNTS", q, k).astype(jnp.float32) * scale
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
@@ -279,7 +283,12 @@ def dot_product_attention(
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("BNTS,BSNH->BTNH", probs.astype(dtype), v)
+    return jnp.einsum(f"BNTS,{kv}->BTNH", probs.astype(dtype), v)
+
+
+def _heads_first(x: Array) -> Array:
+    """[B, T, N, H] -> [B, N, T, H] (the KV cache layout)."""
+    return jnp.swapaxes(x, 1, 2)
 
 
 class Attention(nn.Module):
@@ -293,9 +302,13 @@ class Attention(nn.Module):
       impl: "xla" | "cudnn" | "auto" (see ``dot_product_attention``).
 
     In decode mode (``decode=True``) keys and values are written into the ``cache`` collection
-    (``cached_key``/``cached_value`` [B, S_max, N, H], ``cache_index``), sized by the input seen
+    (``cached_key``/``cached_value`` [B, N, S_max, H], ``cache_index``), sized by the input seen
     at init. A query at cache position p sees keys at positions <= p. For cross-attention the
-    projected encoder keys/values are cached on the first call and reused.
+    projected encoder keys/values are cached on the first call (``cross_key``/``cross_value``
+    [B, N, S, H]) and reused. Heads come before positions in the caches so that the per-token
+    attention dots read them as they lie: in the [B, S, N, H] order XLA on CPU copies (transposes)
+    every layer's whole cache at every step (measured: 1.74 ms against 0.14 ms per layer and step at
+    batch 8, GPT-2 124M, 160 positions).
     """
 
     num_heads: int
@@ -342,13 +355,14 @@ class Attention(nn.Module):
                 k = dense((N, H), ("embed", "heads", "kv"), name="key")(src)
                 v = dense((N, H), ("embed", "heads", "kv"), name="value")(src)
                 if cross and decode:
+                    k, v = _heads_first(k), _heads_first(v)
                     self.variable("cache", "cross_key", lambda: k)
                     self.variable("cache", "cross_value", lambda: v)
         q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
 
         if decode and not cross:
             # The cache's own mask is causal already.
-            k, v, mask = self._update_cache(k, v, mask)
+            k, v, mask = self._update_cache(_heads_first(k), _heads_first(v), mask)
             causal = False
 
         scale = (1.0 / np.sqrt(H)) if self.scale is None else self.scale
@@ -357,7 +371,7 @@ class Attention(nn.Module):
             dropout_rng = self.make_rng("dropout")
         out = dot_product_attention(
             q, k, v, mask, bias, scale, self.dropout_rate, dropout_rng, self.dtype, self.impl,
-            is_causal=causal,
+            is_causal=causal, heads_first=decode,
         )
         out = constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
         return Dense(
@@ -366,19 +380,20 @@ class Attention(nn.Module):
         )(out)
 
     def _update_cache(self, k: Array, v: Array, mask: Array | None):
-        """Writes this step's keys/values at ``cache_index``; returns the whole cache and its mask."""
+        """Writes this step's keys/values ([B, N, T, H]) at ``cache_index``; returns the whole cache
+        and its mask."""
         is_init = not self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
         index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if is_init:
             # Initialising the cache: the input only sizes it.
-            return k, v, combine_masks(causal_mask(k.shape[1], k.shape[1]), mask)
-        T = k.shape[1]
-        S = cached_k.value.shape[1]
+            return k, v, combine_masks(causal_mask(k.shape[2], k.shape[2]), mask)
+        T = k.shape[2]
+        S = cached_k.value.shape[2]
         i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, 0, i, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, 0, i, 0))
         index.value = i + T
         # Query t (at cache position i + t) sees cached keys at positions <= i + t.
         q_pos = i + jnp.arange(T)[:, None]
