@@ -310,3 +310,22 @@ def test_non_finite_loss_stops_with_floating_point_error(tmp_path):
     train_recs = [r for r in read_metrics(str(tmp_path)) if r["split"] == "train"]
     assert [r["step"] for r in train_recs] == [1]  # the finite first step was logged, nothing after
     assert not os.path.exists(os.path.join(str(tmp_path), "params"))
+
+
+def test_token_cross_entropy_matches_optax_and_argmax():
+    """The shared-max cross-entropy equals optax's, its gradient is softmax - one-hot, and its
+    accuracy equals argmax's (random logits have no ties)."""
+    from jaxformers.objectives.causal_lm import token_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(0, 3, (3, 5, 97)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 97, (3, 5)), jnp.int32)
+    targets = targets.at[0, :3].set(jnp.argmax(logits[0, :3], -1))  # some correct ones
+    w = jnp.asarray(rng.integers(0, 2, (3, 5)), jnp.float32)
+    nll, correct = token_cross_entropy(logits, targets, w)
+    ref = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    np.testing.assert_allclose(nll, jnp.sum(ref * w), rtol=1e-6)
+    assert float(correct) == float(jnp.sum((jnp.argmax(logits, -1) == targets) * w))
+    g = jax.grad(lambda z: token_cross_entropy(z, targets, w)[0])(logits)
+    g_ref = (jax.nn.softmax(logits) - jax.nn.one_hot(targets, 97)) * w[..., None]
+    np.testing.assert_allclose(g, g_ref, atol=1e-6)

@@ -16,20 +16,31 @@ import jax
 import jax.numpy as jnp
 
 
+def log_normalizer(logits, targets):
+    """(log Z, the target's logit, whether the target is the top prediction) per position.
+
+    ``logits`` [..., V] float32, ``targets`` [...] int. One max over the vocabulary serves both
+    the logsumexp and the accuracy: a target counts as correct when its logit is the largest (as
+    argmax, except that a tie for the maximum counts as correct). On the CPU an argmax over
+    [1024, 50257] logits costs 113 ms of a 5.5 s GPT-2 124M train step; the shared max costs ~nothing.
+    """
+    m = jnp.max(logits, axis=-1)
+    shift = jax.lax.stop_gradient(m)
+    logz = shift + jnp.log(jnp.sum(jnp.exp(logits - shift[..., None]), axis=-1))
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return logz, target_logit, (target_logit >= m).astype(jnp.float32)
+
+
 def token_cross_entropy(logits, targets, weights):
-    """Sums of the weighted NLL and of correct argmax predictions; softmax in float32.
+    """Sums of the weighted NLL and of correct top-1 predictions; softmax in float32.
 
     Args:
       logits: [B, T, V] any float dtype.
       targets: [B, T] int.
       weights: [B, T] float (0 = ignore).
     """
-    logits = logits.astype(jnp.float32)
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = logz - target_logit
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return jnp.sum(nll * weights), jnp.sum(correct * weights)
+    logz, target_logit, correct = log_normalizer(logits.astype(jnp.float32), targets)
+    return jnp.sum((logz - target_logit) * weights), jnp.sum(correct * weights)
 
 
 class CausalLM:

@@ -375,8 +375,9 @@ class SpanCorruption:
         return {"tokens": jnp.maximum(jnp.sum(batch["decoder_loss_weights"]), 1.0)}
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
-        import jax
         import jax.numpy as jnp
+
+        from jaxformers.objectives.causal_lm import log_normalizer
 
         logits = apply_fn(
             {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
@@ -385,8 +386,8 @@ class SpanCorruption:
         ).astype(jnp.float32)
         targets, w = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
         V = logits.shape[-1]
-        logz = jax.nn.logsumexp(logits, axis=-1)
-        logp_target = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0] - logz
+        logz, target_logit, correct = log_normalizer(logits, targets)
+        logp_target = target_logit - logz
         nll = -logp_target
         if self.label_smoothing > 0:
             conf, low = 1.0 - self.label_smoothing, self.label_smoothing / (V - 1)
@@ -397,7 +398,6 @@ class SpanCorruption:
         else:
             train_nll = nll
         loss_tokens = train_nll + self.z_loss * jnp.square(logz)
-        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
         sums = {"loss": jnp.sum(nll * w), "correct": jnp.sum(correct * w), "tokens": jnp.sum(w),
                 "z_loss": jnp.sum(jnp.square(logz) * w)}
         return jnp.sum(loss_tokens * w) / norms["tokens"], sums
