@@ -149,13 +149,17 @@ def jax_train(model_name: str, size: str, steps: int) -> dict:
     first, med, times = timed(run, steps)
     peak, src = perf.peak_tflops(0.0, w["dtype"])
     n_dev = 1
+    cpu_peaks = {}
+    if jax.devices()[0].platform == "cpu":  # both, as the yardstick for f32 and for bf16 runs
+        cpu_peaks = {"matmul_peak_tflops": {dt: perf.measure_matmul_tflops(jnp.dtype(dt))
+                                            for dt in ("float32", "bfloat16")}}
     return {
         "framework": "jaxformers", "jax": jax.__version__, "device": jax.devices()[0].device_kind,
         "workload": f"{model_name}-train", "size": size, **w,
         "step_seconds_median": med, "compile_seconds": first - med,
         "tokens_per_second": tokens / med, "flops_per_step": flops,
         "peak_tflops": peak, "peak_source": src, "mfu": perf.mfu(flops, med, peak, n_dev),
-        "peak_memory_bytes": peak_memory_bytes(), "loss_last": float(run()),
+        "peak_memory_bytes": peak_memory_bytes(), "loss_last": float(run()), **cpu_peaks,
     }
 
 
@@ -248,11 +252,23 @@ def _decode_setup(model_name: str, batch: int):
 def jax_decode(model_name: str, steps: int, batch: int) -> dict:
     from jaxformers import decoding
 
+    from jaxformers import perf
+
     model, params, ids, new = _decode_setup(model_name, batch)
     first, med, _ = timed(lambda: decoding.generate(model, params, ids, max_new_tokens=new), max(3, steps // 3), warmup=1)
-    return {"framework": "jaxformers", "workload": f"{model_name}-decode", "batch": batch, "prompt": ids.shape[1],
-            "new_tokens": new, "seconds_median": med, "compile_seconds": first - med,
-            "new_tokens_per_second": batch * new / med}
+    out = {"framework": "jaxformers", "workload": f"{model_name}-decode", "batch": batch, "prompt": ids.shape[1],
+           "new_tokens": new, "seconds_median": med, "compile_seconds": first - med,
+           "new_tokens_per_second": batch * new / med}
+    if jax.devices()[0].platform == "cpu":
+        # Roofline of one decode step: every weight the step uses is read once per step (T5: the
+        # decoder, its head and the shared embedding; GPT-2: all of it); the steps/s that the
+        # measured read bandwidth allows bounds tokens/s at batch 1.
+        used = params if model_name == "gpt2" else {k: v for k, v in params.items() if k != "encoder"}
+        nbytes = sum(x.nbytes for x in jax.tree.leaves(used))
+        gbps = perf.measure_read_gbps()
+        out.update(weights_read_per_step_bytes=nbytes, memory_read_gbps=gbps,
+                   bandwidth_bound_steps_per_second=gbps * 1e9 / nbytes)
+    return out
 
 
 def torch_decode(model_name: str, steps: int, batch: int) -> dict:
@@ -333,7 +349,10 @@ def main() -> None:
         results.append(jax_train(a.model, size, steps))
         if a.peer == "torch":
             peer = torch_train(a.model, size, steps)
-            peer["ratio_jaxformers_over_peer"] = results[0]["tokens_per_second"] / peer["tokens_per_second"]
+            ours = results[0]
+            peer["ratio_jaxformers_over_peer"] = ours["tokens_per_second"] / peer["tokens_per_second"]
+            # The same model FLOPs and peak as ours: the peer's MFU on this machine.
+            peer["mfu"] = ours["flops_per_step"] / (peer["step_seconds_median"] * ours["peak_tflops"] * 1e12)
             results.append(peer)
     else:
         for b in (1, 8):

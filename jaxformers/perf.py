@@ -48,6 +48,21 @@ def measure_matmul_tflops(dtype=jnp.float32, n: int = 2048, reps: int = 5) -> fl
     return 2 * n**3 / best / 1e12
 
 
+@functools.lru_cache(maxsize=1)
+def measure_read_gbps(nbytes: int = 1 << 28, reps: int = 5) -> float:
+    """Best-of-``reps`` GB/s of summing an array of ``nbytes`` float32 (far larger than any cache):
+    the memory-read bandwidth that bounds batch-1 decoding, where every weight is read per token."""
+    a = jnp.ones((nbytes // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / 1e9
+
+
 def peak_tflops(override: float = 0.0, dtype: str = "float32") -> tuple[float, str]:
     """(peak TFLOP/s per device, where the number came from)."""
     if override > 0:
