@@ -39,13 +39,7 @@ def measure_matmul_tflops(dtype=jnp.float32, n: int = 2048, reps: int = 5) -> fl
     """Best-of-``reps`` TFLOP/s of an n^3 matmul on the default device (measured once per process)."""
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e12
+    return 2 * n**3 / _best_seconds(f, (a, a), reps) / 1e12
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,14 +47,18 @@ def measure_read_gbps(nbytes: int = 1 << 28, reps: int = 5) -> float:
     """Best-of-``reps`` GB/s of summing an array of ``nbytes`` float32 (far larger than any cache):
     the memory-read bandwidth that bounds batch-1 decoding, where every weight is read per token."""
     a = jnp.ones((nbytes // 4,), jnp.float32)
-    f = jax.jit(jnp.sum)
-    f(a).block_until_ready()
+    return nbytes / _best_seconds(jax.jit(jnp.sum), (a,), reps) / 1e9
+
+
+def _best_seconds(f, args, reps: int) -> float:
+    """The fastest of ``reps`` timed calls of ``f(*args)``, after one untimed call (compilation)."""
+    f(*args).block_until_ready()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        f(a).block_until_ready()
+        f(*args).block_until_ready()
         best = min(best, time.perf_counter() - t)
-    return nbytes / best / 1e9
+    return best
 
 
 def peak_tflops(override: float = 0.0, dtype: str = "float32") -> tuple[float, str]:
