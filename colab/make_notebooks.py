@@ -243,12 +243,12 @@ BERT = [
         fills masks and scores sentence pairs with the NSP head.
 
         The defaults take a minute or two on a 2-core CPU; on a Colab GPU/TPU set `SIZE = "full"` (the
-        experiment as written: BERT-mini, 128 tokens, 600 steps).
+        experiment as written: BERT-mini, 128 pairs of 64 tokens, 1,200 steps: 36 min on 2 CPU cores).
     '''),
     code('''
         # Parameters
         SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/bert_shakespeare.py as written
-        STEPS = None    # None: the size's own (small 300, full 600)
+        STEPS = None    # None: the size's own (small 300, full 1200)
         PLAYS = 4       # plays used for the instance demo
     ''', "parameters"),
     PATHS,
@@ -421,12 +421,12 @@ T5 = [
         `jaxformers.decoding.generate` (cached encoder, KV-cache decoder).
 
         The defaults take a minute or two on a 2-core CPU; on a Colab GPU/TPU set `SIZE = "full"` (the
-        experiment as written: 3+3 layers, 192 wide, 600 steps).
+        experiment as written: 3+3 layers, 192 wide, 300 steps).
     '''),
     code('''
         # Parameters
         SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/t5_shakespeare.py as written
-        STEPS = None    # None: the size's own (small 200, full 600)
+        STEPS = None    # None: the size's own (small 200, full 300)
         SEED = 4        # which spans are dropped in the demo
     ''', "parameters"),
     PATHS,
