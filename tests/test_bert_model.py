@@ -329,3 +329,50 @@ def test_every_activation_runs(act):
     model, params = random_ours(bert.BertModel, hidden_act=act, num_hidden_layers=1)
     out = model.apply({"params": params}, jnp.asarray(inputs()[0]))
     assert np.isfinite(np.asarray(out.last_hidden_state)).all()
+
+
+def test_pretraining_loss_and_gradients_match_transformers(hf_dirs):
+    """The training objective (MLM on gathered positions + NSP) against transformers' own
+    BertForPreTraining loss (labels=-100 off the masked positions) and every parameter's gradient."""
+    from jaxformers.objectives.mlm_nsp import MLMNSP
+
+    d, ref = hf_dirs["BertForPreTraining"]
+    model, params = hf.from_pretrained(d)
+    ids, tt, mask = inputs(5)
+    ids = np.where(mask == 1, np.maximum(ids, 1), 0)  # [PAD] = 0 only where padded, as in real batches
+    rng = np.random.default_rng(5)
+    pos = np.array([[1, 4, 9], [0, 2, 5], [3, 1, 0]], np.int32)
+    weights = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0]], np.float32)  # one padded prediction slot
+    targets = rng.integers(0, HF_KW["vocab_size"], pos.shape).astype(np.int32)
+    nsp_labels = np.array([0, 1, 1], np.int32)
+    batch = {"input_ids": ids, "segment_ids": tt, "input_mask": mask, "masked_lm_positions": pos,
+             "masked_lm_ids": targets, "masked_lm_weights": weights, "next_sentence_labels": nsp_labels}
+    batch = jax.tree.map(jnp.asarray, batch)
+
+    def loss_fn(p):
+        return MLMNSP.loss(p, model.apply, batch, jax.random.key(0), True, MLMNSP.normalizers(batch))
+
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    labels = np.full(ids.shape, -100, np.int64)
+    for b, (row, w, t) in enumerate(zip(pos, weights, targets)):
+        labels[b, row[w > 0]] = t[w > 0]
+    ref.zero_grad()
+    out = ref(input_ids=torch.tensor(ids, dtype=torch.long), token_type_ids=torch.tensor(tt, dtype=torch.long),
+              attention_mask=torch.tensor(mask, dtype=torch.long), labels=torch.tensor(labels),
+              next_sentence_label=torch.tensor(nsp_labels, dtype=torch.long))
+    out.loss.backward()
+    assert abs(float(loss) - out.loss.item()) / abs(out.loss.item()) < TOL
+    assert float(sums["mlm_weight"]) == 8.0 and float(sums["nsp_count"]) == 3.0
+
+    ours = bert.params_to_hf(jax.tree.map(np.asarray, grads), model.config)
+    theirs = {k: p.grad.numpy() for k, p in ref.named_parameters() if p.grad is not None}
+    assert set(ours) <= set(theirs), sorted(set(ours) - set(theirs))
+    assert len(ours) >= 30
+    # The key bias adds q.b to every key of a query alike, so softmax cancels it: its exact gradient
+    # is zero and both sides hold only rounding noise.
+    for k in [k for k in ours if k.endswith("attention.self.key.bias")]:
+        assert np.abs(ours.pop(k)).max() < 1e-6 and np.abs(theirs[k]).max() < 1e-6
+    errs = {k: rel(ours[k], theirs[k]) for k in ours}
+    worst = max(errs, key=errs.get)
+    assert errs[worst] < TOL, (worst, errs[worst])
