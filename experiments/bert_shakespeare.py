@@ -18,8 +18,24 @@ steps 300/600/900/1200:
   eval set's share of random-B pairs); one standard error is 1.5 points.
 The 600-step run of the same settings (schedule over 600 steps) ended at MLM 16.4%, NSP 57.4%.
 MLM is learned; NSP has only begun to be (loss below the prior's, accuracy 1.5 points above the
-majority class: not yet clearly above chance). Telling a random play's lines from the next ones
-needs more steps than a CPU gives in minutes. This is the open item of this experiment.
+majority class: not yet clearly above chance). This is the open item of this experiment.
+
+What stands in the way (2026-11-26, third session). Every play is one document, so a random B is
+another play's lines in the same style; only shared names and words give it away.
+`python benchmarks/nsp_baselines.py --workdir DIR` on this run's own pairs (38,400 train, 1,024 eval)
+scores 57.6% for the majority class, 63.2% for "next iff A and B share >= 4 word pieces" and 62.0%
+for a bag-of-words logistic regression (A, B, shared pieces): the most a simple reader gets is about
+5 points. BERT has to learn to compare its segments for that, and it does not do so quickly here:
+  BERT-tiny (2 x 128), same data, 1,500 steps: MLM 23.3%, NSP 59.4% (as mini).
+  BERT-tiny trained on NSP alone, 1,000 steps: NSP 55.3% (no progress).
+  BERT-tiny at 128 tokens (A and B twice as long; majority about 50%), 750 steps: NSP 49.7%.
+  Synthetic pairs, BERT-tiny, NSP alone: B from a different vocabulary band is learned in 50 steps
+  (100%); B holding 3 of A's 30 tokens (else none) stays at chance after 1,000 steps at lr 1e-3 and
+  700 at 3e-3: comparing segments token by token is the slow-to-emerge skill.
+The loss and every gradient equal transformers' BertForPreTraining
+(tests/test_bert_model.py::test_pretraining_loss_and_gradients_match_transformers), so this is the
+recipe's behaviour, not a defect of the port. A run of many thousand steps (hours on this CPU) or a
+GPU is what NSP needs here.
 """
 
 import dataclasses

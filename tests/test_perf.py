@@ -25,3 +25,34 @@ def test_peaks_override_table_and_cpu_measurement():
     peak, src = perf.peak_tflops(0.0, "float32")  # the test devices are CPUs: measured
     assert peak > 0.001 and src.startswith("measured (float32")
     assert perf.measure_read_gbps(1 << 22, reps=2) > 0.1
+
+
+def test_nsp_baseline_features_by_hand():
+    import importlib.util
+    import os
+
+    import numpy as np
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "nsp_baselines.py")
+    spec = importlib.util.spec_from_file_location("nsp_baselines", path)
+    nb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nb)
+    # [CLS] 5 6 [SEP] 6 7 5 [SEP] [PAD] and [CLS] 5 [SEP] 8 [SEP] [PAD] [PAD] [PAD] [PAD]
+    batch = {"input_ids": np.array([[[2, 5, 6, 3, 6, 7, 5, 3, 0], [2, 5, 3, 8, 3, 0, 0, 0, 0]]]),
+             "segment_ids": np.array([[[0, 0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0, 0]]]),
+             "input_mask": np.array([[[1] * 8 + [0], [1] * 5 + [0] * 4]]),
+             "next_sentence_labels": np.array([[0, 1]])}
+    s = nb.segments([batch])
+    assert s["input_ids"].shape == (2, 9) and list(s["next_sentence_labels"]) == [0, 1]
+    x, shared = nb.features(s, 10, np.array([5, 6, 7, 8]))
+    V = 10
+    assert x.shape == (2, 3 * V + 1)
+    assert sorted(np.flatnonzero(x[0, :V])) == [2, 3, 5, 6] and sorted(np.flatnonzero(x[0, V:2 * V])) == [3, 5, 6, 7]
+    assert sorted(np.flatnonzero(x[0, 2 * V:3 * V])) == [3, 5, 6]  # [SEP], 5 and 6 in both
+    assert list(shared) == [2, 0]  # 5 and 6 are shared words; row 2 shares only [SEP]
+    assert x[0, -1] == pytest.approx(4 / 8) and x[1, -1] == pytest.approx(3 / 5)
+    # Separable toy data: the logistic fit gets it right.
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(200, 3)).astype(np.float32)
+    ys = (xs[:, 0] - xs[:, 2] > 0).astype(np.int32)
+    assert np.mean(nb.fit_logistic(xs, ys, l2=0.0)(xs) == (ys == 1)) > 0.97
