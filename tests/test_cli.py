@@ -125,3 +125,27 @@ def test_python_dash_m_entry_point():
     assert r.returncode == 0
     for cmd in ("train", "sample", "plot"):
         assert cmd in r.stdout
+
+
+def test_plot_adds_an_accuracy_panel_when_accuracies_are_logged(tmp_path):
+    import struct
+
+    from jaxformers import plot
+
+    def png_width(path):
+        with open(path, "rb") as f:
+            head = f.read(24)
+        assert head[:8] == PNG_MAGIC
+        return struct.unpack(">I", head[16:20])[0]
+
+    recs = [{"step": s, "split": "train", "loss": 7.0 - s / 10, "mlm_accuracy": s / 100, "nsp_accuracy": 0.5 + s / 200}
+            for s in range(1, 11)] + [{"step": 10, "split": "eval", "loss": 6.1, "nsp_accuracy": 0.55}]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    assert plot.accuracy_keys(recs) == ["mlm_accuracy", "nsp_accuracy"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({k: r[k] for k in ("step", "split", "loss")}) for r in recs) + "\n")
+    # 12 x 120 dpi with the accuracy panel, 7 x 120 without.
+    assert png_width(plot.plot_workdir(str(tmp_path / "a"))) == 1440
+    assert png_width(plot.plot_workdir(str(tmp_path / "b"))) == 840
