@@ -243,12 +243,12 @@ BERT = [
         fills masks and scores sentence pairs with the NSP head.
 
         The defaults take a minute or two on a 2-core CPU; on a Colab GPU/TPU set `SIZE = "full"` (the
-        experiment as written: BERT-mini, 128 pairs of 64 tokens, 1,200 steps: 36 min on 2 CPU cores).
+        experiment as written: BERT-tiny, 128 pairs of 64 tokens, 8,000 steps: about an hour on 2 CPU cores).
     '''),
     code('''
         # Parameters
         SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/bert_shakespeare.py as written
-        STEPS = None    # None: the size's own (small 300, full 1200)
+        STEPS = None    # None: the size's own (small 300, full 8000)
         PLAYS = 4       # plays used for the instance demo
     ''', "parameters"),
     PATHS,
