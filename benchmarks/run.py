@@ -250,9 +250,7 @@ def _decode_setup(model_name: str, batch: int):
 
 
 def jax_decode(model_name: str, steps: int, batch: int) -> dict:
-    from jaxformers import decoding
-
-    from jaxformers import perf
+    from jaxformers import decoding, perf
 
     model, params, ids, new = _decode_setup(model_name, batch)
     first, med, _ = timed(lambda: decoding.generate(model, params, ids, max_new_tokens=new), max(3, steps // 3), warmup=1)

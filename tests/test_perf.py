@@ -1,4 +1,4 @@
-"""MFU arithmetic and the CPU yardsticks the benchmarks divide by."""
+"""MFU arithmetic, the CPU yardsticks the benchmarks divide by, and the NSP baselines' arithmetic."""
 
 import pytest
 
