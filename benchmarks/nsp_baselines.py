@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     p.add_argument("--train-batches", type=int, default=300)
     args = p.parse_args(argv)
 
-    from jaxformers.cli import load_experiment
+    from jaxformers.config import load_experiment
     from jaxformers.data.mlm_nsp_data import MLMData
 
     exp = load_experiment(args.experiment, args.variant)

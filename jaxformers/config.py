@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
+import os
 from typing import Any
 
 
@@ -170,3 +172,15 @@ def apply_overrides(cfg: Any, settings: list[str] | None) -> Any:
     ``model.n_head`` can change in one command.
     """
     return _apply(cfg, _tree(settings or []), "")
+
+
+def load_experiment(path: str, variant: str = "default", settings: list[str] | None = None) -> Experiment:
+    """Imports an experiment file and returns its ``get_config(variant)`` with overrides applied."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"experiment file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"jaxformers_experiment_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config(); an experiment file must define one")
+    return apply_overrides(module.get_config(variant), settings)

@@ -12,7 +12,7 @@ once per shape.
 Nothing happens in Python per token: the loop, token choice, EOS bookkeeping and beam bookkeeping
 all live inside the compiled ``while_loop``. The prompt length is bucketed (padded to a multiple of
 ``prompt_bucket``; on the left for GPT-2, on the right of the encoder input for T5) so nearby
-lengths share one compilation. ``trace_count()`` counts how often the engine was traced.
+lengths share one compilation.
 
 Token choice follows transformers: greedy is argmax; sampling applies temperature, then top-k, then
 top-p, then draws (``process_logits``); beam search is transformers 5's ``_beam_search`` (see
@@ -31,24 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxformers import models
 from jaxformers.models import t5 as t5_lib
-from jaxformers.models.gpt2 import GPT2LMHeadModel
 from jaxformers.models.layers import NEG_INF, check_token_ids
-from jaxformers.models.t5 import T5ForConditionalGeneration
 
 # transformers' beam search marks impossible candidates by adding this (float32) to their scores.
 _BEAM_NEG = -1.0e9
-
-_TRACES = [0]
-
-
-def trace_count() -> int:
-    """How many times the engine's jitted function has been traced (a new trace = a compilation).
-
-    A second ``generate`` call with the same shapes and static settings leaves it unchanged.
-    """
-    return _TRACES[0]
-
 
 def process_logits(logits: jax.Array, temperature: float, top_k: int | None, top_p: float | None) -> jax.Array:
     """[B, V] -> [B, V] float32 with filtered entries at NEG_INF (transformers' warper order:
@@ -109,7 +97,7 @@ def _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, ea
 class _Spec:
     """Everything static about one compiled engine (hashable: the compilation cache key)."""
 
-    family: str  # "gpt2" | "t5"
+    kind: str  # the decoding adapter: "causal" | "seq2seq"
     max_new_tokens: int
     method: str  # "greedy" | "sample" | "beam"
     use_top_k: bool  # sampling: whether the top-k / top-p filters run at all (their values are traced)
@@ -169,13 +157,11 @@ def generate(
     """
     input_ids = np.asarray(input_ids)
     _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, early_stopping, input_ids)
-    if isinstance(model, GPT2LMHeadModel):
-        family = "gpt2"
-    elif isinstance(model, T5ForConditionalGeneration):
-        family = "t5"
-    else:
-        raise ValueError(
-            f"generate supports GPT2LMHeadModel and T5ForConditionalGeneration; got {type(model).__name__}")
+    family = models.of_model(model)
+    kind = family.decoder  # the adapter: "causal" (GPT-2) or "seq2seq" (T5)
+    if kind is None:
+        raise ValueError(f"generate needs a model that generates (GPT-2 or T5); a {family.name} "
+                         f"{type(model).__name__} does not")
     if method == "beam" and num_beams == 1:
         method = "greedy"  # transformers runs greedy search for num_beams=1
     if return_logits and method == "beam":
@@ -191,7 +177,7 @@ def generate(
     check_token_ids(input_ids, c.vocab_size)
     bucket = max(1, int(prompt_bucket))
     Tb = -(-T // bucket) * bucket
-    if family == "gpt2":
+    if kind == "causal":
         if (np.diff(mask, axis=1) < 0).any():
             raise ValueError("GPT-2 prompts must be left-padded: an attention_mask row has a 0 after a 1")
         if T + max_new_tokens > c.n_positions:
@@ -223,7 +209,7 @@ def generate(
         num_beams = 1
     rules = nn.get_logical_axis_rules()
     spec = _Spec(
-        family=family, max_new_tokens=int(max_new_tokens), method=method,
+        kind=kind, max_new_tokens=int(max_new_tokens), method=method,
         use_top_k=method == "sample" and bool(top_k),
         use_top_p=method == "sample" and top_p is not None and top_p < 1.0,
         num_beams=int(num_beams), start=int(getattr(c, "decoder_start_token_id", 0)),
@@ -245,7 +231,7 @@ def generate(
     fn = _compiled(model, spec)
     out = fn(params, jnp.asarray(ids), jnp.asarray(mask), rng, jax.tree.map(jnp.asarray, settings))
     tokens, logits = out
-    if family == "gpt2":
+    if kind == "causal":
         tokens = tokens[:, Tb - T:]
     return (tokens, logits) if return_logits else tokens
 
@@ -276,7 +262,7 @@ def _map_cache(cache, fn: Callable, names, scan: bool):
     return jax.tree_util.tree_map_with_path(f, cache)
 
 
-def _gpt2_start(model, params, ids, mask, M):
+def _causal_start(model, params, ids, mask, M, start_token):
     """Prefills the cache with all prompt tokens but the last; the loop feeds the last one first, so
     that every token is chosen inside the loop (one traced copy of the step and of the choice)."""
     B, T = ids.shape
@@ -294,27 +280,31 @@ def _gpt2_start(model, params, ids, mask, M):
     return {"cache": cache, "rows": {"mask": full_mask, "pos": pos[:, -1]}}, ids[:, -1]
 
 
-def _gpt2_step(model, params, state, tok):
+def _causal_step(model, params, state, tok):
     rows = state["rows"]
     logits, v = model.apply({"params": params, "cache": state["cache"]}, tok[:, None], attention_mask=rows["mask"],
                             position_ids=rows["pos"][:, None], decode=True, mutable=["cache"])
     return logits[:, -1], {"cache": v["cache"], "rows": {**rows, "pos": rows["pos"] + 1}}
 
 
-def _t5_start(model, params, ids, mask, M, start):
+def _seq2seq_start(model, params, ids, mask, M, start_token):
     enc = model.apply({"params": params}, ids, mask, method=model.encode)  # [B, S, D], once
     # Cross-attention keys/values are projected here, once; the self-attention cache holds M slots
     # (the start token and M - 1 chosen tokens).
     cache = t5_lib.init_decode_cache(model, params, enc, M, mask)
-    return {"cache": cache, "rows": {"enc": enc, "mask": mask}}, jnp.full((ids.shape[0],), start, jnp.int32)
+    return {"cache": cache, "rows": {"enc": enc, "mask": mask}}, jnp.full((ids.shape[0],), start_token, jnp.int32)
 
 
-def _t5_step(model, params, state, tok):
+def _seq2seq_step(model, params, state, tok):
     rows = state["rows"]
     # Positions come from the cache index (tokens already in the cache).
     logits, v = model.apply({"params": params, "cache": state["cache"]}, tok[:, None], rows["enc"], rows["mask"],
                             decode=True, method=model.decode, mutable=["cache"])
     return logits[:, -1], {"cache": v["cache"], "rows": rows}
+
+
+# A family's ``decoder`` (jaxformers.models.Family) names its adapter here.
+_ADAPTERS = {"causal": (_causal_start, _causal_step), "seq2seq": (_seq2seq_start, _seq2seq_step)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,13 +444,9 @@ def _compiled(model, spec: _Spec):
 
     @jax.jit
     def run(params, ids, mask, rng, settings):
-        _TRACES[0] += 1
-        if spec.family == "gpt2":
-            state, tok = _gpt2_start(model, params, ids, mask, M)
-            step = functools.partial(_gpt2_step, model, params)
-        else:
-            state, tok = _t5_start(model, params, ids, mask, M, spec.start)
-            step = functools.partial(_t5_step, model, params)
+        start, step = _ADAPTERS[spec.kind]
+        state, tok = start(model, params, ids, mask, M, spec.start)
+        step = functools.partial(step, model, params)
         rec = None
         if spec.method == "beam":
             K = spec.num_beams
@@ -477,7 +463,7 @@ def _compiled(model, spec: _Spec):
             gen = _beam_search(spec, V, rep(tok, 0), state, step, reorder, settings)
         else:
             gen, rec = _sample_loop(spec, V, tok, state, step, rng, settings)
-        if spec.family == "gpt2":
+        if spec.kind == "causal":
             gen = jnp.concatenate([ids, gen], axis=1)
         return gen, rec
 

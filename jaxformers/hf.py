@@ -11,33 +11,15 @@ Each family module provides ``config_from_hf``, ``config_to_hf``, ``params_from_
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 
-FAMILIES = {"gpt2": "jaxformers.models.gpt2", "bert": "jaxformers.models.bert", "t5": "jaxformers.models.t5"}
-
-
-def family_module(model_type: str):
-    if model_type not in FAMILIES:
-        raise ValueError(
-            f"model_type {model_type!r} is not supported; jaxformers reads {sorted(FAMILIES)}"
-        )
-    return importlib.import_module(FAMILIES[model_type])
-
-
-def family_of(config: Any) -> str:
-    """The model_type of a jaxformers config object."""
-    name = type(config).__name__.lower()
-    for family in FAMILIES:
-        if name.startswith(family):
-            return family
-    raise ValueError(f"{type(config).__name__} is not a jaxformers model config")
-
+from jaxformers import models
 
 # ---- layer lists <-> the model's layout (a list of "h_0", "h_1" ... or one stacked "h") ----
 
@@ -100,8 +82,8 @@ def from_pretrained(path: str, dtype: str | None = None, **config_overrides: Any
     with open(cfg_path) as f:
         hf_config = json.load(f)
     if "model_type" not in hf_config:
-        raise ValueError(f"{cfg_path} has no model_type; expected one of {sorted(FAMILIES)}")
-    fam = family_module(hf_config["model_type"])
+        raise ValueError(f"{cfg_path} has no model_type; expected one of {sorted(models.FAMILIES)}")
+    fam = models.get(hf_config["model_type"]).module
     if dtype is not None:
         config_overrides["dtype"] = dtype
     config = fam.config_from_hf(hf_config, **config_overrides)
@@ -121,9 +103,7 @@ def save_pretrained(model: Any, params: Any, out_dir: str) -> None:
     from safetensors.numpy import save_file
 
     config = model.config
-    fam = family_module(family_of(config))
-    import flax.linen as nn
-
+    fam = models.of_config(config).module
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), nn.meta.unbox(params))
     hf_params = fam.params_to_hf(params, config)
     os.makedirs(out_dir, exist_ok=True)

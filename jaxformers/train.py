@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxformers import checkpoint, hf, perf, sharding
+from jaxformers import checkpoint, inference, models, perf, sharding
 from jaxformers.config import Experiment
 
 log = logging.getLogger("jaxformers")
@@ -182,7 +182,7 @@ def build_data(exp: Experiment, workdir: str):
 
 
 def build_model(model_config) -> nn.Module:
-    return hf.family_module(hf.family_of(model_config)).model_from_config(model_config)
+    return models.build_model(model_config)
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -351,9 +351,7 @@ class Trainer:
 
     def _pretrained_params(self, params):
         """``exp.init_from``'s params merged into freshly initialised ones (heads it lacks stay fresh)."""
-        from jaxformers.cli import load_for_inference
-
-        _, loaded, _ = load_for_inference(self.exp.init_from)
+        _, loaded, _ = inference.load(self.exp.init_from)
         merged, fresh = merge_pretrained(jax.device_get(params), jax.device_get(loaded))
         print(f"initialised from {self.exp.init_from}; freshly initialised: {', '.join(fresh) or 'nothing'}", flush=True)
         return jax.device_put(merged, self.state_shardings.params)
@@ -492,12 +490,11 @@ class Trainer:
         checkpoint.export_params(state.params, os.path.join(self.workdir, "params"))
         config = self.exp.model
         eos = getattr(getattr(self.data, "tokenizer", None), "eos_id", None)
-        if hf.family_of(config) == "gpt2" and eos is not None:
+        if models.of_config(config).decoder == "causal" and eos is not None:
             # A tokenizer trained here has its own end-of-text id: exports must say so.
             config = dataclasses.replace(config, eos_token_id=eos, bos_token_id=eos)
         if jax.process_index() == 0:
-            with open(os.path.join(self.workdir, "model.json"), "w") as f:
-                json.dump({"family": hf.family_of(config), "config": dataclasses.asdict(config)}, f, indent=2)
+            inference.write_model_json(self.workdir, config)
 
 
 def merge_pretrained(target: dict, source: dict, prefix: str = "") -> tuple[dict, list[str]]:

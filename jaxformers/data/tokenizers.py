@@ -6,8 +6,9 @@ Backed by Hugging Face ``tokenizers`` (Rust, fast, offline). The GPT-2 files are
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -85,3 +86,92 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return BPETokenizer(tok)
+
+
+# ---------------------------------------------------------------------------------------------
+# The three kinds of tokenizer a model family uses (``jaxformers.models.Family.tokenizer``).
+
+KINDS = ("bpe", "wordpiece", "sentencepiece")
+# What each kind keeps in a tokenizer directory (the first file marks a saved tokenizer).
+_FILES = {"bpe": "tokenizer.json", "wordpiece": "vocab.txt", "sentencepiece": "spiece.model"}
+SENTINELS = 100  # T5's <extra_id_*> on top of a SentencePiece vocabulary
+
+
+def load_tokenizer(kind: str, directory: str, lowercase: bool | None = None):
+    """The tokenizer of ``kind`` saved in ``directory`` (a workdir's tokenizer/ or an HF dir).
+
+    BPE reads tokenizer.json or vocab.json + merges.txt; WordPiece reads vocab.txt and, when
+    ``lowercase`` is None, ``do_lower_case`` from tokenizer_config.json (default True);
+    SentencePiece reads spiece.model (T5's 100 sentinels on top).
+    """
+    from jaxformers.data.sentencepiece_vocab import SentencePieceVocab
+    from jaxformers.data.wordpiece import WordPieceTokenizer
+
+    if kind == "bpe":
+        return BPETokenizer.load(directory)
+    if kind == "wordpiece":
+        if lowercase is None:
+            cfg = os.path.join(directory, "tokenizer_config.json")
+            lowercase = True
+            if os.path.isfile(cfg):
+                with open(cfg) as f:
+                    lowercase = json.load(f).get("do_lower_case", True)
+        path = os.path.join(directory, "vocab.txt") if os.path.isdir(directory) else directory
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no vocab.txt in {directory}: BERT needs its WordPiece vocabulary")
+        return WordPieceTokenizer.from_vocab_file(path, lowercase=lowercase)
+    if kind == "sentencepiece":
+        path = os.path.join(directory, "spiece.model") if os.path.isdir(directory) else directory
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no spiece.model in {directory}: T5 needs its SentencePiece model")
+        return SentencePieceVocab(path)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {KINDS}")
+
+
+def load_or_train(kind: str, setting: str, tok_dir: str, texts: Callable[[], Iterable[str]],
+                  vocab_size: int, lowercase: bool = True):
+    """The run's tokenizer, kept in ``tok_dir`` so that a resumed run uses the very same one.
+
+    Args:
+      kind: the model family's tokenizer kind (``KINDS``).
+      setting: ``data.tokenizer``: "train" (or the kind's own name) trains one on ``texts()``;
+        anything else is a path to an existing tokenizer of that kind (file or directory).
+      tok_dir: where the tokenizer is saved (and found again on resume).
+      texts: returns the training texts (called only when training).
+      vocab_size: the size to train (SentencePiece: including the 100 sentinels).
+      lowercase: WordPiece only: an uncased vocabulary.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {KINDS}")
+    if os.path.isfile(os.path.join(tok_dir, _FILES[kind])):  # resuming: the very same vocabulary
+        return load_tokenizer(kind, tok_dir, lowercase)
+    os.makedirs(tok_dir, exist_ok=True)
+    if setting in ("train", kind):
+        if kind == "bpe":
+            tok = train_bpe(texts(), vocab_size)
+        elif kind == "wordpiece":
+            from jaxformers.data.wordpiece import train_wordpiece
+
+            tok = train_wordpiece(texts(), vocab_size=vocab_size, lowercase=lowercase)
+        else:
+            from jaxformers.data.sentencepiece_vocab import train_sentencepiece
+
+            return train_sentencepiece(texts(), os.path.join(tok_dir, "spiece"), vocab_size=vocab_size - SENTINELS)
+    elif setting in KINDS:
+        raise ValueError(f"data.tokenizer={setting!r}, but this model uses a {kind} tokenizer: "
+                         f"set data.tokenizer=train (or {kind}) or a path to a {kind} tokenizer")
+    elif not os.path.exists(setting):
+        raise FileNotFoundError(f"tokenizer {setting} does not exist; give a path to a {kind} tokenizer "
+                                f"(a directory or its {_FILES[kind]}) or data.tokenizer=train to train one")
+    elif kind == "sentencepiece":  # the model file is the tokenizer: keep a copy
+        src = os.path.join(setting, _FILES[kind]) if os.path.isdir(setting) else setting
+        with open(src, "rb") as f, open(os.path.join(tok_dir, _FILES[kind]), "wb") as g:
+            g.write(f.read())
+        return load_tokenizer(kind, tok_dir)
+    else:
+        tok = load_tokenizer(kind, setting, lowercase if kind == "wordpiece" else None)
+    if kind == "bpe":
+        tok.save(tok_dir)
+    else:
+        tok.save_vocab(tok_dir)
+    return tok

@@ -59,6 +59,7 @@ class BertConfig(layers.ModelConfig):
 
     # The BERT miniatures' sizes (Turc et al. 2019) plus the paper's base and large.
     FAMILY = "BERT"
+    family = "bert"
     PRESETS = {
         "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2),
         "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4),

@@ -44,6 +44,7 @@ class GPT2Config(layers.ModelConfig):
     eos_token_id: int = 50256
 
     FAMILY = "GPT-2"
+    family = "gpt2"
     PRESETS = {
         "tiny": dict(n_positions=128, n_embd=64, n_layer=2, n_head=4, vocab_size=512),
         "124m": dict(n_embd=768, n_layer=12, n_head=12),

@@ -432,6 +432,7 @@ class ModelConfig:
 
     PRESETS: ClassVar[dict] = {}
     FAMILY: ClassVar[str] = "model"  # for messages: "GPT-2", "BERT", "T5"
+    family: ClassVar[str] = ""  # the registry's key (jaxformers.models.FAMILIES): "gpt2", "bert", "t5"
 
     @classmethod
     def preset(cls, name: str, **overrides: Any):

@@ -79,6 +79,7 @@ class T5Config(layers.ModelConfig):
     decoder_start_token_id: int = 0
 
     FAMILY = "T5"
+    family = "t5"
     PRESETS = {
         "tiny": dict(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, n_positions=128),
         "t5-small": dict(_V10, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),

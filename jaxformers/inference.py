@@ -1,0 +1,134 @@
+"""Inference from a finished training workdir or a Hugging Face directory.
+
+A training workdir's export is ``model.json`` (the family and its model config), ``params/`` (an
+orbax params-only checkpoint) and ``tokenizer/``; an HF directory is ``config.json`` +
+``model.safetensors`` + the tokenizer's files. ``load`` reads either; ``sample_text`` and
+``fill_mask`` are what ``jaxformers sample`` and ``jaxformers fill-mask`` print; ``import_hf`` and
+``export_hf`` convert between the two layouts. ``model.json`` is written and read only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxformers import checkpoint, decoding, hf, models
+from jaxformers.data.tokenizers import load_tokenizer
+
+MODEL_JSON = "model.json"
+# The tokenizer files an HF directory may hold, copied on import and export.
+TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "spiece.model",
+                   "tokenizer_config.json")
+
+
+def write_model_json(workdir: str, config: Any) -> None:
+    """Records what ``load`` needs to rebuild the model: its family and config."""
+    with open(os.path.join(workdir, MODEL_JSON), "w") as f:
+        json.dump({"family": models.of_config(config).name, "config": dataclasses.asdict(config)}, f, indent=2)
+
+
+def read_model_json(workdir: str) -> Any:
+    """The model config a training run exported (``write_model_json``)."""
+    path = os.path.join(workdir, MODEL_JSON)
+    with open(path) as f:
+        meta = json.load(f)
+    family = models.get(meta["family"])
+    # JSON has no tuples: lists come back as the tuples the frozen configs hold.
+    return family.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+
+
+def load(path: str):
+    """(model, params, tokenizer) from a finished training workdir or a Hugging Face-format dir."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        model, params = hf.from_pretrained(path)
+        return model, params, load_tokenizer(models.of_model(model).tokenizer, path)
+    if not os.path.isfile(os.path.join(path, MODEL_JSON)):
+        raise FileNotFoundError(f"{path} is neither a finished training workdir ({MODEL_JSON}) nor a "
+                                "Hugging Face model directory (config.json)")
+    config = read_model_json(path)
+    family = models.of_config(config)
+    model = family.build(config)
+    params = checkpoint.load_params(os.path.join(path, "params"))
+    return model, params, load_tokenizer(family.tokenizer, os.path.join(path, "tokenizer"))
+
+
+def sample_text(path: str, prompt: str | None, max_new_tokens: int = 200, method: str = "sample",
+                temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None, seed: int = 0,
+                num_beams: int = 4, model_input: str | None = None) -> str:
+    """Causal LM (GPT-2): continues ``prompt``. Seq2seq (T5): generates from ``model_input`` (or
+    ``prompt``) until EOS or ``max_new_tokens``."""
+    model, params, tok = load(path)
+    family = models.of_model(model)
+    if family.decoder is None:
+        raise ValueError(f"{path} holds a {family.name} model, which does not generate text; "
+                         "sample needs a GPT-2 or T5 model")
+    text = model_input if model_input is not None else prompt
+    ids = tok.encode(text)
+    if not ids:
+        raise ValueError("the prompt is empty; give some text with --prompt (GPT-2) or --input (T5)")
+    limit = family.max_positions(model.config)
+    if family.decoder == "seq2seq":
+        ids = ids + [tok.eos_id]
+        room, eos = max_new_tokens, tok.eos_id
+    else:
+        room, eos = min(max_new_tokens, limit - len(ids)), None
+        if room < 1:
+            raise ValueError(f"the prompt has {len(ids)} tokens, the model only {limit} positions")
+    out = decoding.generate(model, params, np.asarray([ids]), max_new_tokens=room, method=method,
+                            temperature=temperature, top_k=top_k or None, top_p=top_p, num_beams=num_beams,
+                            eos_token_id=eos, rng=jax.random.PRNGKey(seed))
+    return tok.decode(np.asarray(out[0]).tolist())
+
+
+def fill_mask(path: str, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each [MASK] in ``text``: the ``top_k`` (token, probability) pairs of a BERT MLM head."""
+    if "[MASK]" not in text:
+        raise ValueError("the text has no [MASK] token; write e.g. --text 'the [MASK] of the play'")
+    model, params, tok = load(path)
+    if getattr(model.config, "architecture", None) != "BertForPreTraining":
+        raise ValueError(f"{path} holds a {type(model).__name__} without a masked-LM head; "
+                         "fill-mask needs BertForPreTraining weights")
+    ids = tok.encode(text, add_special_tokens=True)
+    limit = models.of_model(model).max_positions(model.config)
+    if len(ids) > limit:
+        raise ValueError(f"the text is {len(ids)} tokens long, the model takes at most {limit}")
+    positions = [i for i, t in enumerate(ids) if t == tok.mask_id]
+    out = model.apply({"params": params}, np.asarray([ids]), attention_mask=np.ones((1, len(ids)), np.int32),
+                      masked_lm_positions=np.asarray([positions]))
+    probs = np.asarray(jax.nn.softmax(out.mlm_logits[0].astype("float32"), axis=-1))
+    result = []
+    for p in probs:
+        best = np.argsort(-p)[:top_k]
+        result.append([(tok.vocab[i], float(p[i])) for i in best])
+    return result
+
+
+def _copy_tokenizer(src: str, dst: str) -> None:
+    os.makedirs(dst, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), dst)
+
+
+def import_hf(hf_dir: str, workdir: str) -> None:
+    """An HF directory -> a workdir export (params, ``model.json``, tokenizer)."""
+    model, params = hf.from_pretrained(hf_dir)
+    checkpoint.export_params(params, os.path.join(workdir, "params"))
+    write_model_json(workdir, model.config)
+    _copy_tokenizer(hf_dir, os.path.join(workdir, "tokenizer"))
+
+
+def export_hf(workdir: str, hf_dir: str) -> None:
+    """A workdir export -> an HF directory that transformers' ``from_pretrained`` reads."""
+    model, params, _ = load(workdir)
+    hf.save_pretrained(model, params, hf_dir)
+    tok_dir = os.path.join(workdir, "tokenizer")
+    if os.path.isdir(tok_dir):
+        for name in os.listdir(tok_dir):
+            shutil.copy(os.path.join(tok_dir, name), hf_dir)
