@@ -91,13 +91,12 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from jaxformers.config import load_experiment
-    from jaxformers.data.mlm_nsp_data import MLMData
 
     exp = load_experiment(args.experiment, args.variant)
     if exp.objective != "mlm_nsp":
         raise ValueError(f"{args.experiment} trains {exp.objective!r}, not mlm_nsp")
     t0 = time.perf_counter()
-    data = MLMData(exp, args.workdir, exp.model.vocab_size, exp.model.max_position_embeddings)
+    data = exp.task.build_data(exp, args.workdir)
     tr = segments(data.train_batch(i) for i in range(args.train_batches))
     va = segments(data.eval_batch(i) for i in range(exp.eval_batches))
     vocab = data.tokenizer.vocab

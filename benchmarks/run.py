@@ -28,19 +28,32 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from jaxformers import decoding, models, perf, sharding, tasks  # noqa: E402
+from jaxformers.tasks.base import synthetic_data  # noqa: E402
+from jaxformers.train import create_train_state, decay_mask, train_step  # noqa: E402
+
+# Each family's workloads: its preset (dropout off) and the lengths of its default task's
+# examples (``flops_per_example`` arguments): (T,) causal LM, (T, P) MLM+NSP, (T, S) span corruption.
+_NO_DROPOUT = {"gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+               "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+               "t5": dict(dropout_rate=0.0)}
 WORKLOADS = {
-    ("gpt2", "cpu"): dict(batch=4, seq=256, dtype="float32"),
-    ("gpt2", "gpu"): dict(batch=16, seq=1024, dtype="bfloat16"),
-    ("bert", "cpu"): dict(batch=8, seq=128, predictions=20, dtype="float32"),
-    ("bert", "gpu"): dict(batch=64, seq=512, predictions=76, dtype="bfloat16"),
-    ("t5", "cpu"): dict(batch=8, seq=128, targets=32, dtype="float32"),
-    ("t5", "gpu"): dict(batch=64, seq=512, targets=114, dtype="bfloat16"),
+    ("gpt2", "cpu"): dict(preset="124m", batch=4, lengths=(256,), dtype="float32"),
+    ("gpt2", "gpu"): dict(preset="124m", batch=16, lengths=(1024,), dtype="bfloat16"),
+    ("bert", "cpu"): dict(preset="base", batch=8, lengths=(128, 20), dtype="float32"),
+    ("bert", "gpu"): dict(preset="base", batch=64, lengths=(512, 76), dtype="bfloat16"),
+    ("t5", "cpu"): dict(preset="t5-small", batch=8, lengths=(128, 32), dtype="float32"),
+    ("t5", "gpu"): dict(preset="t5-base", batch=64, lengths=(512, 114), dtype="bfloat16"),
 }
+# Decoding: prompt (GPT-2) or encoder input (T5) length, new tokens, and the range of token ids drawn.
+DECODE = {"gpt2": dict(preset="124m", prompt=32, new=128, ids=(0, 50257)),
+          "t5": dict(preset="t5-small", prompt=128, new=64, ids=(2, 32000))}
 
 
 def timed(fn, steps: int, warmup: int = 2):
@@ -66,78 +79,33 @@ def peak_memory_bytes() -> int | None:
         return None
 
 
-def build(model_name: str, size: str, w: dict):
-    """(model, batch dict, objective, flops per step, tokens per step)."""
-    rng = np.random.default_rng(0)
-    B = w["batch"]
-    gpu = jax.devices()[0].platform == "gpu"
-    impl = "cudnn" if gpu else "xla"
-    # Model-config overrides for experiments with the levers (JSON), e.g. '{"remat": "full"}'.
+def model_config(family_name: str, preset: str, **overrides):
+    """The family's preset with dropout off and ``overrides`` (plus JAXFORMERS_BENCH_MODEL's, JSON,
+    e.g. '{"remat": "full"}', for experiments with the levers)."""
     extra = json.loads(os.environ.get("JAXFORMERS_BENCH_MODEL", "{}"))
-    dt = dict(dtype=w["dtype"], param_dtype="float32", **extra)
-    if model_name == "gpt2":
-        from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
-        from jaxformers.objectives.causal_lm import CausalLM
+    family = models.get(family_name)
+    return family.config_class.preset(preset, **{**_NO_DROPOUT[family_name], **overrides, **extra})
 
-        c = GPT2Config.preset("124m", **{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-                                         "attention_impl": impl, "scan_layers": size == "gpu", **dt})
-        T = w["seq"]
-        ids = rng.integers(0, c.vocab_size, (1, B, T + 1), dtype=np.int32)
-        batch = {"inputs": ids[..., :-1], "targets": ids[..., 1:]}
-        return GPT2LMHeadModel(c), batch, CausalLM(), c.flops_per_token(T) * B * T, B * T
-    if model_name == "bert":
-        from jaxformers.models.bert import BertConfig, BertForPreTraining
-        from jaxformers.objectives.mlm_nsp import MLMNSP
 
-        c = BertConfig.preset("base", **{"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-                                         "attention_impl": impl, "scan_layers": size == "gpu", **dt})
-        T, P = w["seq"], w["predictions"]
-        pos = np.sort(np.stack([rng.choice(np.arange(1, T - 1), P, replace=False) for _ in range(B)]), -1)
-        batch = {"input_ids": rng.integers(0, c.vocab_size, (1, B, T), dtype=np.int32),
-                 "input_mask": np.ones((1, B, T), np.int32), "segment_ids": np.zeros((1, B, T), np.int32),
-                 "masked_lm_positions": pos[None].astype(np.int32),
-                 "masked_lm_ids": rng.integers(0, c.vocab_size, (1, B, P), dtype=np.int32),
-                 "masked_lm_weights": np.ones((1, B, P), np.float32),
-                 "next_sentence_labels": rng.integers(0, 2, (1, B), dtype=np.int32)}
-        return BertForPreTraining(c), batch, MLMNSP(), c.flops_per_token(T, P) * B * T, B * T
-    if model_name == "t5":
-        from jaxformers.models.t5 import T5Config, T5ForConditionalGeneration
-        from jaxformers.objectives.span_corruption import SpanCorruption
-
-        c = T5Config.preset("t5-small" if size == "cpu" else "t5-base",
-                            **{"dropout_rate": 0.0, "attention_impl": impl, "scan_layers": size == "gpu", **dt})
-        T, S = w["seq"], w["targets"]
-        tgt = rng.integers(2, c.vocab_size, (1, B, S), dtype=np.int32)
-        batch = {"encoder_input_tokens": rng.integers(2, c.vocab_size, (1, B, T), dtype=np.int32),
-                 "encoder_segment_ids": np.ones((1, B, T), np.int32),
-                 "decoder_input_tokens": np.concatenate([np.zeros((1, B, 1), np.int32), tgt[..., :-1]], -1),
-                 "decoder_target_tokens": tgt, "decoder_segment_ids": np.ones((1, B, S), np.int32),
-                 "decoder_loss_weights": np.ones((1, B, S), np.float32)}
-        return T5ForConditionalGeneration(c), batch, SpanCorruption(), c.flops_per_example(T, S) * B, B * (T + S)
-    raise ValueError(f"unknown model {model_name!r}")
+def build(family_name: str, size: str, w: dict):
+    """(model, task, data): the family's default task on one fixed random batch."""
+    gpu = jax.devices()[0].platform == "gpu"
+    c = model_config(family_name, w["preset"], attention_impl="cudnn" if gpu else "xla", scan_layers=size == "gpu",
+                     dtype=w["dtype"], param_dtype="float32")
+    family = models.of_config(c)
+    task = tasks.get(family.default_task)()
+    return family.build(c), task, synthetic_data(task, c, w["batch"], w["lengths"])
 
 
 def jax_train(model_name: str, size: str, steps: int) -> dict:
-    from jaxformers import perf
-    from jaxformers.train import TrainState, decay_mask, train_step
-
     w = WORKLOADS[(model_name, size)]
-    model, batch, objective, flops, tokens = build(model_name, size, w)
+    model, task, data = build(model_name, size, w)
+    flops = data.flops_per_example(model.config) * w["batch"]
+    tokens = data.tokens_per_example * w["batch"]
     tx = optax.adamw(1e-4, weight_decay=0.01, mask=decay_mask)
-
-    def init(r):
-        first = batch[next(iter(batch))]
-        dummies = [jnp.zeros((1,) + first.shape[2:], jnp.int32)]
-        if model_name == "t5":
-            dummies.append(jnp.zeros((1,) + batch["decoder_input_tokens"].shape[2:], jnp.int32))
-        params = model.init(r, *dummies)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          apply_fn=model.apply, tx=tx, objective=objective, schedule=lambda s: 1e-4)
-
-    import flax.linen as nn
-
-    state = jax.jit(lambda r: nn.meta.unbox(init(r)))(jax.random.PRNGKey(0))
-    batch = jax.tree.map(jnp.asarray, batch)
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    state = create_train_state(model, data.dummy_inputs(), tx, mesh, task, lambda s: 1e-4).init()
+    batch = jax.tree.map(jnp.asarray, data.train_batch(0))
     step = jax.jit(train_step, donate_argnums=0)
     rng = jax.random.PRNGKey(1)
     box = {"s": state}
@@ -169,7 +137,7 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
 
     w = WORKLOADS[(model_name, size)]
     torch.manual_seed(0)
-    B, T = w["batch"], w["seq"]
+    B, T = w["batch"], w["lengths"][0]
     ce = torch.nn.functional.cross_entropy
     if model_name == "gpt2":
         cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -182,7 +150,7 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
     elif model_name == "bert":
         cfg = transformers.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = transformers.BertForPreTraining(cfg)
-        P = w["predictions"]
+        P = w["lengths"][1]
         ids = torch.randint(0, cfg.vocab_size, (B, T))
         labels = torch.full((B, T), -100)
         for b in range(B):  # the reference model scores masked positions only through its labels
@@ -192,7 +160,7 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
         def loss_fn():
             return model(ids, labels=labels, next_sentence_label=nsp).loss
     else:
-        S = w["targets"]
+        S = w["lengths"][1]
         cfg = transformers.T5Config(dropout_rate=0.0, d_model=512, d_ff=2048, num_layers=6, num_heads=8,
                                     feed_forward_proj="relu", tie_word_embeddings=True,
                                     decoder_start_token_id=0, pad_token_id=0)
@@ -223,35 +191,23 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
         run()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    tokens = B * (T + w.get("targets", 0)) if model_name == "t5" else B * T
+    tokens = B * (T + w["lengths"][1]) if model_name == "t5" else B * T
     return {"framework": "transformers-pytorch", "torch": torch.__version__, "workload": f"{model_name}-train",
             "step_seconds_median": med, "tokens_per_second": tokens / med}
 
 
 def _decode_setup(model_name: str, batch: int):
     """(model, params, input ids, new tokens) of the decode workloads (random weights)."""
-    import flax.linen as nn
-
-    rng = np.random.default_rng(0)
-    if model_name == "gpt2":
-        from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
-
-        c = GPT2Config.preset("124m", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-        model, dummies, ids, new = GPT2LMHeadModel(c), (jnp.zeros((1, 8), jnp.int32),), \
-            rng.integers(0, c.vocab_size, (batch, 32)), 128
-    else:
-        from jaxformers.models.t5 import T5Config, T5ForConditionalGeneration
-
-        c = T5Config.preset("t5-small", dropout_rate=0.0)
-        model, dummies, ids, new = T5ForConditionalGeneration(c), \
-            (jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, 4), jnp.int32)), rng.integers(2, 32000, (batch, 128)), 64
-    params = nn.meta.unbox(jax.jit(lambda r: model.init(r, *dummies)["params"])(jax.random.PRNGKey(0)))
-    return model, params, ids, new
+    d = DECODE[model_name]
+    c = model_config(model_name, d["preset"])
+    family = models.of_config(c)
+    model = family.build(c)
+    params = nn.meta.unbox(jax.jit(lambda r: model.init(r, *family.example_inputs(c))["params"])(jax.random.PRNGKey(0)))
+    ids = np.random.default_rng(0).integers(*d["ids"], (batch, d["prompt"]))
+    return model, params, ids, d["new"]
 
 
 def jax_decode(model_name: str, steps: int, batch: int) -> dict:
-    from jaxformers import decoding, perf
-
     model, params, ids, new = _decode_setup(model_name, batch)
     first, med, _ = timed(lambda: decoding.generate(model, params, ids, max_new_tokens=new), max(3, steps // 3), warmup=1)
     out = {"framework": "jaxformers", "workload": f"{model_name}-decode", "batch": batch, "prompt": ids.shape[1],
@@ -261,7 +217,7 @@ def jax_decode(model_name: str, steps: int, batch: int) -> dict:
         # Roofline of one decode step: every weight the step uses is read once per step (T5: the
         # decoder, its head and the shared embedding; GPT-2: all of it); the steps/s that the
         # measured read bandwidth allows bounds tokens/s at batch 1.
-        used = params if model_name == "gpt2" else {k: v for k, v in params.items() if k != "encoder"}
+        used = {k: v for k, v in params.items() if k != "encoder"}  # GPT-2 has none
         nbytes = sum(x.nbytes for x in jax.tree.leaves(used))
         gbps = perf.measure_read_gbps()
         out.update(weights_read_per_step_bytes=nbytes, memory_read_gbps=gbps,
@@ -301,26 +257,14 @@ def compile_times() -> dict:
     Lowered from abstract shapes (nothing is allocated): with ``scan_layers`` the compile time
     should stay flat in depth, unrolled it grows with it.
     """
-    import flax.linen as nn
-
-    from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
-    from jaxformers.objectives.causal_lm import CausalLM
-    from jaxformers.train import TrainState, decay_mask, train_step
-
     out = []
     tx = optax.adamw(1e-4, weight_decay=0.01, mask=decay_mask)
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     for layers_ in (12, 48):
         for scan in (True, False):
-            c = GPT2Config.preset("124m", n_layer=layers_, scan_layers=scan, resid_pdrop=0.0, embd_pdrop=0.0,
-                                  attn_pdrop=0.0)
-            model = GPT2LMHeadModel(c)
-
-            def init(r, model=model):
-                params = nn.meta.unbox(model.init(r, jnp.zeros((1, 256), jnp.int32))["params"])
-                return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                                  apply_fn=model.apply, tx=tx, objective=CausalLM(), schedule=lambda s: 1e-4)
-
-            abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+            c = model_config("gpt2", "124m", n_layer=layers_, scan_layers=scan)
+            model = models.build_model(c)
+            abstract = create_train_state(model, (np.zeros((1, 256), np.int32),), tx, mesh, tasks.CausalLM()).abstract
             batch = {k: jax.ShapeDtypeStruct((1, 4, 256), jnp.int32) for k in ("inputs", "targets")}
             t = time.perf_counter()
             jax.jit(train_step, donate_argnums=0).lower(abstract, batch, jax.random.PRNGKey(1)).compile()

@@ -16,12 +16,13 @@ import dataclasses
 
 from jaxformers.config import CheckpointConfig, DataConfig, Experiment, OptimConfig, SampleConfig
 from jaxformers.models.bert import BertConfig
+from jaxformers.tasks import Classification
 
 
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(
         name="bert_sst2",
-        objective="classification",
+        task=Classification(),
         model=BertConfig.preset("base", architecture="BertForSequenceClassification", num_labels=2),
         data=DataConfig(corpus="tfds:glue/sst2", tokenizer="bert-base-uncased", seq_len=128),
         optim=OptimConfig(lr=2e-5, warmup_steps=631, schedule="linear", end_lr_ratio=0.0, weight_decay=0.01,
@@ -44,14 +45,11 @@ def get_config(variant: str = "default") -> Experiment:
             steps=300, eval_every=100, eval_batches=16, log_every=10,
         )
     if variant == "tiny":
-        exp = dataclasses.replace(
-            exp,
+        exp = exp.smoke_test(
             model=BertConfig.preset("tiny", architecture="BertForSequenceClassification", num_labels=2,
                                     num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                                     vocab_size=512, max_position_embeddings=32),
             data=dataclasses.replace(exp.data, vocab_size=512, seq_len=32),
-            checkpoint=CheckpointConfig(every=1, keep=2),
-            batch_size=8, steps=2, eval_every=0, eval_batches=1, log_every=1,
         )
     elif variant not in ("default", "genre"):
         raise ValueError(f"unknown variant {variant!r}; choose default, genre or tiny")

@@ -44,15 +44,13 @@ def get_config(variant: str = "default") -> Experiment:
     )
     if variant == "tiny":
         # Same code path on the embedded corpus: a trained BPE instead of GPT-2's files.
-        exp = dataclasses.replace(
-            exp,
+        exp = exp.smoke_test(
             model=GPT2Config.preset("tiny", vocab_size=512, n_positions=32, scan_layers=True, remat="save_dots",
                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
             data=DataConfig(corpus="shakespeare", tokenizer="bpe", seq_len=16),
             optim=dataclasses.replace(exp.optim, warmup_steps=1, grad_accum=2),
-            checkpoint=CheckpointConfig(every=1, keep=2),
             sample=SampleConfig(prompts=("ROMEO:",), max_new_tokens=8),
-            batch_size=16, steps=2, eval_every=0, eval_batches=1, log_every=1,
+            batch_size=16,
         )
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r}; choose default or tiny")

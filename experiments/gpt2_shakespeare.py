@@ -39,12 +39,9 @@ def get_config(variant: str = "default") -> Experiment:
         log_every=10,
     )
     if variant == "tiny":
-        exp = dataclasses.replace(
-            exp,
+        exp = exp.smoke_test(
             model=dataclasses.replace(exp.model, n_layer=1, n_embd=32, n_head=2, vocab_size=512, n_positions=32),
             data=dataclasses.replace(exp.data, seq_len=16),
-            batch_size=8, steps=2, eval_every=0, eval_batches=1, log_every=1,
-            checkpoint=CheckpointConfig(every=1, keep=2),
             sample=dataclasses.replace(exp.sample, max_new_tokens=8),
         )
     elif variant != "default":

@@ -18,22 +18,21 @@ import dataclasses
 
 from jaxformers.config import CheckpointConfig, DataConfig, Experiment, MeshConfig, OptimConfig, SampleConfig
 from jaxformers.models.t5 import T5Config
+from jaxformers.tasks import SpanCorruption
 
 
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(
         name="t5_small_c4",
-        objective="span_corruption",
+        task=SpanCorruption(noise_density=0.15, mean_noise_span_length=3.0, targets_length=114, z_loss=1e-4),
         model=T5Config.preset("t5.1.1-small", dropout_rate=0.0, dtype="bfloat16", param_dtype="float32",
                               scan_layers=True, remat="save_dots"),
-        data=DataConfig(corpus="tfds:c4/en", tokenizer="t5_spiece.model", seq_len=512, targets_length=114,
-                        noise_density=0.15, mean_noise_span_length=3.0),
+        data=DataConfig(corpus="tfds:c4/en", tokenizer="t5_spiece.model", seq_len=512),
         optim=OptimConfig(name="adafactor", lr=1e-2, warmup_steps=10_000, schedule="rsqrt", weight_decay=0.0,
                           clip_norm=0.0),
         mesh=MeshConfig(shape=(-1, 1, 1)),
         checkpoint=CheckpointConfig(every=5000, keep=3),
         sample=SampleConfig(max_new_tokens=0),
-        z_loss=1e-4,
         batch_size=128,
         steps=524_288,
         eval_every=5000,
@@ -41,17 +40,15 @@ def get_config(variant: str = "default") -> Experiment:
         log_every=100,
     )
     if variant == "tiny":
-        exp = dataclasses.replace(
-            exp,
+        exp = exp.smoke_test(
             model=T5Config.preset("tiny", vocab_size=512, d_model=32, d_kv=8, d_ff=48, num_heads=2, num_layers=1,
                                   num_decoder_layers=1, dropout_rate=0.0, n_positions=64, scan_layers=True,
                                   feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                                   scale_decoder_outputs=False),
             data=dataclasses.replace(exp.data, corpus="shakespeare", tokenizer="sentencepiece", vocab_size=512,
-                                     seq_len=32, targets_length=0),
+                                     seq_len=32),
+            task=dataclasses.replace(exp.task, targets_length=0),
             optim=dataclasses.replace(exp.optim, warmup_steps=1),
-            checkpoint=CheckpointConfig(every=1, keep=2),
-            batch_size=8, steps=2, eval_every=0, eval_batches=1, log_every=1,
         )
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r}; choose default or tiny")

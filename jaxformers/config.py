@@ -13,28 +13,44 @@ import importlib.util
 import os
 from typing import Any
 
+from jaxformers import models, tasks
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    """ValueError naming the setting as ``--set`` spells it, e.g. "optim.lr=-1.0 must be > 0"."""
+    if not ok:
+        raise ValueError(f"{key}={value!r} {rule}")
+
+
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """The text a task reads and how it is cut; task-specific settings live in the task."""
+
     corpus: str = "shakespeare"  # "shakespeare" | a file, folder or glob | "tfds:NAME"
-    tokenizer: str = "bpe"  # "bpe" trains a byte-level BPE on the corpus; else a path (tokenizer.json, or dir with vocab.json + merges.txt)
+    # "train": train the model family's tokenizer (byte-level BPE for GPT-2, WordPiece for BERT,
+    # SentencePiece for T5) on the corpus; or a path to one of that kind (a directory or its file).
+    tokenizer: str = "train"
     vocab_size: int = 0  # tokenizer size to train; 0 = the model's vocab_size
+    lowercase: bool = True  # WordPiece only: an uncased vocabulary
     seq_len: int = 128
     val_fraction: float = 0.05  # held-out tail of each local document
     seed: int = 0  # shuffling seed
     data_dir: str = ""  # TFDS data_dir; "" = $JAXFORMERS_DATA_DIR or ~/tensorflow_datasets
-    # BERT (mlm_nsp): google-research/bert's create_pretraining_data.py flags
-    max_predictions_per_seq: int = 20
-    masked_lm_prob: float = 0.15
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 1
-    whole_word_mask: bool = False
-    dynamic_masking: bool = False  # fresh masks every epoch (RoBERTa) instead of dupe_factor static copies
-    lowercase: bool = True
-    # T5 (span_corruption)
-    noise_density: float = 0.15
-    mean_noise_span_length: float = 3.0
-    targets_length: int = 0  # 0 = what random_spans_helper gives for seq_len inputs
+
+    def __post_init__(self):
+        _require(_whole(self.seq_len, 1), "data.seq_len", self.seq_len, "must be a whole number of at least 1")
+        _require(_whole(self.vocab_size, 0), "data.vocab_size", self.vocab_size, "must be >= 0 (0: the model's)")
+        _require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "must lie in [0, 1)")
+        _require(_whole(self.seed, 0), "data.seed", self.seed, "must be a whole number >= 0")
+        _require(bool(self.corpus), "data.corpus", self.corpus, "must name a corpus")
+
+
+OPTIMIZERS = ("adamw", "adafactor")
+SCHEDULES = ("cosine", "constant", "rsqrt", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +68,30 @@ class OptimConfig:
     grad_accum: int = 1  # microbatches per step
     total_steps: int = 0  # length of the schedule; 0 = the experiment's steps (set it for multi-phase runs)
 
+    def __post_init__(self):
+        _require(self.name in OPTIMIZERS, "optim.name", self.name, f"is not one of {OPTIMIZERS}")
+        _require(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"is not one of {SCHEDULES}")
+        _require(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _require(_whole(self.warmup_steps, 0), "optim.warmup_steps", self.warmup_steps, "must be a whole number >= 0")
+        _require(0.0 <= self.end_lr_ratio <= 1.0, "optim.end_lr_ratio", self.end_lr_ratio, "must lie in [0, 1]")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        for key in ("b1", "b2"):
+            _require(0.0 <= getattr(self, key) < 1.0, f"optim.{key}", getattr(self, key), "must lie in [0, 1)")
+        _require(self.eps > 0, "optim.eps", self.eps, "must be > 0")
+        _require(self.clip_norm >= 0, "optim.clip_norm", self.clip_norm, "must be >= 0 (0 disables clipping)")
+        _require(_whole(self.grad_accum, 1), "optim.grad_accum", self.grad_accum, "must be a whole number of at least 1")
+        _require(_whole(self.total_steps, 0), "optim.total_steps", self.total_steps,
+                 "must be a whole number >= 0 (0: the experiment's steps)")
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     shape: tuple = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the devices left over
+
+    def __post_init__(self):
+        ok = (isinstance(self.shape, tuple) and len(self.shape) == 3
+              and all(_whole(n, 1) or n == -1 for n in self.shape) and list(self.shape).count(-1) <= 1)
+        _require(ok, "mesh.shape", self.shape, "must be three sizes (data, fsdp, tensor), each >= 1 or one -1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +99,10 @@ class CheckpointConfig:
     every: int = 500  # steps between saves (and one at the end)
     keep: int = 3
     async_save: bool = True
+
+    def __post_init__(self):
+        _require(_whole(self.every, 1), "checkpoint.every", self.every, "must be a whole number of at least 1")
+        _require(_whole(self.keep, 1), "checkpoint.keep", self.keep, "must be a whole number of at least 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +112,21 @@ class SampleConfig:
     temperature: float = 0.8
     top_k: int = 40
 
+    def __post_init__(self):
+        _require(_whole(self.max_new_tokens, 0), "sample.max_new_tokens", self.max_new_tokens,
+                 "must be a whole number >= 0 (0: no samples)")
+        _require(self.temperature > 0, "sample.temperature", self.temperature, "must be > 0")
+        _require(_whole(self.top_k, 0), "sample.top_k", self.top_k, "must be a whole number >= 0 (0: no top-k)")
+
+
+NAN_POLICIES = ("stop", "skip")
+
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     name: str
     model: Any  # a model config dataclass (GPT2Config, ...)
-    objective: str = "causal_lm"
+    task: Any = None  # a task (jaxformers.tasks); None = the model family's default task
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
@@ -85,16 +134,43 @@ class Experiment:
     sample: SampleConfig = SampleConfig()
     batch_size: int = 32  # global, all hosts
     steps: int = 1000
-    eval_every: int = 200
+    eval_every: int = 200  # 0: evaluate only at the end
     eval_batches: int = 8
     log_every: int = 10
     seed: int = 0  # parameter init and dropout
     init_from: str = ""  # fine-tuning: a Hugging Face dir or a training workdir whose params seed a fresh run
-    z_loss: float = 0.0  # span_corruption: weight of log(Z)^2 (t5x: 1e-4)
-    label_smoothing: float = 0.0  # span_corruption
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the table in perf.py (measured on CPU)
     nan_policy: str = "stop"  # a NaN/inf loss or gradient: "stop" (with the last good checkpoint) or "skip" the update
     progress: bool = True
+
+    def __post_init__(self):
+        family = models.of_config(self.model)
+        if self.task is None:
+            object.__setattr__(self, "task", tasks.get(family.default_task)())
+        _require(isinstance(self.task, tuple(tasks.TASKS.values())), "task", self.task,
+                 f"is not a task; use one of jaxformers.tasks ({', '.join(sorted(tasks.TASKS))})")
+        _require(_whole(self.batch_size, 1), "batch_size", self.batch_size, "must be a whole number of at least 1")
+        _require(_whole(self.steps, 1), "steps", self.steps, "must be a whole number of at least 1")
+        _require(_whole(self.eval_every, 0), "eval_every", self.eval_every, "must be a whole number >= 0")
+        _require(_whole(self.eval_batches, 1), "eval_batches", self.eval_batches, "must be a whole number of at least 1")
+        _require(_whole(self.log_every, 1), "log_every", self.log_every, "must be a whole number of at least 1")
+        _require(_whole(self.seed, 0), "seed", self.seed, "must be a whole number >= 0")
+        _require(self.peak_tflops >= 0, "peak_tflops", self.peak_tflops, "must be >= 0 (0: the device table)")
+        _require(self.nan_policy in NAN_POLICIES, "nan_policy", self.nan_policy, f"is not one of {NAN_POLICIES}")
+        _require(self.batch_size % self.optim.grad_accum == 0, "batch_size", self.batch_size,
+                 f"must divide into optim.grad_accum={self.optim.grad_accum} microbatches")
+
+    def smoke_test(self, **changes: Any) -> "Experiment":
+        """The experiment at a two-step size for the tests: batch 8, 2 steps, one eval batch at the
+        end, a checkpoint every step; ``changes`` (a smaller model, shorter data ...) on top."""
+        small = dict(batch_size=8, steps=2, eval_every=0, eval_batches=1, log_every=1,
+                     checkpoint=CheckpointConfig(every=1, keep=2))
+        return dataclasses.replace(self, **{**small, **changes})
+
+    @property
+    def objective(self) -> str:
+        """The task's name (``"causal_lm"``, ``"mlm_nsp"``, ...)."""
+        return self.task.name
 
 
 def _coerce(value: str, current: Any, key: str) -> Any:

@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from tqdm.auto import tqdm
 
-from jaxformers import checkpoint, inference, models, perf, sharding
+from jaxformers import checkpoint, inference, launch, models, perf, sharding
+from jaxformers.data import pipeline
 from jaxformers.config import Experiment
 
 log = logging.getLogger("jaxformers")
@@ -69,11 +71,10 @@ def make_schedule(o, total_steps: int) -> Callable:
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices only: not on norms, biases or 1-D vectors."""
+    """Weight decay on matrices only: not on norms, biases or other vectors (a norm's scale and
+    bias are vectors; scanned layers stack them into matrices, hence the leaf-name rule)."""
     def is_decayed(path, x):
-        names = [getattr(p, "key", getattr(p, "name", "")) for p in path]
-        return x.ndim >= 2 and not any(str(n).startswith(("ln", "norm", "layer_norm")) for n in names) \
-            and names[-1] not in ("bias", "scale")
+        return x.ndim >= 2 and getattr(path[-1], "key", None) not in ("bias", "scale")
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
@@ -142,47 +143,70 @@ def eval_step(state: TrainState, batch: dict) -> dict:
     return sums
 
 
-# ---------------------------------------------------------------------------------- families
+# ---------------------------------------------------------------------------------- the state
 
-OBJECTIVES = ("causal_lm", "mlm_nsp", "span_corruption", "classification")
+@dataclasses.dataclass
+class ShardedState:
+    """A train state laid out on a mesh before any of it exists (``create_train_state``).
 
+    Attributes:
+      abstract: the TrainState's shapes and dtypes (``jax.ShapeDtypeStruct`` leaves); also the
+        restore target of a checkpoint, so that it lands on this mesh whatever mesh wrote it.
+      shardings: a TrainState of ``NamedSharding`` leaves, from the params' logical axes.
+      init: builds the state on the mesh (each device computes only its shards).
+    """
 
-def objective_for(name: str, exp: Experiment | None = None):
-    if name == "causal_lm":
-        from jaxformers.objectives.causal_lm import CausalLM
-        return CausalLM()
-    if name == "mlm_nsp":
-        from jaxformers.objectives.mlm_nsp import MLMNSP
-        return MLMNSP()
-    if name == "span_corruption":
-        from jaxformers.objectives.span_corruption import SpanCorruption
-        return SpanCorruption(exp.z_loss if exp else 0.0, exp.label_smoothing if exp else 0.0)
-    if name == "classification":
-        from jaxformers.objectives.classification import Classification
-        return Classification()
-    raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+    abstract: TrainState
+    shardings: TrainState
+    init: Callable[[], TrainState]
 
 
-def build_data(exp: Experiment, workdir: str):
-    """The objective's data pipeline (tokenizer, train and eval batches) for an experiment."""
-    c = exp.model
-    if exp.objective == "causal_lm":
-        from jaxformers.data.pipeline import lm_data
-        return lm_data(exp, workdir, c.vocab_size, c.n_positions)
-    if exp.objective == "mlm_nsp":
-        from jaxformers.data.mlm_nsp_data import MLMData
-        return MLMData(exp, workdir, c.vocab_size, c.max_position_embeddings)
-    if exp.objective == "span_corruption":
-        from jaxformers.data.span_corruption_data import SpanData
-        return SpanData(exp, workdir, c.vocab_size)
-    if exp.objective == "classification":
-        from jaxformers.data.classification_data import ClassificationData
-        return ClassificationData(exp, workdir, c.vocab_size, c.max_position_embeddings)
-    raise ValueError(f"unknown objective {exp.objective!r}; choose one of {OBJECTIVES}")
+def create_train_state(model: nn.Module, example_inputs: tuple, tx: optax.GradientTransformation, mesh,
+                       task: Any = None, schedule: Callable | None = None, seed: int = 0,
+                       rules=sharding.LOGICAL_RULES, skip_nonfinite: bool = False) -> ShardedState:
+    """Abstract-first state construction: ``jax.eval_shape(init)`` -> logical partition specs ->
+    ``NamedSharding``s -> ``jax.jit(init, out_shardings=...)``. Nothing full-size is built on one device.
+
+    Args:
+      model: the flax module; ``model.init`` receives ``example_inputs`` (e.g. ``[1, T]`` int zeros).
+      example_inputs: the positional inputs of ``model.init``.
+      tx: the optimizer; its state is sharded like the params it belongs to.
+      mesh: the device mesh; ``rules`` map logical axis names onto its axes.
+      task: the loss and metrics the train step calls (``jaxformers.tasks``).
+      schedule: step -> learning rate (logged by the train step); None logs 0.
+      seed: the parameter-init key ``PRNGKey(seed)`` (dropout too at init).
+      skip_nonfinite: a NaN/inf loss or gradient leaves params and optimizer state unchanged.
+    """
+    rng = jax.random.PRNGKey(seed)
+    schedule = schedule or _no_schedule
+
+    def init_params(rng):  # boxed: parameters carry their logical axis names
+        return model.init({"params": rng, "dropout": rng}, *example_inputs)["params"]
+
+    def init_state(rng):
+        params = nn.meta.unbox(init_params(rng))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          apply_fn=model.apply, tx=tx, objective=task, schedule=schedule,
+                          skip_nonfinite=skip_nonfinite)
+
+    with _MeshRules(mesh, rules):
+        boxed = jax.eval_shape(init_params, rng)
+        param_sh = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
+        # Unboxed outside the jit trace: no sharding constraint is attached here.
+        abstract = jax.eval_shape(init_state, rng)
+    param_sh = sharding.fit_to_shapes(param_sh, nn.meta.unbox(boxed))
+    opt_sh = sharding.like_params(abstract.opt_state, nn.meta.unbox(boxed), param_sh, mesh)
+    shardings = abstract.replace(step=sharding.replicated(mesh), params=param_sh, opt_state=opt_sh)
+
+    def init() -> TrainState:
+        with _MeshRules(mesh, rules):
+            return jax.jit(init_state, out_shardings=shardings)(rng)
+
+    return ShardedState(abstract, shardings, init)
 
 
-def build_model(model_config) -> nn.Module:
-    return models.build_model(model_config)
+def _no_schedule(step):
+    return jnp.zeros((), jnp.float32)
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -275,65 +299,36 @@ class Trainer:
         check_workdir(self.workdir)
         self.mesh = sharding.make_mesh(exp.mesh.shape, devices)
         sharding.check_batch(exp.batch_size, self.mesh)
-        if exp.batch_size % exp.optim.grad_accum or (exp.batch_size // exp.optim.grad_accum) % sharding.data_parallel_size(self.mesh):
+        if (exp.batch_size // exp.optim.grad_accum) % sharding.data_parallel_size(self.mesh):
             raise ValueError(
                 f"batch_size={exp.batch_size} / grad_accum={exp.optim.grad_accum} must be a multiple of the "
                 f"{sharding.data_parallel_size(self.mesh)} data-parallel shards"
             )
-        if exp.nan_policy not in ("stop", "skip"):
-            raise ValueError(f"nan_policy={exp.nan_policy!r}; choose stop or skip")
-        self.model = build_model(exp.model)
-        self.objective = objective_for(exp.objective, exp)
+        self.model = models.build_model(exp.model)
+        self.objective = exp.task
         self.data = data if data is not None else self._build_data_in_turn()
         self.schedule = make_schedule(exp.optim, exp.optim.total_steps or exp.steps)
         self.tx = make_optimizer(exp.optim, self.schedule)
         self.rules = sharding.LOGICAL_RULES
-        self._build_state_shardings()
+        self.sharded = create_train_state(self.model, self.data.dummy_inputs(), self.tx, self.mesh, exp.task,
+                                          self.schedule, exp.seed, self.rules, exp.nan_policy == "skip")
+        self.abstract_state, self.state_shardings = self.sharded.abstract, self.sharded.shardings
 
     def _build_data_in_turn(self):
         """Process 0 prepares datasets, tokenizer and token files first; the others then read them."""
-        from jaxformers.launch import barrier
-
         if jax.process_index() == 0:
-            data = build_data(self.exp, self.workdir)
-        barrier("jaxformers-data-prepared")
+            data = self.exp.task.build_data(self.exp, self.workdir)
+        launch.barrier("jaxformers-data-prepared")
         if jax.process_index() != 0:
-            data = build_data(self.exp, self.workdir)
+            data = self.exp.task.build_data(self.exp, self.workdir)
         return data
 
     def mesh_context(self):
         return _MeshRules(self.mesh, self.rules)
 
     # -- state
-    def _init_params(self, rng):  # boxed: parameters carry their logical axis names
-        return self.model.init({"params": rng, "dropout": rng}, *self.data.dummy_inputs())["params"]
-
-    def _init_fn(self, rng):
-        params = nn.meta.unbox(self._init_params(rng))
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-            apply_fn=self.model.apply, tx=self.tx, objective=self.objective, schedule=self.schedule,
-            skip_nonfinite=self.exp.nan_policy == "skip",
-        )
-
-    def _build_state_shardings(self):
-        """Abstract-first: shapes and shardings of the whole state without allocating any of it."""
-        rng = jax.random.PRNGKey(self.exp.seed)
-        with self.mesh_context():
-            boxed = jax.eval_shape(self._init_params, rng)
-            param_sh = sharding.logical_to_sharding(nn.get_partition_spec(boxed), self.mesh, self.rules)
-            # Unboxed outside the jit trace: no sharding constraint is attached here.
-            self.abstract_state = jax.eval_shape(self._init_fn, rng)
-        param_sh = sharding.fit_to_shapes(param_sh, nn.meta.unbox(boxed))
-        opt_sh = sharding.like_params(self.abstract_state.opt_state, nn.meta.unbox(boxed), param_sh, self.mesh)
-        self.state_shardings = self.abstract_state.replace(
-            step=sharding.replicated(self.mesh), params=param_sh, opt_state=opt_sh)
-
     def init_state(self) -> TrainState:
-        rng = jax.random.PRNGKey(self.exp.seed)
-        with self.mesh_context():
-            init = jax.jit(self._init_fn, out_shardings=self.state_shardings)
-            return init(rng)
+        return self.sharded.init()
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer) -> tuple[TrainState, int]:
         abstract = checkpoint.abstract_like(self.abstract_state.arrays(), self.state_shardings.arrays())
@@ -357,9 +352,8 @@ class Trainer:
         return jax.device_put(merged, self.state_shardings.params)
 
     def fingerprint(self) -> str:
-        from jaxformers.data.pipeline import fingerprint
         e = self.exp
-        return fingerprint([e.model, e.data, e.optim, e.batch_size, e.steps, e.seed, e.objective])
+        return pipeline.fingerprint([e.model, e.data, e.task, e.optim, e.batch_size, e.steps, e.seed])
 
     def compiled_steps(self):
         spec = self.data.train_spec()  # feature -> ndim of one microbatch ([b, ...])
@@ -562,8 +556,6 @@ class _PreemptionFlag:
 
 
 def _progress(exp, start, end):
-    from tqdm.auto import tqdm
-
     return tqdm(total=end, initial=start, disable=not exp.progress or jax.process_index() != 0,
                 unit="step", dynamic_ncols=True, mininterval=1.0)
 

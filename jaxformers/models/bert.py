@@ -79,6 +79,8 @@ class BertConfig(layers.ModelConfig):
         return cls(**{**kwargs, **overrides})
 
     def __post_init__(self):
+        layers.check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                              "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
@@ -93,24 +95,19 @@ class BertConfig(layers.ModelConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    def flops_per_token_mlm(self, seq_len: int, num_predictions: int) -> float:
-        """Pre-training FLOPs per token (forward + backward), PaLM appendix B convention.
+    def flops_per_example(self, seq_len: int, num_predictions: int | None = None) -> float:
+        """Training FLOPs (forward + backward) of one ``seq_len``-token example, PaLM appendix B.
 
-        6 * (matmul parameters each token passes through) + 12 * L * T * D for attention scores.
-        The encoder runs on all T positions; the MLM transform + vocabulary projection
-        (D*D + D*V) only on the ``num_predictions`` gathered masked positions per sequence, and
-        the pooler + NSP head (D*D + 2*D) once per sequence, so both are amortised over T.
+        Per token 6 * (matmul parameters each token passes through) + 12 * L * T * D for attention
+        scores. The encoder runs on all T positions; the MLM transform + vocabulary projection
+        (D*D + D*V) only on the ``num_predictions`` gathered masked positions (None: every position,
+        the ungathered ``[B, T, V]`` forward; 0: no MLM head, e.g. classification), and the pooler +
+        NSP head (D*D + 2*D) once per example.
         """
         D, L, F, V, T = self.hidden_size, self.num_hidden_layers, self.intermediate_size, self.vocab_size, seq_len
-        encoder = L * (4 * D * D + 2 * D * F)
-        mlm_head = (D * D + D * V) * num_predictions / T
-        pooler_nsp = (D * D + 2 * D) / T
-        return 6.0 * (encoder + mlm_head + pooler_nsp) + 12.0 * L * T * D
-
-    def flops_per_token(self, seq_len: int, num_predictions: int | None = None) -> float:
-        """As ``flops_per_token_mlm``; without ``num_predictions`` every position goes through the
-        MLM head (the ungathered ``[B, T, V]`` forward), an upper bound on the gathered cost."""
-        return self.flops_per_token_mlm(seq_len, seq_len if num_predictions is None else num_predictions)
+        P = T if num_predictions is None else num_predictions
+        encoder = L * (4 * D * D + 2 * D * F) * T
+        return 6.0 * (encoder + (D * D + D * V) * P + (D * D + 2 * D)) + 12.0 * L * T * D * T
 
 
 @flax.struct.dataclass

@@ -54,6 +54,7 @@ class GPT2Config(layers.ModelConfig):
     }
 
     def __post_init__(self):
+        layers.check_positive(self, "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_head dividing n_embd"
@@ -65,12 +66,12 @@ class GPT2Config(layers.ModelConfig):
     def d_ff(self) -> int:
         return self.n_inner or 4 * self.n_embd
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward), PaLM appendix B convention:
-        6 * (matmul parameters, LM head included) + 12 * L * T * D for attention scores."""
+    def flops_per_example(self, seq_len: int) -> float:
+        """Training FLOPs (forward + backward) of one ``seq_len``-token example, PaLM appendix B:
+        per token 6 * (matmul parameters, LM head included) + 12 * L * T * D for attention scores."""
         D, L, F = self.n_embd, self.n_layer, self.d_ff
         matmul_params = L * (4 * D * D + 2 * D * F) + D * self.vocab_size
-        return 6.0 * matmul_params + 12.0 * L * seq_len * D
+        return (6.0 * matmul_params + 12.0 * L * seq_len * D) * seq_len
 
 
 class GPT2Block(nn.Module):

@@ -451,6 +451,14 @@ class ModelConfig:
                 raise ValueError(f"{f}={getattr(self, f)!r}; choose float32, bfloat16 or float16")
 
 
+def check_positive(config: Any, *fields: str) -> None:
+    """ValueError naming the first of ``fields`` of ``config`` that is not a whole number >= 1."""
+    for f in fields:
+        v = getattr(config, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{f}={v!r} must be a whole number of at least 1")
+
+
 def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
     """Wraps a block class with remat and scan; returns a function ``(x, *args) -> x``.
 

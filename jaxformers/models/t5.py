@@ -93,10 +93,9 @@ class T5Config(layers.ModelConfig):
     def __post_init__(self):
         if self.num_decoder_layers is None:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
-        for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-                  "relative_attention_num_buckets", "relative_attention_max_distance", "n_positions"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f}={getattr(self, f)} must be at least 1")
+        layers.check_positive(self, "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
+                              "num_heads", "relative_attention_num_buckets", "relative_attention_max_distance",
+                              "n_positions")
         layers.activation(parse_feed_forward_proj(self.feed_forward_proj)[0])
         self.check_run_fields()
 
@@ -126,13 +125,6 @@ class T5Config(layers.ModelConfig):
         matmuls = 6.0 * (Ti * enc_params + Tt * dec_params)
         attention = 12.0 * I * (Ti * Le * Ti + Tt * Ld * (Tt + Ti))
         return matmuls + attention
-
-    def flops_per_token(self, input_length: int, target_length: int | None = None) -> float:
-        """``flops_per_example / (input_length + target_length)``: FLOPs per token of an example,
-        counting input and target tokens alike (multiply by the inputs + targets tokens of a step).
-        ``target_length`` defaults to ``input_length``."""
-        target_length = input_length if target_length is None else target_length
-        return self.flops_per_example(input_length, target_length) / (input_length + target_length)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,

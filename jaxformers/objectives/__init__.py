@@ -1,1 +1,3 @@
-"""Training objectives: example building (numpy) plus losses and metrics (jax)."""
+"""Example building, numpy in / numpy out, faithful to the originals: google-research/bert's
+masked LM + next-sentence instances (``mlm_nsp``) and T5's span corruption (``span_corruption``).
+"""

@@ -263,31 +263,6 @@ def pack_examples(examples: Iterable[Mapping[str, Sequence[int]]], inputs_length
     return out
 
 
-def segment_attention_mask(q_segment_ids: np.ndarray, kv_segment_ids: np.ndarray,
-                           causal: bool = False) -> np.ndarray:
-    """Attention mask that keeps packed examples apart.
-
-    Args:
-        q_segment_ids: int [B, T], 0 = padding.
-        kv_segment_ids: int [B, S], 0 = padding.
-        causal: also forbid attending to later positions (needs T == S).
-
-    Returns:
-        bool [B, T, S], True where query t may attend key s: same non-zero
-        segment (padding queries attend nothing, as in t5x).
-    """
-    q = np.asarray(q_segment_ids)
-    kv = np.asarray(kv_segment_ids)
-    if q.ndim != 2 or kv.ndim != 2 or q.shape[0] != kv.shape[0]:
-        raise ValueError(f"expected [B, T] and [B, S] segment ids, got {q.shape} and {kv.shape}.")
-    mask = (q[:, :, None] == kv[:, None, :]) & (q[:, :, None] > 0) & (kv[:, None, :] > 0)
-    if causal:
-        if q.shape[1] != kv.shape[1]:
-            raise ValueError(f"causal masking needs T == S, got {q.shape[1]} and {kv.shape[1]}.")
-        mask &= np.tril(np.ones((q.shape[1], kv.shape[1]), dtype=bool))
-    return mask
-
-
 def _corrupted_lengths(length: int, noise_density: float,
                        mean_noise_span_length: float) -> tuple[int, int]:
     """Exact (inputs, targets) lengths, incl. EOS, that span_corrupt produces."""
@@ -343,68 +318,3 @@ def corrupt_and_pack(token_lists: Iterable[Sequence[int]], vocab_size: int,
                                              eos_id=eos_id))
             chunk_index += 1
     return pack_examples(examples, inputs_length, targets_length, pad_id)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss and metrics (jax): the objective protocol of jaxformers.objectives.causal_lm.
-
-class SpanCorruption:
-    """Sequence-to-sequence cross-entropy over the non-padding targets of packed rows.
-
-    Attributes:
-      z_loss: weight of ``log(Z)^2`` per target token (t5x uses 1e-4); keeps logits from drifting.
-      label_smoothing: t5x-style; the constant entropy of the smoothed targets is subtracted so a
-        perfect model still scores 0.
-    """
-
-    name = "span_corruption"
-
-    def __init__(self, z_loss: float = 0.0, label_smoothing: float = 0.0):
-        self.z_loss, self.label_smoothing = float(z_loss), float(label_smoothing)
-
-    def __eq__(self, other):  # part of the jitted step's static structure
-        return isinstance(other, SpanCorruption) and (self.z_loss, self.label_smoothing) == (other.z_loss, other.label_smoothing)
-
-    def __hash__(self):
-        return hash((SpanCorruption, self.z_loss, self.label_smoothing))
-
-    @staticmethod
-    def normalizers(batch):
-        import jax.numpy as jnp
-
-        return {"tokens": jnp.maximum(jnp.sum(batch["decoder_loss_weights"]), 1.0)}
-
-    def loss(self, params, apply_fn, batch, rng, deterministic, norms):
-        import jax.numpy as jnp
-
-        from jaxformers.objectives.causal_lm import log_normalizer
-
-        logits = apply_fn(
-            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-            encoder_segment_ids=batch["encoder_segment_ids"], decoder_segment_ids=batch["decoder_segment_ids"],
-            deterministic=deterministic, rngs={"dropout": rng},
-        ).astype(jnp.float32)
-        targets, w = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
-        V = logits.shape[-1]
-        logz, target_logit, correct = log_normalizer(logits, targets)
-        logp_target = target_logit - logz
-        nll = -logp_target
-        if self.label_smoothing > 0:
-            conf, low = 1.0 - self.label_smoothing, self.label_smoothing / (V - 1)
-            mean_logp = jnp.mean(logits, axis=-1) - logz
-            smoothed = -(conf - low) * logp_target - low * V * mean_logp
-            const = -(conf * jnp.log(conf) + (V - 1) * low * jnp.log(low + 1e-20))
-            train_nll = smoothed - const
-        else:
-            train_nll = nll
-        loss_tokens = train_nll + self.z_loss * jnp.square(logz)
-        sums = {"loss": jnp.sum(nll * w), "correct": jnp.sum(correct * w), "tokens": jnp.sum(w),
-                "z_loss": jnp.sum(jnp.square(logz) * w)}
-        return jnp.sum(loss_tokens * w) / norms["tokens"], sums
-
-    @staticmethod
-    def finalize(s):
-        import jax.numpy as jnp
-
-        n = jnp.maximum(s["tokens"], 1.0)
-        return {"loss": s["loss"] / n, "accuracy": s["correct"] / n, "log_z_sq": s["z_loss"] / n}

@@ -1,4 +1,6 @@
-"""Labelled sentences for fine-tuning: TFDS ``glue/sst2`` or the embedded ``shakespeare_genre``.
+"""Sequence classification (fine-tuning): cross-entropy on one label per sequence.
+
+Data: labelled sentences from TFDS ``glue/sst2`` or the embedded ``shakespeare_genre``.
 
 - ``tfds:glue/sst2``: the GLUE sentiment task (``sentence``, ``label``; the validation split is the
   public dev set). Preparing it needs TensorFlow and the network; the error says how.
@@ -6,19 +8,25 @@
   real task that runs offline (the speeches' tails per play form the validation split).
 
 Sentences are WordPiece-encoded as ``[CLS] sentence [SEP]``, cut or padded to ``data.seq_len``,
-written once as a TFDS array_record dataset and batched like every other pipeline.
+written once as a TFDS array_record dataset and batched like every other pipeline. The model is a
+``BertForSequenceClassification``; batches hold ``input_ids``, ``segment_ids``, ``input_mask``
+[B, T] and ``label`` [B].
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from typing import Any, ClassVar
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.data import sources
-from jaxformers.data.mlm_nsp_data import load_or_train_wordpiece
 from jaxformers.data.pipeline import ExampleBatches, fingerprint
+from jaxformers.tasks.base import TaskData, check_seq_len, class_cross_entropy, tokenizer_for
 
 GENRES = {"comedies": 0, "tragedies": 1}
 
@@ -40,6 +48,7 @@ def shakespeare_genre(val_fraction: float) -> dict[str, list[tuple[str, int]]]:
 
 
 def labelled_text(corpus: str, val_fraction: float, data_dir: str | None):
+    """(split -> function returning (text, label) pairs, the train pairs when in memory)."""
     if corpus == "shakespeare_genre":
         pairs = shakespeare_genre(val_fraction)
         return {k: (lambda v=v: iter(v)) for k, v in pairs.items()}, pairs["train"]
@@ -48,24 +57,25 @@ def labelled_text(corpus: str, val_fraction: float, data_dir: str | None):
 
         def read(split):
             src = srcs[split]
-            return lambda: ((sources.record_text({"text": src[i]["sentence"]}), int(src[i]["label"])) for i in range(len(src)))
+            return lambda: ((sources.record_text({"text": src[i]["sentence"]}), int(src[i]["label"]))
+                            for i in range(len(src)))
         return {"train": read("train"), "validation": read("validation")}, None
     raise ValueError(f"classification corpus {corpus!r}: use tfds:glue/sst2 or shakespeare_genre")
 
 
-class ClassificationData:
-    def __init__(self, exp, workdir: str, vocab_size: int, max_positions: int):
-        import jax
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """One label per sequence (the number of labels is the model's ``num_labels``)."""
 
+    name: ClassVar[str] = "classification"
+    input_keys: ClassVar[tuple[str, ...]] = ("input_ids",)
+
+    def build_data(self, exp: Any, workdir: str) -> TaskData:
+        check_seq_len(exp)
         d = exp.data
-        if d.seq_len > max_positions:
-            raise ValueError(f"data.seq_len={d.seq_len} exceeds max_position_embeddings={max_positions}")
         gens, train_pairs = labelled_text(d.corpus, d.val_fraction, d.data_dir or None)
-        texts_src = {"train": [{"text": t} for t, _ in (train_pairs or [])]}
-        self.tokenizer = tok = load_or_train_wordpiece(d, texts_src, workdir, vocab_size)
-        if tok.vocab_size > vocab_size:
-            raise ValueError(f"the vocabulary has {tok.vocab_size} tokens, the model {vocab_size}")
-        L = self.seq_len = self.tokens_per_example = d.seq_len
+        tok = tokenizer_for(exp, workdir, lambda: (t for t, _ in (train_pairs or [])))
+        L = d.seq_len
 
         def encode(split):
             def run():
@@ -85,22 +95,27 @@ class ClassificationData:
                                          d.data_dir or None)
         pi, pc = jax.process_index(), jax.process_count()
         accum = exp.optim.grad_accum
-        self.train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc)
-        self.val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        self.num_train_tokens, self.num_val_tokens = len(built["train"]) * L, len(built["validation"]) * L
-        self.num_val_examples = len(built["validation"])
+        train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc)
+        val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
+        return TaskData(tok, train, val, {k: len(shape) + 1 for k, (shape, _) in spec.items()}, (L,), L, (L, 0),
+                        len(built["train"]) * L, len(built["validation"]) * L)
 
-    def dummy_inputs(self):
-        return (np.zeros((1, self.seq_len), np.int32),)
+    def normalizers(self, batch):
+        return {"examples": jnp.asarray(batch["label"].size, jnp.float32)}
 
-    def train_spec(self):
-        return {"input_ids": 2, "input_mask": 2, "segment_ids": 2, "label": 1}
+    def loss(self, params, apply_fn, batch, rng, deterministic, norms):
+        out = apply_fn({"params": params}, batch["input_ids"], token_type_ids=batch["segment_ids"],
+                       attention_mask=batch["input_mask"], deterministic=deterministic, rngs={"dropout": rng})
+        labels = batch["label"]
+        nll, correct = class_cross_entropy(out.logits, labels)
+        sums = {"loss": nll, "correct": correct, "examples": jnp.float32(labels.size)}
+        return nll / norms["examples"], sums
 
-    def flops_per_example(self, model_config) -> float:
-        return model_config.flops_per_token(self.seq_len, 0) * self.seq_len
+    def finalize(self, s):
+        return {"loss": s["loss"] / s["examples"], "accuracy": s["correct"] / s["examples"]}
 
-    def train_batch(self, step: int):
-        return self.train.batch(step)
-
-    def eval_batch(self, i: int):
-        return self.val.batch(i)
+    def random_examples(self, rng, model_config, n: int, seq_len: int, num_predictions: int = 0) -> dict:
+        T = seq_len
+        return {"input_ids": rng.integers(0, model_config.vocab_size, (n, T), dtype=np.int32),
+                "input_mask": np.ones((n, T), np.int32), "segment_ids": np.zeros((n, T), np.int32),
+                "label": rng.integers(0, model_config.num_labels, (n,), dtype=np.int32)}

@@ -1,0 +1,24 @@
+"""Training tasks: one file per task holding its settings, data builder, loss and metrics.
+
+Each task is a frozen dataclass (``jaxformers.tasks.base.Task``): an experiment's ``task`` field
+holds one (``--set task.dupe_factor=5``), and the Trainer keeps it as the static loss of its step.
+"""
+
+from __future__ import annotations
+
+from jaxformers.tasks.base import Task, TaskData
+from jaxformers.tasks.causal_lm import CausalLM
+from jaxformers.tasks.classification import Classification
+from jaxformers.tasks.mlm_nsp import MLMNSP
+from jaxformers.tasks.span_corruption import SpanCorruption
+
+TASKS: dict[str, type] = {t.name: t for t in (CausalLM, MLMNSP, SpanCorruption, Classification)}
+
+__all__ = ["TASKS", "Task", "TaskData", "CausalLM", "MLMNSP", "SpanCorruption", "Classification", "get"]
+
+
+def get(name: str) -> type:
+    """The task class named ``name`` (``"causal_lm"``, ``"mlm_nsp"``, ...)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    return TASKS[name]
