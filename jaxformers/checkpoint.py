@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxformers.launch import barrier
+
 log = logging.getLogger("jaxformers")
 
 
@@ -70,8 +72,6 @@ class Checkpointer:
 
     def _set_aside(self, step: int) -> None:
         """Moves a damaged step out of the way (kept for inspection), so training can write it again."""
-        from jaxformers.launch import barrier
-
         if jax.process_index() == 0:
             aside = self.directory + "_damaged"
             os.makedirs(aside, exist_ok=True)

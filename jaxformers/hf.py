@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from jaxformers import models
 
@@ -40,8 +41,6 @@ def get_layers(params: dict, name: str, n: int, scan: bool) -> list[dict]:
 # ---- safetensors I/O ----
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
     files = []
     if os.path.isfile(os.path.join(path, "model.safetensors")):
         files = [os.path.join(path, "model.safetensors")]
@@ -100,8 +99,6 @@ def from_pretrained(path: str, dtype: str | None = None, **config_overrides: Any
 
 def save_pretrained(model: Any, params: Any, out_dir: str) -> None:
     """Writes config.json + model.safetensors that transformers loads unchanged."""
-    from safetensors.numpy import save_file
-
     config = model.config
     fam = models.of_config(config).module
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), nn.meta.unbox(params))

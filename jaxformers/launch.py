@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 
+import jax
+from jax.experimental import multihost_utils
+
 _done = False
 
 
@@ -31,8 +34,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     global _done
     if _done:
         return True
-    import jax
-
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     num_processes = num_processes or (int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None)
     if process_id is None and "JAX_PROCESS_ID" in os.environ:
@@ -55,9 +56,5 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 def barrier(name: str) -> None:
     """All processes wait here (a no-op on one process)."""
-    import jax
-
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)

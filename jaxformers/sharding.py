@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -76,8 +77,6 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None =
     devices = list(jax.devices() if devices is None else devices)
     shape = resolve_mesh_shape(shape, len(devices))
     try:
-        from jax.experimental import mesh_utils
-
         arr = mesh_utils.create_device_mesh(shape, devices=devices)
     except Exception:  # e.g. an odd subset of devices: a plain reshape is fine for CPU and tests
         arr = np.asarray(devices).reshape(shape)

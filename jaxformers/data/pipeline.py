@@ -18,6 +18,8 @@ import json
 import os
 from typing import Callable, Iterable
 
+import grain
+
 import numpy as np
 
 from jaxformers.data.sources import record_text
@@ -100,8 +102,6 @@ class ExampleBatches:
 
     def __init__(self, source, global_batch: int, seed: int | None = 0, accum: int = 1,
                  process_index: int = 0, process_count: int = 1, transform=None):
-        import grain
-
         check_divisible(global_batch, accum, process_count)
         if len(source) == 0:
             raise ValueError("the dataset split is empty; use a larger corpus")
@@ -141,8 +141,6 @@ class LMBatches:
 
     def __init__(self, tokens, seq_len: int, global_batch: int, seed: int | None = 0, accum: int = 1,
                  process_index: int = 0, process_count: int = 1):
-        import grain
-
         check_divisible(global_batch, accum, process_count)
         self.windows = Windows(tokens, seq_len)
         ds = grain.MapDataset.source(self.windows)

@@ -22,6 +22,8 @@ import os
 import re
 from typing import Sequence
 
+import tensorflow_datasets as tfds
+
 EMBEDDED = "shakespeare"
 
 
@@ -95,8 +97,6 @@ def split_document(text: str, val_fraction: float) -> tuple[str, str]:
 @functools.lru_cache(maxsize=None)
 def _builder_class():
     """Defined once per process: TFDS registers every builder class under its name."""
-    import tensorflow_datasets as tfds
-
     class JaxformersText(tfds.core.GeneratorBasedBuilder):
         """Local text files as a TFDS dataset: one example per document, train/validation."""
 
@@ -133,8 +133,6 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
 
     Each source is a random-access ``tfds`` ArrayRecord data source of ``{"text", "id"}`` records.
     """
-    import tensorflow_datasets as tfds
-
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction={val_fraction}: a local corpus needs a held-out share in (0, 1), e.g. 0.05")
     files, fmt = (shakespeare_files(), "play_markdown") if spec == EMBEDDED else (resolve_paths(spec), "plain")
@@ -165,8 +163,6 @@ def _prepare(builder, what: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _examples_builder_class():
-    import tensorflow_datasets as tfds
-
     class JaxformersExamples(tfds.core.GeneratorBasedBuilder):
         """Fixed-shape training examples (BERT instances, T5 packed rows) as a TFDS dataset."""
 
@@ -201,8 +197,6 @@ def prepare_examples(name: str, generators: dict, spec: dict, data_dir: str | No
       generators: split -> zero-argument callable yielding dicts of numpy arrays.
       spec: feature -> (shape, numpy dtype).
     """
-    import tensorflow_datasets as tfds
-
     tfds.disable_progress_bar()
     builder = _examples_builder_class()(
         generators=generators, spec=spec,
@@ -215,8 +209,6 @@ def prepare_examples(name: str, generators: dict, spec: dict, data_dir: str | No
 
 def catalog_source(name: str, data_dir: str | None = None, val_split: str = "validation"):
     """A TFDS catalog dataset as random-access data sources (prepared beforehand)."""
-    import tensorflow_datasets as tfds
-
     try:
         src = tfds.data_source(name, data_dir=data_dir or default_data_dir())
     except Exception as e:

@@ -10,6 +10,11 @@ import json
 import os
 from typing import Callable, Iterable, Sequence
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from jaxformers.data.sentencepiece_vocab import SentencePieceVocab, train_sentencepiece
+from jaxformers.data.wordpiece import WordPieceTokenizer, train_wordpiece
+
 EOS_TOKEN = "<|endoftext|>"
 
 
@@ -45,8 +50,6 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str) -> "BPETokenizer":
         """From a tokenizer.json, a vocab.json + merges.txt pair, or a directory with either."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, "tokenizer.json")):
                 path = os.path.join(path, "tokenizer.json")
@@ -71,8 +74,6 @@ class BPETokenizer:
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     """Trains a byte-level BPE tokenizer (GPT-2 style) on ``texts``; about a second for 5 MB."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     if vocab_size < 257 + 1:
         raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: it needs 256 bytes + {EOS_TOKEN}")
     tok = Tokenizer(models.BPE())
@@ -104,9 +105,6 @@ def load_tokenizer(kind: str, directory: str, lowercase: bool | None = None):
     ``lowercase`` is None, ``do_lower_case`` from tokenizer_config.json (default True);
     SentencePiece reads spiece.model (T5's 100 sentinels on top).
     """
-    from jaxformers.data.sentencepiece_vocab import SentencePieceVocab
-    from jaxformers.data.wordpiece import WordPieceTokenizer
-
     if kind == "bpe":
         return BPETokenizer.load(directory)
     if kind == "wordpiece":
@@ -150,12 +148,8 @@ def load_or_train(kind: str, setting: str, tok_dir: str, texts: Callable[[], Ite
         if kind == "bpe":
             tok = train_bpe(texts(), vocab_size)
         elif kind == "wordpiece":
-            from jaxformers.data.wordpiece import train_wordpiece
-
             tok = train_wordpiece(texts(), vocab_size=vocab_size, lowercase=lowercase)
         else:
-            from jaxformers.data.sentencepiece_vocab import train_sentencepiece
-
             return train_sentencepiece(texts(), os.path.join(tok_dir, "spiece"), vocab_size=vocab_size - SENTINELS)
     elif setting in KINDS:
         raise ValueError(f"data.tokenizer={setting!r}, but this model uses a {kind} tokenizer: "
