@@ -346,7 +346,7 @@ def _sample_loop(spec: _Spec, V, tok, state, step, rng, settings):
 
 
 def _gather_beams(x, idx):
-    """x [B, W, ...], idx [B, W'] -> [B, W', ...] (transformers' ``_gather_beams``)."""
+    """x [B, W, ...], idx [B, W2] -> [B, W2, ...] (transformers' ``_gather_beams``)."""
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
@@ -357,51 +357,51 @@ def _beam_search(spec: _Spec, V, tok, state, step, reorder, settings):
     at 0 and the rest at -1e9 so the first step expands one beam) and ``num_beams`` finished
     hypotheses (initially empty at -1e9). Each step:
 
-    1. the top 2K continuations over all beams x vocabulary (K = num_beams);
+    1. the top 2W continuations over all beams x vocabulary (W = num_beams);
     2. a continuation "hits a stopping criterion" when its token is EOS or the maximal length is
-       reached; the best K continuations that did not become the running beams;
-    3. those among the top K that hit one become hypotheses with score sum / length**length_penalty
-       (length = generated tokens), unless the example is done (early_stopping=True and K finished,
-       or the early-stop heuristic below already holds); the best K hypotheses are kept;
+       reached; the best W continuations that did not become the running beams;
+    3. those among the top W that hit one become hypotheses with score sum / length**length_penalty
+       (length = generated tokens), unless the example is done (early_stopping=True and W finished,
+       or the early-stop heuristic below already holds); the best W hypotheses are kept;
     4. heuristic: the example is done when the best running beam, scored at the current length
        (early_stopping False or True; at the maximal length for "never" with a positive penalty),
-       cannot beat the worst of K finished hypotheses. The loop ends when every example is done,
-       when every example holds K finished hypotheses (early_stopping=True), or at max length.
+       cannot beat the worst of W finished hypotheses. The loop ends when every example is done,
+       when every example holds W finished hypotheses (early_stopping=True), or at max length.
 
-    ``tok`` [B*K] are the first tokens to feed, ``state`` the model state with B*K rows. Returns the
+    ``tok`` [B*W] are the first tokens to feed, ``state`` the model state with B*W rows. Returns the
     best hypothesis per example [B, M], pad after its end.
     """
-    M, K = spec.max_new_tokens, spec.num_beams
+    M, W = spec.max_new_tokens, spec.num_beams
     eos, pad, early, denom, never_len = (settings[k] for k in ("eos", "pad", "early", "denom", "never_len"))
-    BK = tok.shape[0]
-    B = BK // K
-    K2 = 2 * K  # transformers: max(2, 1 + number of EOS ids) * num_beams
+    BW = tok.shape[0]
+    B = BW // W
+    W2 = 2 * W  # transformers: max(2, 1 + number of EOS ids) * num_beams
     neg = jnp.float32(_BEAM_NEG)
-    top_mask = jnp.arange(K2) < K
+    top_mask = jnp.arange(W2) < W
 
     def select(i, logits, beams):
         running_seqs, running_scores, seqs, scores, finished, unsat = beams
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(B, K, V)
-        log_probs = (log_probs + running_scores[:, :, None]).reshape(B, K * V)
-        top_lp, top_idx = jax.lax.top_k(log_probs, K2)  # [B, 2K]
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(B, W, V)
+        log_probs = (log_probs + running_scores[:, :, None]).reshape(B, W * V)
+        top_lp, top_idx = jax.lax.top_k(log_probs, W2)  # [B, 2W]
         src = top_idx // V
         tok = (top_idx % V).astype(jnp.int32)
-        top_seqs = _gather_beams(running_seqs, src).at[:, :, i].set(tok)  # [B, 2K, M]
+        top_seqs = _gather_beams(running_seqs, src).at[:, :, i].set(tok)  # [B, 2W, M]
         hits = (i + 1 >= M) | (tok == eos)
-        # Running beams: the best K continuations that did not stop.
+        # Running beams: the best W continuations that did not stop.
         run_lp = top_lp + hits.astype(jnp.float32) * neg
-        nxt = jax.lax.top_k(run_lp, K)[1]
+        nxt = jax.lax.top_k(run_lp, W)[1]
         running_seqs = _gather_beams(top_seqs, nxt)
         running_scores = _gather_beams(run_lp, nxt)
         running_src = _gather_beams(src, nxt)
-        # Finished hypotheses: only the top K continuations may finish.
+        # Finished hypotheses: only the top W continuations may finish.
         did = hits & top_mask[None]
         s = top_lp / denom[i + 1]
         s = s + (jnp.all(finished, axis=-1, keepdims=True) & early).astype(jnp.float32) * neg
         s = s + (~unsat).astype(jnp.float32) * neg
         s = s + (~did).astype(jnp.float32) * neg
         m_scores = jnp.concatenate([scores, s], axis=1)
-        keep = jax.lax.top_k(m_scores, K)[1]
+        keep = jax.lax.top_k(m_scores, W)[1]
         seqs = _gather_beams(jnp.concatenate([seqs, top_seqs], axis=1), keep)
         scores = _gather_beams(m_scores, keep)
         finished = _gather_beams(jnp.concatenate([finished, did], axis=1), keep)
@@ -411,8 +411,8 @@ def _beam_search(spec: _Spec, V, tok, state, step, reorder, settings):
         worst = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), neg)
         unsat = unsat & jnp.any(best > worst, axis=-1, keepdims=True)
         going = jnp.any(unsat) & ~(jnp.all(finished) & early) & ~jnp.all(hits)
-        rows = (jnp.arange(B)[:, None] * K + running_src).reshape(BK)
-        next_tok = running_seqs[:, :, i].reshape(BK)
+        rows = (jnp.arange(B)[:, None] * W + running_src).reshape(BW)
+        next_tok = running_seqs[:, :, i].reshape(BW)
         return (running_seqs, running_scores, seqs, scores, finished, unsat), rows, next_tok, going
 
     def cond(carry):
@@ -426,12 +426,12 @@ def _beam_search(spec: _Spec, V, tok, state, step, reorder, settings):
         beams, rows, tok, going = select(i, logits, beams)
         return i + 1, rows, tok, state, beams, going
 
-    init_scores = jnp.where(jnp.arange(K)[None] == 0, 0.0, neg) * jnp.ones((B, 1), jnp.float32)
+    init_scores = jnp.where(jnp.arange(W)[None] == 0, 0.0, neg) * jnp.ones((B, 1), jnp.float32)
     beams = (
-        jnp.full((B, K, M), pad, jnp.int32), init_scores, jnp.full((B, K, M), pad, jnp.int32),
-        jnp.full((B, K), neg, jnp.float32), jnp.zeros((B, K), bool), jnp.ones((B, 1), bool),
+        jnp.full((B, W, M), pad, jnp.int32), init_scores, jnp.full((B, W, M), pad, jnp.int32),
+        jnp.full((B, W), neg, jnp.float32), jnp.zeros((B, W), bool), jnp.ones((B, 1), bool),
     )
-    carry = (jnp.int32(0), jnp.arange(BK), tok, state, beams, jnp.array(True))
+    carry = (jnp.int32(0), jnp.arange(BW), tok, state, beams, jnp.array(True))
     seqs = jax.lax.while_loop(cond, body, carry)[4][2]
     return seqs[:, 0]  # hypotheses are kept sorted: the best first
 
@@ -449,9 +449,9 @@ def _compiled(model, spec: _Spec):
         step = functools.partial(step, model, params)
         rec = None
         if spec.method == "beam":
-            K = spec.num_beams
+            W = spec.num_beams
             # One prefill per example; its beams start from copies of the cache.
-            rep = lambda x, axis: jnp.repeat(x, K, axis=axis)  # noqa: E731
+            rep = lambda x, axis: jnp.repeat(x, W, axis=axis)  # noqa: E731
             state = {"cache": _map_cache(state["cache"], rep, _ALL_CACHE, scan),
                      "rows": jax.tree.map(lambda x: rep(x, 0), state["rows"])}
 

@@ -7,6 +7,13 @@ Dimension alphabet (used in every einsum, shape comment and docstring of jaxform
     N query heads    K key/value heads   H head dimension
     L layers
 
+and outside the models (data, tasks, decoding):
+
+    T sequence (encoder input) length    S target (decoder) length
+    A gradient-accumulation microbatches b rows of one microbatch on one host
+    P masked-LM predictions per sequence C classes
+    M new tokens to generate             W beams per example (2W candidates per step)
+
 Every parameter is created with logical axis names (``("embed", "mlp")`` ...). They mean nothing
 until ``jaxformers.sharding.LOGICAL_RULES`` maps them onto the mesh axes, so the model code never
 names a device axis.

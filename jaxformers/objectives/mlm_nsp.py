@@ -248,7 +248,7 @@ def create_instances(documents: Sequence[Sequence[Sequence[str]]], vocab: Sequen
             WordPiece token strings ("##" marks a continuation piece). Empty
             documents and empty sentences are skipped.
         vocab: WordPiece vocabulary, index = id; must hold [CLS], [SEP], [MASK], [PAD].
-        max_seq_length: L, padded length of every sequence (>= 5).
+        max_seq_length: T, padded length of every sequence (>= 5).
         max_predictions_per_seq: P, most masked positions per sequence.
         masked_lm_prob: share of tokens (specials counted in the length) to mask, in (0, 1).
         short_seq_prob: chance per document pass of a random shorter target length.
@@ -258,7 +258,7 @@ def create_instances(documents: Sequence[Sequence[Sequence[str]]], vocab: Sequen
 
     Returns:
         Shuffled list of dicts: ``input_ids``, ``input_mask``, ``segment_ids``
-        int32 [L]; ``masked_lm_positions``, ``masked_lm_ids`` int32 [P] and
+        int32 [T]; ``masked_lm_positions``, ``masked_lm_ids`` int32 [P] and
         ``masked_lm_weights`` float32 [P] (zero-padded); ``next_sentence_labels``
         int32 scalar, 1 when B is a random segment. Padding uses the [PAD] id.
 
@@ -287,7 +287,7 @@ def create_instances(documents: Sequence[Sequence[Sequence[str]]], vocab: Sequen
 
 
 def original_input_ids(instance: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Undoes the masking of one instance: [L] int32 ids with labels put back."""
+    """Undoes the masking of one instance: [T] int32 ids with labels put back."""
     ids = np.array(instance["input_ids"], np.int32, copy=True)
     real = np.asarray(instance["masked_lm_weights"]) > 0
     ids[np.asarray(instance["masked_lm_positions"])[real]] = np.asarray(instance["masked_lm_ids"])[real]
@@ -305,7 +305,7 @@ def dynamic_mask(instance_tokens_or_ids, vocab: Sequence[str] | MaskingVocab, rn
 
     Args:
         instance_tokens_or_ids: either an instance dict from `create_instances`
-            (its masking is undone first), or an unmasked [L] sequence of ids or
+            (its masking is undone first), or an unmasked [T] sequence of ids or
             token strings, e.g. ``[CLS] A [SEP] B [SEP]`` with optional trailing [PAD].
         vocab: token list (index = id) or a prebuilt `MaskingVocab` (faster).
         rng: numpy Generator, int seed, or `random.Random`.
@@ -315,7 +315,7 @@ def dynamic_mask(instance_tokens_or_ids, vocab: Sequence[str] | MaskingVocab, rn
 
     Returns:
         For an instance dict: a new instance dict with the same keys and shapes.
-        For a sequence: ``input_ids`` int32 [L] and ``masked_lm_positions``,
+        For a sequence: ``input_ids`` int32 [T] and ``masked_lm_positions``,
         ``masked_lm_ids`` int32 [P], ``masked_lm_weights`` float32 [P].
     """
     mv = MaskingVocab.from_tokens(vocab)
@@ -355,7 +355,7 @@ def dynamic_mask(instance_tokens_or_ids, vocab: Sequence[str] | MaskingVocab, rn
 
 def collate(instances: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Stacks instances into a batch: each key becomes an [N, ...] array
-    (``next_sentence_labels`` becomes [N])."""
+    (``next_sentence_labels`` becomes [B])."""
     if not instances:
         raise ValueError("collate needs at least one instance")
     return {key: np.stack([np.asarray(inst[key]) for inst in instances]) for key in instances[0]}

@@ -124,13 +124,13 @@ def span_corrupt(tokens: Sequence[int] | np.ndarray, vocab_size: int,
     from ``vocab_size - 1`` (<extra_id_0>) in order of appearance.
 
     Args:
-        tokens: int [L], L >= 2, raw token ids WITHOUT a trailing EOS.
+        tokens: int [T], T >= 2, raw token ids WITHOUT a trailing EOS.
         vocab_size: full vocabulary size including the sentinel ids at the top.
         noise_density, mean_noise_span_length, seed: see ``noise_mask``.
         eos_id: appended to both outputs.
 
     Returns:
-        {"inputs": int32 [L - noise + spans + 1],
+        {"inputs": int32 [T - noise + spans + 1],
          "targets": int32 [noise + spans + 1]}.
     """
     _check_noise_args(noise_density, mean_noise_span_length)

@@ -75,30 +75,30 @@ class Classification:
         d = exp.data
         gens, train_pairs = labelled_text(d.corpus, d.val_fraction, d.data_dir or None)
         tok = tokenizer_for(exp, workdir, lambda: (t for t, _ in (train_pairs or [])))
-        L = d.seq_len
+        T = d.seq_len
 
         def encode(split):
             def run():
                 for text, label in gens[split]():
                     ids = tok.encode(text, add_special_tokens=True)
-                    ids = ids[:L - 1] + [tok.sep_id] if len(ids) > L else ids
+                    ids = ids[:T - 1] + [tok.sep_id] if len(ids) > T else ids
                     n = len(ids)
-                    yield {"input_ids": np.asarray(ids + [tok.pad_id] * (L - n), np.int32),
-                           "input_mask": np.asarray([1] * n + [0] * (L - n), np.int32),
-                           "segment_ids": np.zeros(L, np.int32), "label": np.int32(label)}
+                    yield {"input_ids": np.asarray(ids + [tok.pad_id] * (T - n), np.int32),
+                           "input_mask": np.asarray([1] * n + [0] * (T - n), np.int32),
+                           "segment_ids": np.zeros(T, np.int32), "label": np.int32(label)}
             return run
 
-        spec = {"input_ids": ((L,), np.int32), "input_mask": ((L,), np.int32),
-                "segment_ids": ((L,), np.int32), "label": ((), np.int32)}
-        name = "cls_" + fingerprint([d.corpus, d.val_fraction, L, tok.vocab])
+        spec = {"input_ids": ((T,), np.int32), "input_mask": ((T,), np.int32),
+                "segment_ids": ((T,), np.int32), "label": ((), np.int32)}
+        name = "cls_" + fingerprint([d.corpus, d.val_fraction, T, tok.vocab])
         built = sources.prepare_examples(name, {s: encode(s) for s in ("train", "validation")}, spec,
                                          d.data_dir or None)
         pi, pc = jax.process_index(), jax.process_count()
         accum = exp.optim.grad_accum
         train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc)
         val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(tok, train, val, {k: len(shape) + 1 for k, (shape, _) in spec.items()}, (L,), L, (L, 0),
-                        len(built["train"]) * L, len(built["validation"]) * L)
+        return TaskData(tok, train, val, {k: len(shape) + 1 for k, (shape, _) in spec.items()}, (T,), T, (T, 0),
+                        len(built["train"]) * T, len(built["validation"]) * T)
 
     def normalizers(self, batch):
         return {"examples": jnp.asarray(batch["label"].size, jnp.float32)}

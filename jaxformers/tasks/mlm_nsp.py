@@ -69,11 +69,11 @@ class MLMNSP:
         d = exp.data
         srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
         tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
-        P, L = self.max_predictions_per_seq, d.seq_len
-        spec = {"input_ids": ((L,), np.int32), "input_mask": ((L,), np.int32), "segment_ids": ((L,), np.int32),
+        P, T = self.max_predictions_per_seq, d.seq_len
+        spec = {"input_ids": ((T,), np.int32), "input_mask": ((T,), np.int32), "segment_ids": ((T,), np.int32),
                 "masked_lm_positions": ((P,), np.int32), "masked_lm_ids": ((P,), np.int32),
                 "masked_lm_weights": ((P,), np.float32), "next_sentence_labels": ((), np.int32)}
-        args = dict(max_seq_length=L, max_predictions_per_seq=P, masked_lm_prob=self.masked_lm_prob,
+        args = dict(max_seq_length=T, max_predictions_per_seq=P, masked_lm_prob=self.masked_lm_prob,
                     short_seq_prob=self.short_seq_prob, do_whole_word_mask=self.whole_word_mask)
         name = "bert_" + fingerprint([d.corpus, d.val_fraction, args, self.dupe_factor, d.seed, tok.vocab,
                                       len(srcs["train"]), len(srcs["validation"])])
@@ -101,8 +101,8 @@ class MLMNSP:
         accum = exp.optim.grad_accum
         train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc, transform)
         val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(tok, train, val, {k: len(shape) + 1 for k, (shape, _) in spec.items()}, (L,), L, (L, P),
-                        len(built["train"]) * L, len(built["validation"]) * L)
+        return TaskData(tok, train, val, {k: len(shape) + 1 for k, (shape, _) in spec.items()}, (T,), T, (T, P),
+                        len(built["train"]) * T, len(built["validation"]) * T)
 
     def normalizers(self, batch):
         return {"mlm": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),

@@ -64,18 +64,18 @@ class SpanCorruption:
         d = exp.data
         srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
         tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
-        L = d.seq_len
-        _, helper_targets = span_corruption.random_spans_helper(L, self.noise_density, self.mean_noise_span_length)
-        Lt = self.targets_length or helper_targets
+        T = d.seq_len
+        _, helper_targets = span_corruption.random_spans_helper(T, self.noise_density, self.mean_noise_span_length)
+        S = self.targets_length or helper_targets
         limit = exp.model.n_positions
-        if max(L, Lt) > limit:
-            raise ValueError(f"data.seq_len={L} / targets length {Lt} exceed the model's n_positions={limit}; "
+        if max(T, S) > limit:
+            raise ValueError(f"data.seq_len={T} / targets length {S} exceed the model's n_positions={limit}; "
                              "lower data.seq_len or raise model.n_positions")
-        spec = {k: ((Lt if k.startswith("decoder") else L,), np.float32 if k == "decoder_loss_weights" else np.int32)
+        spec = {k: ((S if k.startswith("decoder") else T,), np.float32 if k == "decoder_loss_weights" else np.int32)
                 for k in KEYS}
         with open(os.path.join(workdir, "tokenizer", "spiece.model"), "rb") as f:
             sp_bytes = f.read()
-        name = "t5_" + fingerprint([d.corpus, d.val_fraction, L, Lt, self.noise_density, self.mean_noise_span_length,
+        name = "t5_" + fingerprint([d.corpus, d.val_fraction, T, S, self.noise_density, self.mean_noise_span_length,
                                     d.seed, sp_bytes.hex()[:20000], len(srcs["train"]), len(srcs["validation"]),
                                     KEYS])
 
@@ -84,7 +84,7 @@ class SpanCorruption:
                 src = srcs[split]
                 docs = [tok.encode(sources.record_text(src[i])) for i in range(len(src))]
                 rows = span_corruption.corrupt_and_pack(
-                    docs, tok.vocab_size, inputs_length=L, targets_length=Lt, seed=seed,
+                    docs, tok.vocab_size, inputs_length=T, targets_length=S, seed=seed,
                     noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length,
                     eos_id=tok.eos_id, pad_id=tok.pad_id)
                 for r in range(len(rows["encoder_input_tokens"])):
@@ -97,8 +97,8 @@ class SpanCorruption:
         accum = exp.optim.grad_accum
         train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc)
         val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(tok, train, val, {k: 2 for k in KEYS}, (L, Lt), L + Lt, (L, Lt),
-                        len(built["train"]) * L, len(built["validation"]) * L)
+        return TaskData(tok, train, val, {k: 2 for k in KEYS}, (T, S), T + S, (T, S),
+                        len(built["train"]) * T, len(built["validation"]) * T)
 
     def normalizers(self, batch):
         return {"tokens": jnp.maximum(jnp.sum(batch["decoder_loss_weights"]), 1.0)}
