@@ -274,7 +274,7 @@ def compile_times() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["gpt2", "bert", "t5"], required=True)
+    p.add_argument("--model", choices=sorted(models.FAMILIES), required=True)
     p.add_argument("--what", choices=["train", "decode", "compile"], required=True)
     p.add_argument("--size", choices=["cpu", "gpu"], default=None, help="default: gpu on a GPU, else cpu")
     p.add_argument("--steps", type=int, default=10)

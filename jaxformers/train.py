@@ -347,7 +347,8 @@ class Trainer:
     def _pretrained_params(self, params):
         """``exp.init_from``'s params merged into freshly initialised ones (heads it lacks stay fresh)."""
         _, loaded, _ = inference.load(self.exp.init_from)
-        merged, fresh = merge_pretrained(jax.device_get(params), jax.device_get(loaded))
+        merged, fresh = merge_pretrained(jax.device_get(params), jax.device_get(loaded),
+                                         base=models.of_config(self.exp.model).base)
         print(f"initialised from {self.exp.init_from}; freshly initialised: {', '.join(fresh) or 'nothing'}", flush=True)
         return jax.device_put(merged, self.state_shardings.params)
 
@@ -491,14 +492,15 @@ class Trainer:
             inference.write_model_json(self.workdir, config)
 
 
-def merge_pretrained(target: dict, source: dict, prefix: str = "") -> tuple[dict, list[str]]:
+def merge_pretrained(target: dict, source: dict, prefix: str = "", base: str | None = None) -> tuple[dict, list[str]]:
     """Takes every tensor of ``target`` that ``source`` has (same path and shape).
 
-    An encoder saved on its own (BertModel) fills the ``bert`` subtree of a model with a head.
-    Returns (merged params, paths left freshly initialised).
+    ``base`` is the subtree a head model keeps its base model in (the registry's ``Family.base``,
+    "bert" for BERT): a base model saved on its own (BertModel) fills that subtree of a model with
+    a head. Returns (merged params, paths left freshly initialised).
     """
-    if not prefix and "bert" in target and "bert" not in source:
-        source = {"bert": source}
+    if not prefix and base and base in target and base not in source:
+        source = {base: source}
     merged, fresh = {}, []
     for k, v in target.items():
         path = f"{prefix}{k}"

@@ -35,6 +35,7 @@ class Family:
       default_task: the training task of an experiment that names none.
       max_length: the config field bounding the sequence length.
       example_inputs: config -> the smallest positional inputs ``model.init`` accepts.
+      base: the params subtree in which head models keep the base model ("bert"), or None.
     """
 
     name: str
@@ -47,6 +48,7 @@ class Family:
     default_task: str
     max_length: str
     example_inputs: Callable[[Any], tuple]
+    base: str | None = None
 
     def build(self, config: Any, architecture: str | None = None):
         """The flax module for ``config``: the head ``architecture``, else the config's own, else
@@ -72,7 +74,7 @@ FAMILIES: dict[str, Family] = {
                max_length="n_positions", example_inputs=_ids(1)),
         Family("bert", bert.BertConfig, dict(bert.MODEL_CLASSES), "BertForPreTraining", bert,
                tokenizer="wordpiece", decoder=None, default_task="mlm_nsp",
-               max_length="max_position_embeddings", example_inputs=_ids(1)),
+               max_length="max_position_embeddings", example_inputs=_ids(1), base="bert"),
         Family("t5", t5.T5Config, {"T5ForConditionalGeneration": t5.T5ForConditionalGeneration},
                "T5ForConditionalGeneration", t5, tokenizer="sentencepiece", decoder="seq2seq",
                default_task="span_corruption", max_length="n_positions", example_inputs=_ids(2)),
