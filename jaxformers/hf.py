@@ -5,13 +5,17 @@
 loads unchanged. Weights are read with safetensors only: pickled ``pytorch_model.bin`` files are
 refused, since unpickling runs arbitrary code.
 
-Each family module provides ``config_from_hf``, ``config_to_hf``, ``params_from_hf``,
-``params_to_hf`` and ``model_from_config``; this file holds what they share.
+Each family's model file provides ``config_from_hf``, ``config_to_hf``, ``model_from_config`` and
+``hf_weights(config)``: its checkpoint as data, one ``layers.HFWeight`` (transformers' name, our
+params path, layout, load-only aliases) per tensor. ``params_from_hf`` and ``params_to_hf`` below
+are the one converter that reads such a table in both directions.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 from typing import Any
 
@@ -21,21 +25,119 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxformers import models
+from jaxformers.models import layers
 
-# ---- layer lists <-> the model's layout (a list of "h_0", "h_1" ... or one stacked "h") ----
-
-def put_layers(params: dict, name: str, blocks: list[dict], scan: bool) -> None:
-    if scan:
-        params[name] = jax.tree.map(lambda *xs: np.stack(xs), *blocks)
-    else:
-        for i, b in enumerate(blocks):
-            params[f"{name}_{i}"] = b
+# ---- one tensor: our array <-> transformers' array, by the table's layout ----
 
 
-def get_layers(params: dict, name: str, n: int, scan: bool) -> list[dict]:
-    if scan:
-        return [jax.tree.map(lambda x, i=i: x[i], params[name]) for i in range(n)]
-    return [params[f"{name}_{i}"] for i in range(n)]
+def _layout(layout: str) -> tuple[str, int]:
+    kind, _, k = layout.partition(" ")
+    if kind in ("same", "flat") and not k:
+        return kind, 0
+    if kind in ("linear", "conv1d") and k.isdigit():
+        return kind, int(k)
+    raise ValueError(f"unknown HF weight layout {layout!r}: 'same', 'flat', 'linear K' or 'conv1d K'")
+
+
+def _hf_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """The shape transformers stores for one of our arrays of ``shape``."""
+    kind, k = _layout(layout)
+    if kind == "same":
+        return tuple(shape)
+    if kind == "flat":
+        return (math.prod(shape),)
+    inputs, outputs = math.prod(shape[:k]), math.prod(shape[k:])
+    return (outputs, inputs) if kind == "linear" else (inputs, outputs)
+
+
+def _to_hf(x: Any, layout: str) -> np.ndarray:
+    """Our array -> transformers' (torch Linear [out, in]; Conv1D [in, out]; flat 1-D)."""
+    kind, k = _layout(layout)
+    x = np.asarray(x)
+    if kind == "same":
+        return x
+    if kind == "flat":
+        return x.reshape(-1)
+    x = x.reshape(math.prod(x.shape[:k]), -1)
+    return x.T if kind == "linear" else x
+
+
+def _from_hf(x: np.ndarray, layout: str, shape: tuple[int, ...], name: str = "tensor") -> np.ndarray:
+    """transformers' array -> ours of ``shape``; ValueError when its shape does not fit."""
+    expected = _hf_shape(shape, layout)
+    if tuple(x.shape) != expected:
+        raise ValueError(f"weight {name!r} has shape {tuple(x.shape)}, but config.json implies {expected}; "
+                         "the checkpoint does not match its config.json")
+    return (x.T if _layout(layout)[0] == "linear" else x).reshape(shape)
+
+
+# ---- the converter: a family's table (``hf_weights``) read in either direction ----
+
+
+def _param_shapes(config: Any) -> dict:
+    """Our params' shapes for ``config`` (an abstract init: nothing is computed)."""
+    fam = models.of_config(config)
+    model = fam.build(config)
+    variables = jax.eval_shape(model.init, jax.random.key(0), *fam.example_inputs(config))
+    return nn.meta.unbox(variables["params"])
+
+
+def _paths(tree: Any) -> set[tuple[str, ...]]:
+    return {tuple(k.key for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def params_from_hf(tensors: dict[str, np.ndarray], config: Any) -> dict:
+    """transformers' tensors -> our params for ``config`` (its head, ``scan_layers`` layout).
+
+    Every tensor the family's table names must be present (under its name or an alias); other
+    tensors (buffers, tied copies) are ignored. Raises ValueError naming a missing or misshapen
+    weight.
+    """
+    fam = models.of_config(config)
+    shapes = _param_shapes(config)
+    leaves = []
+    for w in fam.module.hf_weights(config):
+        name = next((n for n in (w.name, *w.aliases) if n in tensors), None)
+        if name is None:
+            raise ValueError(f"weight {w.name!r} is missing; the checkpoint does not match its config.json")
+        keys, index = layers.layer_path(w.path, config.scan_layers)
+        try:
+            shape = functools.reduce(lambda d, k: d[k], keys, shapes).shape
+        except (KeyError, TypeError, AttributeError):
+            raise RuntimeError(f"{fam.name}'s hf_weights names {w.path} ({w.name}), which the model does not have") from None
+        leaves.append((w.path, _from_hf(tensors[name], w.layout, shape if index is None else shape[1:], name)))
+    params = layers.params_from_leaves(leaves, config.scan_layers)
+    if _paths(params) != _paths(shapes):
+        raise RuntimeError(f"{fam.name}'s hf_weights does not cover the model's params: "
+                           f"{sorted(_paths(shapes) ^ _paths(params))}")
+    for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(shapes)):
+        if x.shape != s.shape:  # a scanned stack with the wrong number of layers
+            raise RuntimeError(f"{fam.name}'s hf_weights gives {jax.tree_util.keystr(path)} the shape "
+                               f"{x.shape}, the model {s.shape}")
+    return params
+
+
+def params_to_hf(params: Any, config: Any) -> dict[str, np.ndarray]:
+    """Our params (or any tree of their structure, e.g. gradients) -> {transformers' name: array}.
+
+    Only the names the family's table gives are written: tied weights are left out, as
+    transformers saves them.
+    """
+    fam = models.of_config(config)
+    params = nn.meta.unbox(params)
+    out, used = {}, set()
+    for w in fam.module.hf_weights(config):
+        try:
+            x = layers.param_at(params, w.path, config.scan_layers)
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"the params have nothing at {w.path} for {w.name!r}: they are not those of "
+                             f"the {type(config).__name__} given (another head or layout?)") from None
+        out[w.name] = _to_hf(x, w.layout)
+        used.add(layers.layer_path(w.path, config.scan_layers)[0])
+    if _paths(params) - used:
+        raise ValueError(f"{fam.name}'s hf_weights names no HF tensor for params {sorted(_paths(params) - used)}: "
+                         "they would not be saved")
+    return out
 
 
 # ---- safetensors I/O ----
@@ -90,9 +192,9 @@ def from_pretrained(path: str, dtype: str | None = None, **config_overrides: Any
                for k, v in read_safetensors(path).items()}
     model = fam.model_from_config(config, hf_config.get("architectures"), tensors)
     try:
-        params = fam.params_from_hf(tensors, config)
-    except KeyError as e:
-        raise ValueError(f"{path}: weight {e} is missing; the checkpoint does not match its config.json") from None
+        params = params_from_hf(tensors, model.config)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     pdtype = jax.numpy.dtype(getattr(config, "param_dtype", "float32"))
     return model, jax.tree.map(lambda x: jax.numpy.asarray(x, pdtype), params)
 
@@ -102,7 +204,7 @@ def save_pretrained(model: Any, params: Any, out_dir: str) -> None:
     config = model.config
     fam = models.of_config(config).module
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), nn.meta.unbox(params))
-    hf_params = fam.params_to_hf(params, config)
+    hf_params = params_to_hf(params, config)
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in hf_params.items()}
     tmp = os.path.join(out_dir, "model.safetensors.tmp")

@@ -365,7 +365,7 @@ def test_pretraining_loss_and_gradients_match_transformers(hf_dirs):
     assert abs(float(loss) - out.loss.item()) / abs(out.loss.item()) < TOL
     assert float(sums["mlm_weight"]) == 8.0 and float(sums["nsp_count"]) == 3.0
 
-    ours = bert.params_to_hf(jax.tree.map(np.asarray, grads), model.config)
+    ours = hf.params_to_hf(jax.tree.map(np.asarray, grads), model.config)
     theirs = {k: p.grad.numpy() for k, p in ref.named_parameters() if p.grad is not None}
     assert set(ours) <= set(theirs), sorted(set(ours) - set(theirs))
     assert len(ours) >= 30

@@ -19,11 +19,9 @@ from typing import Any
 import flax.linen as nn
 import flax.struct
 import jax.numpy as jnp
-import numpy as np
 
 from jaxformers.models import layers
-from jaxformers.models.layers import block_stack
-from jaxformers.models.layers import Array
+from jaxformers.models.layers import Array, HFWeight, block_stack
 
 ARCHITECTURES = ("BertModel", "BertForPreTraining", "BertForSequenceClassification")
 
@@ -364,7 +362,7 @@ _HF_CONFIG_FIELDS = [
 
 def config_from_hf(hf: dict, **overrides: Any) -> BertConfig:
     """transformers' config.json dict -> BertConfig. The head comes from ``architectures`` when it
-    names one of ours; without it the weights decide (``model_from_config`` / ``params_from_hf``)."""
+    names one of ours; without it the weights decide (``model_from_config``)."""
     for flag, ok in (("is_decoder", False), ("add_cross_attention", False),
                      ("position_embedding_type", "absolute"), ("tie_word_embeddings", True)):
         if hf.get(flag, ok) != ok:
@@ -420,119 +418,63 @@ def model_from_config(c: BertConfig, architectures=None, tensors=None) -> nn.Mod
     return MODEL_CLASSES[arch](dataclasses.replace(c, architecture=arch))
 
 
-def _normalise_key(k: str) -> str:
-    """Drops the ``bert.`` prefix and renames TF-era LayerNorm ``gamma``/``beta``."""
-    k = k.removeprefix("bert.")
-    return k[:-5] + "weight" if k.endswith(".gamma") else k[:-4] + "bias" if k.endswith(".beta") else k
+def _spellings(name: str, encoder: bool) -> list[str]:
+    """Every spelling of a BERT tensor name accepted on load: an encoder tensor with and without
+    the ``bert.`` prefix (a bare BertModel and the heads differ); a LayerNorm's TF-era
+    ``gamma``/``beta`` for ``weight``/``bias``."""
+    names = [name, f"bert.{name}"] if encoder else [name]
+    for suffix, tf in ((".LayerNorm.weight", ".LayerNorm.gamma"), (".LayerNorm.bias", ".LayerNorm.beta")):
+        names += [n.removesuffix(suffix) + tf for n in names if n.endswith(suffix)]
+    return names
 
 
-def params_from_hf(t: dict[str, np.ndarray], c: BertConfig) -> dict:
-    """transformers' BERT tensors (with or without the ``bert.`` prefix) -> params of the head
-    ``_architecture_of(c, t)`` (the same choice ``model_from_config`` makes)."""
-    arch = _architecture_of(c, t)
-    t = {_normalise_key(k): v for k, v in t.items()}
-    N, H = c.num_attention_heads, c.head_dim
+def hf_weights(c: BertConfig) -> list[HFWeight]:
+    """transformers' tensors of the head ``_architecture_of(c, None)``: BertModel names carry no
+    prefix, the heads hold the encoder under ``bert.``. The MLM decoder's weight and bias are tied
+    to the word embeddings and ``cls.predictions.bias``, so not saved (as transformers 5); some
+    exports keep only ``cls.predictions.decoder.bias``: accepted on load."""
+    arch = _architecture_of(c, None)
+    heads = arch != "BertModel"
+    enc = ("bert",) if heads else ()
 
-    def dense(prefix, in_shape=None, out_shape=None):
-        w = t[f"{prefix}.weight"].T  # torch Linear stores [out, in]
-        b = t[f"{prefix}.bias"]
-        if in_shape:
-            w = w.reshape(*in_shape, w.shape[-1])
-        if out_shape:
-            w, b = w.reshape(*w.shape[:-1], *out_shape), b.reshape(out_shape)
-        return {"kernel": w, "bias": b}
+    def w(name, path, layout="same", encoder=True, extra=()):
+        full = f"bert.{name}" if heads and encoder else name
+        aliases = [n for n in _spellings(name, encoder) if n != full]
+        return HFWeight(full, tuple(path), layout, tuple(aliases) + tuple(extra))
 
-    def ln(prefix):
-        return {"scale": t[f"{prefix}.weight"], "bias": t[f"{prefix}.bias"]}
+    def ln(name, path, encoder=True):
+        return [w(f"{name}.weight", (*path, "scale"), encoder=encoder),
+                w(f"{name}.bias", (*path, "bias"), encoder=encoder)]
 
-    def block(i):
-        p = f"encoder.layer.{i}."
-        return {
-            "attention": {
-                "query": dense(p + "attention.self.query", out_shape=(N, H)),
-                "key": dense(p + "attention.self.key", out_shape=(N, H)),
-                "value": dense(p + "attention.self.value", out_shape=(N, H)),
-                "out": dense(p + "attention.output.dense", in_shape=(N, H)),
-            },
-            "attention_ln": ln(p + "attention.output.LayerNorm"),
-            "mlp": {"wi": dense(p + "intermediate.dense"), "wo": dense(p + "output.dense")},
-            "output_ln": ln(p + "output.LayerNorm"),
-        }
+    def linear(name, path, k=1, bias="same", encoder=True):  # torch Linear stores [out, in]
+        return [w(f"{name}.weight", (*path, "kernel"), f"linear {k}", encoder),
+                w(f"{name}.bias", (*path, "bias"), bias, encoder)]
 
-    from jaxformers.hf import put_layers  # local import: hf imports this module
-
-    bert = {
-        "word_embeddings": {"embedding": t["embeddings.word_embeddings.weight"]},
-        "position_embeddings": {"embedding": t["embeddings.position_embeddings.weight"]},
-        "token_type_embeddings": {"embedding": t["embeddings.token_type_embeddings.weight"]},
-        "embeddings_ln": ln("embeddings.LayerNorm"),
-        "pooler": dense("pooler.dense"),
-    }
-    put_layers(bert, "layer", [block(i) for i in range(c.num_hidden_layers)], c.scan_layers)
-    if arch == "BertModel":
-        return bert
+    out = [
+        w("embeddings.word_embeddings.weight", (*enc, "word_embeddings", "embedding")),
+        w("embeddings.position_embeddings.weight", (*enc, "position_embeddings", "embedding")),
+        w("embeddings.token_type_embeddings.weight", (*enc, "token_type_embeddings", "embedding")),
+        *ln("embeddings.LayerNorm", (*enc, "embeddings_ln")),
+        *linear("pooler.dense", (*enc, "pooler")),
+    ]
+    for i in range(c.num_hidden_layers):
+        p, layer = f"encoder.layer.{i}.", (*enc, "layer", i)
+        out += [
+            *[x for proj in ("query", "key", "value")  # our kernel [D, N, H], bias [N, H]
+              for x in linear(f"{p}attention.self.{proj}", (*layer, "attention", proj), bias="flat")],
+            *linear(p + "attention.output.dense", (*layer, "attention", "out"), k=2),  # [N, H, D]
+            *ln(p + "attention.output.LayerNorm", (*layer, "attention_ln")),
+            *linear(p + "intermediate.dense", (*layer, "mlp", "wi")),
+            *linear(p + "output.dense", (*layer, "mlp", "wo")),
+            *ln(p + "output.LayerNorm", (*layer, "output_ln")),
+        ]
+    if arch == "BertForPreTraining":
+        out += [
+            *linear("cls.predictions.transform.dense", ("mlm_dense",), encoder=False),
+            *ln("cls.predictions.transform.LayerNorm", ("mlm_ln",), encoder=False),
+            w("cls.predictions.bias", ("mlm_bias",), encoder=False, extra=("cls.predictions.decoder.bias",)),
+            *linear("cls.seq_relationship", ("nsp",), encoder=False),
+        ]
     if arch == "BertForSequenceClassification":
-        return {"bert": bert, "classifier": dense("classifier")}
-    # transformers 5 stores the MLM bias as cls.predictions.bias; some exports keep only the
-    # (tied) decoder.bias. The decoder weight itself is the word embedding table.
-    bias = t.get("cls.predictions.bias", t.get("cls.predictions.decoder.bias"))
-    if bias is None:
-        raise KeyError("cls.predictions.bias")
-    return {
-        "bert": bert,
-        "mlm_dense": dense("cls.predictions.transform.dense"),
-        "mlm_ln": ln("cls.predictions.transform.LayerNorm"),
-        "mlm_bias": bias,
-        "nsp": dense("cls.seq_relationship"),
-    }
-
-
-def params_to_hf(params: dict, c: BertConfig) -> dict[str, np.ndarray]:
-    """params -> transformers' names for the head the param tree holds (BertModel names carry no
-    prefix; the heads' encoder is under ``bert.``). Tied weights (decoder weight and bias) are
-    left out, as transformers 5 saves them."""
-    from jaxformers.hf import get_layers
-
-    heads = "bert" in params
-    bert = params["bert"] if heads else params
-    pre = "bert." if heads else ""
-
-    def linear(name, p):  # our [in..., out...] kernel -> torch [out, in]
-        k = np.asarray(p["kernel"])
-        b = np.asarray(p["bias"])
-        n_out = b.size
-        return {f"{name}.weight": k.reshape(-1, n_out).T, f"{name}.bias": b.reshape(n_out)}
-
-    def ln(name, p):
-        return {f"{name}.weight": p["scale"], f"{name}.bias": p["bias"]}
-
-    out = {
-        pre + "embeddings.word_embeddings.weight": bert["word_embeddings"]["embedding"],
-        pre + "embeddings.position_embeddings.weight": bert["position_embeddings"]["embedding"],
-        pre + "embeddings.token_type_embeddings.weight": bert["token_type_embeddings"]["embedding"],
-        **ln(pre + "embeddings.LayerNorm", bert["embeddings_ln"]),
-        **linear(pre + "pooler.dense", bert["pooler"]),
-    }
-    for i, b in enumerate(get_layers(bert, "layer", c.num_hidden_layers, c.scan_layers)):
-        p = f"{pre}encoder.layer.{i}."
-        a = b["attention"]
-        out.update({
-            **linear(p + "attention.self.query", a["query"]),
-            **linear(p + "attention.self.key", a["key"]),
-            **linear(p + "attention.self.value", a["value"]),
-            **linear(p + "attention.output.dense", a["out"]),
-            **ln(p + "attention.output.LayerNorm", b["attention_ln"]),
-            **linear(p + "intermediate.dense", b["mlp"]["wi"]),
-            **linear(p + "output.dense", b["mlp"]["wo"]),
-            **ln(p + "output.LayerNorm", b["output_ln"]),
-        })
-    if "mlm_dense" in params:
-        out.update({
-            **linear("cls.predictions.transform.dense", params["mlm_dense"]),
-            **ln("cls.predictions.transform.LayerNorm", params["mlm_ln"]),
-            "cls.predictions.bias": params["mlm_bias"],
-            **linear("cls.seq_relationship", params["nsp"]),
-        })
-    if "classifier" in params:
-        out.update(linear("classifier", params["classifier"]))
+        out += linear("classifier", ("classifier",), encoder=False)
     return out

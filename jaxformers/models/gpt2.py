@@ -12,10 +12,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from jaxformers.models import layers
-from jaxformers.models.layers import Array, block_stack
+from jaxformers.models.layers import Array, HFWeight, block_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,66 +168,31 @@ def config_to_hf(c: GPT2Config) -> dict:
     return out
 
 
-def params_from_hf(t: dict[str, np.ndarray], c: GPT2Config) -> dict:
-    """transformers' GPT-2 tensors (with or without the ``transformer.`` prefix) -> params."""
-    t = {k.removeprefix("transformer."): v for k, v in t.items()}
-    D, N = c.n_embd, c.n_head
-    H = D // N
+def hf_weights(c: GPT2Config) -> list[HFWeight]:
+    """transformers' GPT2LMHeadModel tensors (``lm_head.weight`` is tied to ``wte``, not saved).
+    Checkpoints of the bare GPT2Model spell them without ``transformer.``: accepted on load."""
 
-    def ln(prefix):
-        return {"scale": t[f"{prefix}.weight"], "bias": t[f"{prefix}.bias"]}
+    def w(name, path, layout="same"):
+        return HFWeight(f"transformer.{name}", path, layout, aliases=(name,))
 
-    def block(i):
-        p = f"h.{i}."
-        return {
-            "ln_1": ln(p + "ln_1"),
-            "attn": {
-                # Conv1D stores [in, out]; the fused output is ordered (q|k|v, head, head_dim).
-                "qkv": {"kernel": t[p + "attn.c_attn.weight"].reshape(D, 3, N, H),
-                        "bias": t[p + "attn.c_attn.bias"].reshape(3, N, H)},
-                "out": {"kernel": t[p + "attn.c_proj.weight"].reshape(N, H, D),
-                        "bias": t[p + "attn.c_proj.bias"]},
-            },
-            "ln_2": ln(p + "ln_2"),
-            "mlp": {
-                "wi": {"kernel": t[p + "mlp.c_fc.weight"], "bias": t[p + "mlp.c_fc.bias"]},
-                "wo": {"kernel": t[p + "mlp.c_proj.weight"], "bias": t[p + "mlp.c_proj.bias"]},
-            },
-        }
+    def ln(name, path):
+        return [w(f"{name}.weight", (*path, "scale")), w(f"{name}.bias", (*path, "bias"))]
 
-    from jaxformers.hf import put_layers  # local import: hf imports this module
+    def conv1d(name, path, k=1, bias="same"):  # Conv1D stores [in, out]
+        return [w(f"{name}.weight", (*path, "kernel"), f"conv1d {k}"), w(f"{name}.bias", (*path, "bias"), bias)]
 
-    params = {
-        "wte": {"embedding": t["wte.weight"]},
-        "wpe": {"embedding": t["wpe.weight"]},
-        "ln_f": ln("ln_f"),
-    }
-    put_layers(params, "h", [block(i) for i in range(c.n_layer)], c.scan_layers)
-    return params
-
-
-def params_to_hf(params: dict, c: GPT2Config) -> dict[str, np.ndarray]:
-    from jaxformers.hf import get_layers
-
-    D = c.n_embd
-    out = {
-        "transformer.wte.weight": params["wte"]["embedding"],
-        "transformer.wpe.weight": params["wpe"]["embedding"],
-        "transformer.ln_f.weight": params["ln_f"]["scale"],
-        "transformer.ln_f.bias": params["ln_f"]["bias"],
-    }
-    for i, b in enumerate(get_layers(params, "h", c.n_layer, c.scan_layers)):
-        p = f"transformer.h.{i}."
-        out.update({
-            p + "ln_1.weight": b["ln_1"]["scale"], p + "ln_1.bias": b["ln_1"]["bias"],
-            p + "attn.c_attn.weight": b["attn"]["qkv"]["kernel"].reshape(D, 3 * D),
-            p + "attn.c_attn.bias": b["attn"]["qkv"]["bias"].reshape(3 * D),
-            p + "attn.c_proj.weight": b["attn"]["out"]["kernel"].reshape(D, D),
-            p + "attn.c_proj.bias": b["attn"]["out"]["bias"],
-            p + "ln_2.weight": b["ln_2"]["scale"], p + "ln_2.bias": b["ln_2"]["bias"],
-            p + "mlp.c_fc.weight": b["mlp"]["wi"]["kernel"], p + "mlp.c_fc.bias": b["mlp"]["wi"]["bias"],
-            p + "mlp.c_proj.weight": b["mlp"]["wo"]["kernel"], p + "mlp.c_proj.bias": b["mlp"]["wo"]["bias"],
-        })
+    out = [w("wte.weight", ("wte", "embedding")), w("wpe.weight", ("wpe", "embedding")), *ln("ln_f", ("ln_f",))]
+    for i in range(c.n_layer):
+        p, h = f"h.{i}.", ("h", i)
+        out += [
+            *ln(p + "ln_1", (*h, "ln_1")),
+            # The fused output is ordered (q|k|v, head, head_dim): our kernel [D, 3, N, H], bias [3, N, H].
+            *conv1d(p + "attn.c_attn", (*h, "attn", "qkv"), bias="flat"),
+            *conv1d(p + "attn.c_proj", (*h, "attn", "out"), k=2),  # [N, H, D]
+            *ln(p + "ln_2", (*h, "ln_2")),
+            *conv1d(p + "mlp.c_fc", (*h, "mlp", "wi")),
+            *conv1d(p + "mlp.c_proj", (*h, "mlp", "wo")),
+        ]
     return out
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -489,7 +489,89 @@ def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
             x, _ = scanned(**parent_kwargs, name=name)(x, *args)
             return x
         for i in range(n_layer):
-            x, _ = cls(**parent_kwargs, name=f"{name}_{i}")(x, *args)
+            x, _ = cls(**parent_kwargs, name=layer_name(name, i))(x, *args)
         return x
 
     return run
+
+
+# ---- the params layout ``block_stack`` creates, for code that reads or writes params by layer ----
+
+def layer_name(name: str, i: int) -> str:
+    """The params key of layer ``i`` of an unscanned stack (scanned: one ``name``, layers stacked)."""
+    return f"{name}_{i}"
+
+
+def layer_path(path: Sequence[str | int], scan: bool) -> tuple[tuple[str, ...], int | None]:
+    """A params path that names a layer by index, ``("h", 3, "attn", ...)``, -> (the keys it is
+    stored under, its index on the leading "layers" axis or None).
+
+    Scanned: ``(("h", "attn", ...), 3)``; unscanned: ``(("h_3", "attn", ...), None)``. A path
+    without an int is stored as it is. The int follows the stack's name, as ``block_stack`` names it.
+    """
+    for j, key in enumerate(path):
+        if isinstance(key, int):
+            if j == 0:
+                raise ValueError(f"{tuple(path)}: a layer index must follow the stack's name")
+            if scan:
+                return tuple(path[:j]) + tuple(path[j + 1:]), key
+            return tuple(path[:j - 1]) + (layer_name(path[j - 1], key),) + tuple(path[j + 1:]), None
+    return tuple(path), None
+
+
+def param_at(params: Any, path: Sequence[str | int], scan: bool) -> Any:
+    """The array at ``path`` (see ``layer_path``): one layer's slice when scanned."""
+    keys, index = layer_path(path, scan)
+    x = functools.reduce(lambda d, k: d[k], keys, params)
+    return x if index is None else x[index]
+
+
+def params_from_leaves(leaves: Iterable[tuple[Sequence[str | int], Any]], scan: bool) -> dict:
+    """(path, array) pairs (paths as ``layer_path`` reads them) -> a nested params dict in the
+    layout of ``block_stack``: each layer under ``name_i``, or when ``scan`` each leaf's layers
+    stacked on a new leading axis in index order (every index 0 .. L-1 must be given once)."""
+    tree: dict = {}
+    stacks: dict[tuple[str, ...], dict[int, Any]] = {}
+
+    def put(keys, x):
+        d = functools.reduce(lambda d, k: d.setdefault(k, {}), keys[:-1], tree)
+        if keys[-1] in d:
+            raise ValueError(f"params path {keys} is given twice")
+        d[keys[-1]] = x
+
+    for path, x in leaves:
+        keys, index = layer_path(path, scan)
+        if index is None:
+            put(keys, x)
+        else:
+            layers_of = stacks.setdefault(keys, {})
+            if index in layers_of:
+                raise ValueError(f"layer {index} of params path {keys} is given twice")
+            layers_of[index] = x
+    for keys, layers_of in stacks.items():
+        if sorted(layers_of) != list(range(len(layers_of))):
+            raise ValueError(f"params path {keys} has layers {sorted(layers_of)}, not 0 .. {len(layers_of) - 1}")
+        put(keys, np.stack([np.asarray(layers_of[i]) for i in range(len(layers_of))]))
+    return tree
+
+
+class HFWeight(NamedTuple):
+    """One tensor of a transformers checkpoint, as a model file's ``hf_weights(config)`` lists it
+    for the converter in ``jaxformers.hf``.
+
+    Attributes:
+      name: the name transformers saves it under.
+      path: where it lives in our params, a layer given by index after the stack's name
+        (``("h", 3, "attn", "qkv", "kernel")``, see ``layer_path``).
+      layout: how the two arrays relate: "same" (as they are); "flat" (ours has more dims, theirs is
+        1-D: a [3, N, H] bias); "linear k" (torch nn.Linear stores [out, in]; the first k dims of
+        our kernel are its inputs, the rest its outputs); "conv1d k" (GPT-2's Conv1D stores
+        [in, out]; the first k dims of ours are the inputs).
+      aliases: other names real checkpoints use for it, accepted on load only (first found wins,
+        after ``name``).
+    """
+
+    name: str
+    path: tuple[str | int, ...]
+    layout: str = "same"
+    aliases: tuple[str, ...] = ()

@@ -18,11 +18,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from jaxformers.models import layers
-from jaxformers.models.layers import block_stack
-from jaxformers.models.layers import Array
+from jaxformers.models.layers import Array, HFWeight, block_stack
 
 
 
@@ -253,7 +251,7 @@ class T5Stack(nn.Module):
         cache, or None before the cache exists (the call that creates it)."""
         cache = self.variables.get("cache", {})
         scanned = self.config.scan_layers
-        block = cache.get(name if scanned else f"{name}_0")
+        block = cache.get(name if scanned else layers.layer_name(name, 0))
         if block is None or "cached_key" not in block.get("self_attn", {}):
             return None
         attn = block["self_attn"]
@@ -410,8 +408,8 @@ def config_from_hf(hf: dict, **overrides: Any) -> T5Config:
     4.x marks v1.1 heads with ``tie_word_embeddings: false`` (which also meant "no output scaling");
     5.x always writes ``tie_word_embeddings: true`` and states ``scale_decoder_outputs``. So the
     scaling follows ``scale_decoder_outputs`` when present, else ``tie_word_embeddings``; the tie set
-    here is corrected by ``model_from_config``/``params_from_hf`` from the weights: the head is
-    untied exactly when they hold ``lm_head.weight``.
+    here is corrected by ``model_from_config`` from the weights: the head is untied exactly when
+    they hold ``lm_head.weight``.
     """
     if hf.get("is_decoder") or hf.get("is_encoder_decoder") is False:
         raise ValueError("this T5 config describes a decoder-only or encoder-only model; jaxformers "
@@ -441,76 +439,31 @@ def config_to_hf(c: T5Config) -> dict:
     return out
 
 
-def _block_weights(stack: str, i: int, gated: bool) -> list[tuple[str, tuple[str, ...], str]]:
-    """(transformers' name, path inside our block, layout) of every weight of block ``i``."""
-    p = f"{stack}.block.{i}.layer."
-    attns = [("self_attn", "SelfAttention")] + ([("cross_attn", "EncDecAttention")] if stack == "decoder" else [])
-    out = []
-    for j, (ours, theirs) in enumerate(attns):
-        out.append((f"{p}{j}.layer_norm.weight", (f"{ours}_norm", "scale"), "vector"))
-        out += [(f"{p}{j}.{theirs}.{w}.weight", (ours, name, "kernel"), "out" if w == "o" else "in")
-                for w, name in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))]
-    f = len(attns)
-    out.append((f"{p}{f}.layer_norm.weight", ("mlp_norm", "scale"), "vector"))
-    out += [(f"{p}{f}.DenseReluDense.{w}.weight", ("mlp", w, "kernel"), "linear")
-            for w in (("wi_0", "wi_1", "wo") if gated else ("wi", "wo"))]
-    return out
-
-
-def _convert(x: np.ndarray, layout: str, c: T5Config, to_hf: bool) -> np.ndarray:
-    """torch Linear weights are [out, in]; our attention kernels split N * H into (N, H)."""
-    D, N, H = c.d_model, c.num_heads, c.d_kv
-    if layout == "vector":
-        return x
-    if to_hf:
-        return x.T if layout == "linear" else x.reshape((D, N * H) if layout == "in" else (N * H, D)).T
-    return x.T if layout == "linear" else x.T.reshape((D, N, H) if layout == "in" else (N, H, D))
-
-
-def _stacks(c: T5Config):
-    return (("encoder", c.num_layers), ("decoder", c.num_decoder_layers))
-
-
-def params_from_hf(t: dict[str, np.ndarray], c: T5Config) -> dict:
-    """transformers' T5 tensors -> params. An ``lm_head`` is included exactly when the tensors hold
-    ``lm_head.weight`` (use the model from ``model_from_config(..., tensors=t)``, which matches)."""
-    from jaxformers.hf import put_layers  # local import: hf imports this module
-
-    shared = t["shared.weight"] if "shared.weight" in t else t["encoder.embed_tokens.weight"]
-    params: dict = {"shared": {"embedding": shared}}
-    for stack, n in _stacks(c):
-        blocks = []
-        for i in range(n):
-            block: dict = {}
-            for name, path, layout in _block_weights(stack, i, c.is_gated_act):
-                functools.reduce(lambda d, k: d.setdefault(k, {}), path[:-1], block)[path[-1]] = \
-                    _convert(t[name], layout, c, to_hf=False)
-            blocks.append(block)
-        params[stack] = {
-            "relative_attention_bias": {
-                "embedding": t[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]},
-            "final_layer_norm": {"scale": t[f"{stack}.final_layer_norm.weight"]},
-        }
-        put_layers(params[stack], "block", blocks, c.scan_layers)
-    if "lm_head.weight" in t:
-        params["lm_head"] = {"kernel": t["lm_head.weight"].T}
-    return params
-
-
-def params_to_hf(params: dict, c: T5Config) -> dict[str, np.ndarray]:
-    from jaxformers.hf import get_layers
-
-    out = {"shared.weight": params["shared"]["embedding"]}
+def hf_weights(c: T5Config) -> list[HFWeight]:
+    """transformers' T5ForConditionalGeneration tensors: ``lm_head.weight`` exactly when the head is
+    untied; the embedding copies tied to ``shared`` are not saved (some exports keep only
+    ``encoder.embed_tokens.weight``: accepted on load). The relative position bias table, which
+    transformers keeps in block 0, is each stack's own here."""
+    out = [HFWeight("shared.weight", ("shared", "embedding"), aliases=("encoder.embed_tokens.weight",))]
     if not c.tie_word_embeddings:
-        out["lm_head.weight"] = params["lm_head"]["kernel"].T
-    for stack, n in _stacks(c):
-        s = params[stack]
-        out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = \
-            s["relative_attention_bias"]["embedding"]
-        out[f"{stack}.final_layer_norm.weight"] = s["final_layer_norm"]["scale"]
-        for i, block in enumerate(get_layers(s, "block", n, c.scan_layers)):
-            for name, path, layout in _block_weights(stack, i, c.is_gated_act):
-                out[name] = _convert(functools.reduce(lambda d, k: d[k], path, block), layout, c, to_hf=True)
+        out.append(HFWeight("lm_head.weight", ("lm_head", "kernel"), "linear 1"))
+    for stack, n in (("encoder", c.num_layers), ("decoder", c.num_decoder_layers)):
+        out += [HFWeight(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                         (stack, "relative_attention_bias", "embedding")),
+                HFWeight(f"{stack}.final_layer_norm.weight", (stack, "final_layer_norm", "scale"))]
+        attns = [("self_attn", "SelfAttention")] + ([("cross_attn", "EncDecAttention")] if stack == "decoder" else [])
+        for i in range(n):
+            p, block = f"{stack}.block.{i}.layer.", (stack, "block", i)
+            for j, (ours, theirs) in enumerate(attns):
+                out.append(HFWeight(f"{p}{j}.layer_norm.weight", (*block, f"{ours}_norm", "scale")))
+                # torch Linear [out, in]; our q/k/v kernels [D, N, H], the output's [N, H, D].
+                out += [HFWeight(f"{p}{j}.{theirs}.{w}.weight", (*block, ours, name, "kernel"),
+                                 "linear 2" if w == "o" else "linear 1")
+                        for w, name in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))]
+            f = len(attns)
+            out.append(HFWeight(f"{p}{f}.layer_norm.weight", (*block, "mlp_norm", "scale")))
+            out += [HFWeight(f"{p}{f}.DenseReluDense.{w}.weight", (*block, "mlp", w, "kernel"), "linear 1")
+                    for w in (("wi_0", "wi_1", "wo") if c.is_gated_act else ("wi", "wo"))]
     return out
 
 
