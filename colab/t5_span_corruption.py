@@ -150,8 +150,6 @@ print("validation:", {k: round(v, 4) for k, v in result.eval_metrics.items()})
 # frequent tokens, not yet much Shakespeare: give it `SIZE = "full"` and more `STEPS` on a GPU/TPU.
 
 # %%
-import jax
-
 from jaxformers import decoding
 
 model, params, t5_vocab = cli.load_for_inference(str(RUN))  # the run's own SentencePiece
