@@ -13,6 +13,7 @@ working directory (one notebook from colab/, to cover both), ``WORKDIR`` a tempo
 Hugging Face Hub off.
 """
 
+import difflib
 import glob
 import os
 import re
@@ -52,7 +53,13 @@ def out_of_step(name, folder=COLAB):
     py = jupytext.read(os.path.join(folder, f"{name}.py"), fmt="py:percent")
     ipynb = jupytext.read(os.path.join(folder, f"{name}.ipynb"))
     a, b = cells(py), cells(ipynb)
-    diffs = [f"cell {i}: .py {x!r}\n  .ipynb {y!r}" for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    diffs = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x[0] != y[0] or x[2] != y[2]:
+            diffs.append(f"cell {i}: {x[0]} {x[2]} in the .py, {y[0]} {y[2]} in the .ipynb")
+        if x[1] != y[1]:
+            lines = difflib.unified_diff(y[1].splitlines(), x[1].splitlines(), ".ipynb", ".py", lineterm="")
+            diffs.append(f"cell {i}:\n" + "\n".join(lines))
     if len(a) != len(b):
         diffs.append(f"{len(a)} cells in the .py, {len(b)} in the .ipynb")
     return diffs
