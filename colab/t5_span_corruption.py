@@ -122,7 +122,7 @@ print("ids:    ", example["inputs"].tolist(), "->", example["targets"].tolist())
 # names its `spiece.model`); as written it trains its own on the whole corpus (about 20 s on 2 cores).
 
 # %%
-from jaxformers import cli, train
+from jaxformers import config, inference, train
 
 SIZES = {
     # num_heads before d_model/d_kv, as each override is checked on its own
@@ -134,7 +134,7 @@ SIZES = {
     "full": [],
 }
 settings = SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
-exp = cli.load_experiment(str(REPO / "experiments" / "t5_shakespeare.py"), "default", settings)
+exp = config.load_experiment(str(REPO / "experiments" / "t5_shakespeare.py"), "default", settings)
 RUN = WORKDIR / "t5"
 result = train.train(exp, str(RUN))
 print(f"step {result.final_step}: {result.wall_seconds:.0f} s")
@@ -152,7 +152,7 @@ print("validation:", {k: round(v, 4) for k, v in result.eval_metrics.items()})
 # %%
 from jaxformers import decoding
 
-model, params, t5_vocab = cli.load_for_inference(str(RUN))  # the run's own SentencePiece
+model, params, t5_vocab = inference.load(str(RUN))  # the run's own SentencePiece
 texts_in = ["To be, or not to be, <extra_id_0> the question.",
             "My lord, I <extra_id_0> to speak with you.",
             "Good night, <extra_id_0> prince."]
