@@ -443,7 +443,7 @@ def _compiled(model, spec: _Spec):
     M = spec.max_new_tokens
 
     @jax.jit
-    def run(params, ids, mask, rng, settings):
+    def generate_loop(params, ids, mask, rng, settings):  # the name jax.monitoring reports for its traces
         start, step = _ADAPTERS[spec.kind]
         state, tok = start(model, params, ids, mask, M, spec.start)
         step = functools.partial(step, model, params)
@@ -467,4 +467,4 @@ def _compiled(model, spec: _Spec):
             gen = jnp.concatenate([ids, gen], axis=1)
         return gen, rec
 
-    return run
+    return generate_loop
