@@ -199,8 +199,8 @@ def gpt2_case(request, fixture, T, rows=3, seed=0):
 
 @pytest.mark.parametrize("fixture,T,new,varied", [
     ("gpt2", 7, 20, 4),  # left-padded prompts of lengths 7, 4 and 6
-    ("gpt2_odd", 7, 20, 5),  # unpadded; a bucketed prompt (16 + 20 <= 37)
-    ("gpt2_odd", 10, 27, 5),  # unpadded; exact (no room for a bucket)
+    pytest.param("gpt2_odd", 7, 20, 5, marks=pytest.mark.slow),  # unpadded; a bucketed prompt (16 + 20 <= 37)
+    pytest.param("gpt2_odd", 10, 27, 5, marks=pytest.mark.slow),  # unpadded; exact (no room for a bucket)
 ])
 def test_gpt2_greedy_equals_transformers(request, fixture, T, new, varied):
     m, model, params, ids, mask = gpt2_case(request, fixture, T)
@@ -213,6 +213,7 @@ def test_gpt2_greedy_equals_transformers(request, fixture, T, new, varied):
     np.testing.assert_array_equal(ours, hf_generate(m, ids, mask, max_new_tokens=new, pad_token_id=0))
 
 
+@pytest.mark.slow
 def test_gpt2_greedy_left_padding_equals_transformers_and_unpadded(gpt2_odd):
     m, model, params = gpt2_odd
     ids = odd_prompts((3, 9), seed=1)
@@ -228,7 +229,7 @@ def test_gpt2_greedy_left_padding_equals_transformers_and_unpadded(gpt2_odd):
     np.testing.assert_array_equal(alone[0, 5:], ours[0, 9:])
 
 
-@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("padded", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_gpt2_kv_cache_logits_equal_full_recomputation(gpt2_odd, padded):
     _, model, params = gpt2_odd
     B, T, new = 2, 6, 12
@@ -277,7 +278,7 @@ def gpt2_eos(gpt2):
     ("gpt2", 3, 7, 20, 4, True, 0.5, False),  # same compilation as the line above: the penalty is not baked in
     ("gpt2", 3, 7, 20, 4, True, 2.0, True),
     ("gpt2", 3, 7, 20, 4, True, -1.0, "never"),
-    ("gpt2_odd", 2, 5, 10, 3, False, 1.0, False),  # unpadded prompts, 3 beams
+    pytest.param("gpt2_odd", 2, 5, 10, 3, False, 1.0, False, marks=pytest.mark.slow),  # unpadded prompts, 3 beams
 ])
 def test_gpt2_beam_search_equals_transformers(request, fixture, B, T, new, num_beams, use_eos, length_penalty,
                                               early_stopping):
@@ -333,6 +334,7 @@ def test_gpt2_eos_then_padding(gpt2_odd):
     assert (dflt[0, 7 + k:] == eos).all()
 
 
+@pytest.mark.slow
 def test_gpt2_eos_none_generates_exactly_max_new_tokens(gpt2_odd):
     _, model, params = gpt2_odd
     ids = odd_prompts((2, 3), seed=6)
@@ -343,7 +345,7 @@ def test_gpt2_eos_none_generates_exactly_max_new_tokens(gpt2_odd):
 # ------------------------------------------------------------------------------------------ T5
 
 
-@pytest.mark.parametrize("variant", list(T5_VARIANTS))
+@pytest.mark.parametrize("variant", [pytest.param("v1.0", marks=pytest.mark.slow), "v1.1"])
 def test_t5_greedy_equals_transformers_and_cache_equals_recomputation(t5, variant):
     m, model, params, _ = t5[variant]
     ids, mask = t5_inputs()
@@ -366,25 +368,32 @@ def test_t5_greedy_equals_transformers_and_cache_equals_recomputation(t5, varian
 
 @pytest.fixture(scope="module")
 def t5_eos(t5):
+    """variant -> an EOS id that its beam search emits (found on first use: a variant whose beam tests
+    are all deselected is not compiled)."""
     out = {}
-    for variant, (_, model, params, _) in t5.items():
-        ids, mask = t5_inputs()
-        free = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, method="beam", num_beams=4,
-                                            attention_mask=mask))
-        out[variant] = first_new_token(free[0] if variant == "v1.0" else free[1])
-    return out
+
+    def get(variant):
+        if variant not in out:
+            _, model, params, _ = t5[variant]
+            ids, mask = t5_inputs()
+            free = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, method="beam", num_beams=4,
+                                                attention_mask=mask))
+            out[variant] = first_new_token(free[0] if variant == "v1.0" else free[1])
+        return out[variant]
+
+    return get
 
 
 @pytest.mark.parametrize("variant,use_eos,length_penalty,early_stopping", [
-    ("v1.0", False, 1.0, False),
-    ("v1.0", True, 2.0, True),
+    pytest.param("v1.0", False, 1.0, False, marks=pytest.mark.slow),
+    pytest.param("v1.0", True, 2.0, True, marks=pytest.mark.slow),
     ("v1.1", True, 1.0, False),
     ("v1.1", True, 0.6, False),  # shares the compilation above
 ])
 def test_t5_beam_search_equals_transformers(t5, t5_eos, variant, use_eos, length_penalty, early_stopping):
     m, model, params, _ = t5[variant]
     ids, mask = t5_inputs()
-    eos = t5_eos[variant] if use_eos else None
+    eos = t5_eos(variant) if use_eos else None
     kw = dict(num_beams=4, length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos,
               pad_token_id=PAD)
     ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, method="beam", attention_mask=mask,
@@ -400,7 +409,7 @@ def test_t5_beam_search_equals_transformers(t5, t5_eos, variant, use_eos, length
 # ------------------------------------------------------------------------------------------ sampling
 
 
-@pytest.mark.parametrize("family", ["gpt2", "t5"])
+@pytest.mark.parametrize("family", [pytest.param("gpt2", marks=pytest.mark.slow), "t5"])
 def test_top_k_1_sampling_equals_greedy(request, family):
     """top_k=1 samples the argmax whatever the seed. Temperature, top-k and top-p values are traced:
     both seeds share one compilation."""
@@ -421,7 +430,7 @@ def test_top_k_1_sampling_equals_greedy(request, family):
         np.testing.assert_array_equal(np.asarray(s), np.asarray(greedy))
 
 
-@pytest.mark.parametrize("family", ["gpt2", "t5"])
+@pytest.mark.parametrize("family", [pytest.param("gpt2", marks=pytest.mark.slow), "t5"])
 def test_sampling_reproducible_and_seed_dependent(request, family):
     """The same key gives the same tokens, another key other tokens, and sampling is not greedy."""
     if family == "gpt2":
@@ -448,6 +457,7 @@ def test_sampling_reproducible_and_seed_dependent(request, family):
     assert (a != greedy).any()
 
 
+@pytest.mark.slow
 def test_sampling_follows_filtered_distribution(gpt2_odd):
     """One sampled token over many rows: frequencies match softmax(process_logits(logits))."""
     _, model, params = gpt2_odd
@@ -530,7 +540,10 @@ def test_compiled_once_and_prompt_lengths_bucketed(gpt2, t5):
 # ------------------------------------------------------------------------------------------ sharding
 
 
-@pytest.mark.parametrize("family,mesh_shape", [("gpt2", (2, 2, 2)), ("t5", (1, 4, 2))])
+@pytest.mark.parametrize("family,mesh_shape", [
+    ("gpt2", (2, 2, 2)),
+    pytest.param("t5", (1, 4, 2), marks=pytest.mark.slow),  # T5 sharded: test_t5_model's logical axes test
+])
 def test_sharded_equals_unsharded(gpt2, t5, family, mesh_shape):
     """Beam search (the cache is reordered every step) with params sharded over data/fsdp/tensor:
     the same tokens as unsharded (the same call as the parity tests: it shares their compilation).

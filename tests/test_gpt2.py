@@ -107,6 +107,7 @@ def test_from_pretrained_logits_match_transformers(hf_dir, scan):
     assert rel_err(ours, ref) < 1e-5
 
 
+@pytest.mark.slow
 def test_from_pretrained_full_length_and_padding_mask(hf_dir):
     """Every one of n_positions positions, and left padding with explicit position ids."""
     path, m = hf_dir
