@@ -1,4 +1,8 @@
-"""Tests run on CPU with 8 fake devices, so meshes like (2, 2, 2) are real shardings."""
+"""Tests run on CPU with 8 fake devices, so meshes like (2, 2, 2) are real shardings.
+
+Shared fixtures live here; shared plain functions in helpers.py. ``torch`` and ``transformers``
+are fixtures, so that only the tests that compare with PyTorch skip where it is missing.
+"""
 
 import os
 
@@ -6,10 +10,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import importlib  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from helpers import play_excerpt  # noqa: E402
 
 # Many tests compile the same tiny programs: a persistent compilation cache shared by this run's
 # workers turns the repeats into cache hits (compiling random-number code is slow on this CPU).
@@ -25,3 +31,36 @@ def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
     os.environ["JAXFORMERS_DATA_DIR"] = str(d)
     return str(d)
+
+
+def _import_or_skip(name, attribute=None):
+    """The module (after reading ``attribute``, which imports a lazy module's core), or the test is
+    skipped: missing, or installed but failing to import (e.g. transformers beside a broken torch)."""
+    try:
+        module = importlib.import_module(name)
+        if attribute:
+            getattr(module, attribute)
+    except ImportError as e:
+        pytest.skip(f"{name} cannot be imported: {e}")
+    return module
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, or the requesting test (or fixture) is skipped."""
+    return _import_or_skip("torch")
+
+
+@pytest.fixture(scope="session")
+def transformers():
+    """transformers, or the requesting test is skipped. Its configs and tokenizers need no torch;
+    a test that builds or runs a transformers model requests ``torch`` too."""
+    return _import_or_skip("transformers", "PretrainedConfig")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, data_dir):
+    """About 40 KB of one play as plain text, in a file (training and reliability runs read it)."""
+    path = tmp_path_factory.mktemp("corpus") / "play.txt"
+    path.write_text(play_excerpt(40_000), encoding="utf-8")
+    return str(path)

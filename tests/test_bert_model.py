@@ -1,6 +1,8 @@
-"""BERT against transformers (PyTorch): random odd-sized models both ways, and real MiniLM weights."""
+"""BERT against transformers (PyTorch): random odd-sized models both ways, and real MiniLM weights.
 
-import dataclasses
+The tests that need PyTorch or transformers request conftest's ``torch``/``transformers`` fixtures
+(directly or through ``hf_dirs``), so only they skip where those are missing."""
+
 import importlib.util
 import json
 import os
@@ -11,23 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from jaxformers import hf, sharding  # noqa: E402
-from jaxformers.models import bert  # noqa: E402
+from helpers import rel_err
+from jaxformers import hf, sharding
+from jaxformers.models import bert
 
 # Odd sizes: a transposed or mis-reshaped kernel cannot go unnoticed.
 HF_KW = dict(vocab_size=101, hidden_size=60, num_attention_heads=5, num_hidden_layers=3,
              intermediate_size=70, max_position_embeddings=41, type_vocab_size=3, hidden_act="gelu")
 B, T = 3, 11
 TOL = 1e-5
-
-
-def rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 def inputs(seed=0, lengths=(11, 7, 4)):
@@ -39,6 +33,8 @@ def inputs(seed=0, lengths=(11, 7, 4)):
 
 
 def torch_out(model, ids, tt, mask):
+    import torch
+
     with torch.no_grad():
         return model(input_ids=torch.tensor(ids, dtype=torch.long), token_type_ids=torch.tensor(tt, dtype=torch.long),
                      attention_mask=torch.tensor(mask, dtype=torch.long))
@@ -51,6 +47,9 @@ def ours_out(model, params, ids, tt, mask, **kw):
 
 def random_hf(cls_name, seed=0, **kw):
     """A transformers model whose every weight (biases and LayerNorms included) is random."""
+    import torch
+    import transformers
+
     torch.manual_seed(seed)
     model = getattr(transformers, cls_name)(transformers.BertConfig(**{**HF_KW, **kw})).eval()
     with torch.no_grad():
@@ -77,7 +76,7 @@ def random_ours(cls, seed=0, **kw):
 
 
 @pytest.fixture(scope="module")
-def hf_dirs(tmp_path_factory):
+def hf_dirs(tmp_path_factory, torch, transformers):
     """Random transformers models saved in HF format, one per head."""
     out = {}
     heads = (("BertModel", {}), ("BertForPreTraining", {}), ("BertForSequenceClassification", {"num_labels": 3}))
@@ -97,8 +96,8 @@ def test_bert_model_matches_transformers(hf_dirs, scan):
     ids, tt, mask = inputs()
     out = ours_out(model, params, ids, tt, mask)
     r = torch_out(ref, ids, tt, mask)
-    assert rel(out.last_hidden_state, r.last_hidden_state) < TOL
-    assert rel(out.pooler_output, r.pooler_output) < TOL
+    assert rel_err(out.last_hidden_state, r.last_hidden_state) < TOL
+    assert rel_err(out.pooler_output, r.pooler_output) < TOL
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -109,8 +108,8 @@ def test_pretraining_matches_transformers(hf_dirs, scan):
     ids, tt, mask = inputs(1)
     out = ours_out(model, params, ids, tt, mask)
     r = torch_out(ref, ids, tt, mask)
-    assert rel(out.mlm_logits, r.prediction_logits) < TOL
-    assert rel(out.nsp_logits, r.seq_relationship_logits) < TOL
+    assert rel_err(out.mlm_logits, r.prediction_logits) < TOL
+    assert rel_err(out.nsp_logits, r.seq_relationship_logits) < TOL
 
 
 def test_sequence_classification_matches_transformers(hf_dirs):
@@ -120,13 +119,13 @@ def test_sequence_classification_matches_transformers(hf_dirs):
     ids, tt, mask = inputs(2)
     out = ours_out(model, params, ids, tt, mask)
     assert out.logits.shape == (B, 3)
-    assert rel(out.logits, torch_out(ref, ids, tt, mask).logits) < TOL
+    assert rel_err(out.logits, torch_out(ref, ids, tt, mask).logits) < TOL
 
 
 @pytest.mark.parametrize(
     "cls,scan", [(bert.BertModel, True), (bert.BertForPreTraining, False), (bert.BertForPreTraining, True),
                  (bert.BertForSequenceClassification, False)])
-def test_save_pretrained_loads_in_transformers(tmp_path, cls, scan):
+def test_save_pretrained_loads_in_transformers(tmp_path, torch, transformers, cls, scan):
     kw = {"num_labels": 3} if cls is bert.BertForSequenceClassification else {}
     model, params = random_ours(cls, scan_layers=scan, **kw)
     hf.save_pretrained(model, params, str(tmp_path))
@@ -144,7 +143,7 @@ def test_save_pretrained_loads_in_transformers(tmp_path, cls, scan):
     else:
         pairs = [(out.logits, r.logits)]
     for ours, theirs in pairs:
-        assert rel(ours, theirs) < TOL
+        assert rel_err(ours, theirs) < TOL
     # And back: the same params.
     model2, params2 = hf.from_pretrained(str(tmp_path), scan_layers=scan)
     assert type(model2) is cls
@@ -221,7 +220,7 @@ def minilm_dir():
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
-def test_minilm_sentence_embeddings(minilm_dir):
+def test_minilm_sentence_embeddings(minilm_dir, torch, transformers):
     sentences = [
         "A man is playing a guitar.",
         "A person is playing the guitar.",
@@ -249,8 +248,8 @@ def test_minilm_sentence_embeddings(minilm_dir):
         return (h * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
 
     ours, theirs = mean_pool(out.last_hidden_state), mean_pool(r.last_hidden_state.numpy())
-    assert rel(ours, theirs) < TOL
-    assert rel(out.pooler_output, r.pooler_output) < TOL
+    assert rel_err(ours, theirs) < TOL
+    assert rel_err(out.pooler_output, r.pooler_output) < TOL
     e = ours / np.linalg.norm(ours, axis=1, keepdims=True)
     sim = e @ e.T
     assert sim[0, 1] > 0.7 and sim[0, 1] > sim[0, 2] + 0.4
@@ -258,7 +257,7 @@ def test_minilm_sentence_embeddings(minilm_dir):
 
 
 @pytest.mark.parametrize("cls_name", ["BertForPreTraining", "BertModel"])
-def test_base_param_count_matches_transformers(cls_name):
+def test_base_param_count_matches_transformers(torch, transformers, cls_name):
     with torch.device("meta"):
         ref = getattr(transformers, cls_name)(transformers.BertConfig())
     expected = sum(p.numel() for p in ref.parameters())
@@ -280,7 +279,7 @@ def test_presets_and_flops():
     assert bert.BertConfig.preset("large").intermediate_size == 4096
 
 
-def test_hf_config_round_trip():
+def test_hf_config_round_trip(transformers):
     c = bert.BertConfig(**HF_KW, architecture="BertForSequenceClassification", num_labels=4)
     d = bert.config_to_hf(c)
     assert d["architectures"] == ["BertForSequenceClassification"] and len(d["id2label"]) == 4
@@ -331,7 +330,7 @@ def test_every_activation_runs(act):
     assert np.isfinite(np.asarray(out.last_hidden_state)).all()
 
 
-def test_pretraining_loss_and_gradients_match_transformers(hf_dirs):
+def test_pretraining_loss_and_gradients_match_transformers(hf_dirs, torch):
     """The training objective (MLM on gathered positions + NSP) against transformers' own
     BertForPreTraining loss (labels=-100 off the masked positions) and every parameter's gradient."""
     from jaxformers.objectives.mlm_nsp import MLMNSP
@@ -352,7 +351,7 @@ def test_pretraining_loss_and_gradients_match_transformers(hf_dirs):
     def loss_fn(p):
         return MLMNSP.loss(p, model.apply, batch, jax.random.key(0), True, MLMNSP.normalizers(batch))
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (loss, sums), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)  # one compilation, not ~280
 
     labels = np.full(ids.shape, -100, np.int64)
     for b, (row, w, t) in enumerate(zip(pos, weights, targets)):
@@ -373,6 +372,6 @@ def test_pretraining_loss_and_gradients_match_transformers(hf_dirs):
     # is zero and both sides hold only rounding noise.
     for k in [k for k in ours if k.endswith("attention.self.key.bias")]:
         assert np.abs(ours.pop(k)).max() < 1e-6 and np.abs(theirs[k]).max() < 1e-6
-    errs = {k: rel(ours[k], theirs[k]) for k in ours}
+    errs = {k: rel_err(ours[k], theirs[k]) for k in ours}
     worst = max(errs, key=errs.get)
     assert errs[worst] < TOL, (worst, errs[worst])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from helpers import FUZZ, play_excerpt
 from jaxformers.config import DataConfig, Experiment
 from jaxformers.data import pipeline, sources
 from jaxformers.data.pipeline import LMBatches
@@ -183,7 +184,7 @@ UNICODE_TEXTS = [
 
 @pytest.fixture(scope="module")
 def play_text():
-    return sources.play_markdown_to_text(open(sources.shakespeare_files()[0], encoding="utf-8").read())[:30_000]
+    return play_excerpt(30_000)
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +225,7 @@ def vocab_merges(trained, tmp_path_factory):
     return str(d)
 
 
-def test_vocab_merges_load_equals_transformers(vocab_merges, trained):
-    transformers = pytest.importorskip("transformers")
+def test_vocab_merges_load_equals_transformers(vocab_merges, trained, transformers):
     ref = transformers.GPT2TokenizerFast.from_pretrained(vocab_merges)
     ours = BPETokenizer.load(os.path.join(vocab_merges, "vocab.json"))
     ours_dir = BPETokenizer.load(vocab_merges)
@@ -238,10 +238,9 @@ def test_vocab_merges_load_equals_transformers(vocab_merges, trained):
         assert ours.decode(ids) == ref.decode(ids) == text
 
 
-def test_vocab_merges_endoftext_is_one_token(vocab_merges, trained):
+def test_vocab_merges_endoftext_is_one_token(vocab_merges, trained, transformers):
     """'<|endoftext|>' in text is the EOS token for transformers' GPT-2 tokenizer and for a trained
     tokenizer.json; loading vocab.json + merges.txt must agree."""
-    transformers = pytest.importorskip("transformers")
     ref = transformers.GPT2TokenizerFast.from_pretrained(vocab_merges)
     ours = BPETokenizer.load(os.path.join(vocab_merges, "vocab.json"))
     text = "to be<|endoftext|>or not"
@@ -404,3 +403,62 @@ def test_corpus_whose_held_out_parts_are_blank(tmp_path, data_dir):
     assert sources.split_document(p.read_text(), 0.1)[1].strip() == ""
     with pytest.raises(ValueError, match="validation|val_fraction"):
         pipeline.lm_data(lm_experiment(str(p)), str(tmp_path / "w"), 512, 32)
+
+
+# ------------------------------------------------------------------------------------- fuzzing
+
+
+@pytest.fixture(scope="module")
+def fuzz_bpe():
+    """A BPE tokenizer trained on the lines of 20,000 characters of a play."""
+    return train_bpe(play_excerpt(20_000).splitlines(), 400)
+
+
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_fuzz_bpe_round_trip(fuzz_bpe, text):
+    ids = fuzz_bpe.encode(text)
+    assert all(0 <= i < fuzz_bpe.vocab_size for i in ids)
+    assert fuzz_bpe.decode(ids) == text
+
+
+@FUZZ
+@given(n=st.integers(0, 400), T=st.integers(1, 16), B=st.sampled_from([1, 2, 4, 8]), A=st.sampled_from([1, 2]),
+       seed=st.one_of(st.none(), st.integers(0, 100)), step=st.integers(0, 50))
+def test_fuzz_lm_batches(n, T, B, A, seed, step):
+    toks = np.random.default_rng(n).integers(0, 1000, n + T + 1).astype(np.uint16)
+    try:
+        lb = LMBatches(toks, T, B, seed, A)
+    except ValueError:
+        assert B % A
+        return
+    b1, b2 = lb.batch(step), LMBatches(toks, T, B, seed, A).batch(step)
+    assert b1["inputs"].shape == (A, B // A, T) and b1["targets"].shape == (A, B // A, T)
+    np.testing.assert_array_equal(b1["inputs"], b2["inputs"])
+    np.testing.assert_array_equal(b1["inputs"][..., 1:], b1["targets"][..., :-1])
+    assert ((0 <= b1["inputs"]) & (b1["inputs"] < 1000)).all()
+    # Every row is a window of the token stream.
+    for row in np.concatenate([b1["inputs"], b1["targets"][..., -1:]], -1).reshape(-1, T + 1):
+        assert any((toks[s:s + T + 1] == row).all() for s in range(0, len(toks) - T, T))
+
+
+@FUZZ
+@given(n=st.integers(1, 30), B=st.sampled_from([1, 2, 4]), seed=st.one_of(st.none(), st.integers(0, 9)),
+       step=st.integers(0, 40))
+def test_fuzz_example_batches(n, B, seed, step):
+    src = [{"x": np.full(3, i, np.int32), "y": np.int32(i)} for i in range(n)]
+    b = pipeline.ExampleBatches(src, B, seed).batch(step)
+    b2 = pipeline.ExampleBatches(src, B, seed).batch(step)
+    assert b["x"].shape == (1, B, 3) and b["y"].shape == (1, B)
+    np.testing.assert_array_equal(b["x"], b2["x"])
+    assert ((0 <= b["y"]) & (b["y"] < n)).all() and (b["x"][..., 0] == b["y"]).all()
+    if seed is None:
+        assert b["y"].reshape(-1).tolist() == [(step * B + j) % n for j in range(B)]
+
+
+@FUZZ
+@given(text=st.text(max_size=300), frac=st.floats(-1, 2))
+def test_fuzz_sources(text, frac):
+    sources.play_markdown_to_text(text)
+    tr, va = sources.split_document(text, frac)
+    assert tr + va == text

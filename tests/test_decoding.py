@@ -1,7 +1,13 @@
 """The one decoding engine for GPT-2 and T5: greedy and beam search token-identical to transformers'
-generate, the T5 KV cache equal to recomputation, sampling, compile-once, prompt bucketing, sharded
-params, argument errors. Models are tiny random transformers models with weights scaled so that
-outputs are not degenerate."""
+generate, KV caches equal to recomputation, sampling (top-k 1 is greedy, reproducible per seed, the
+filtered distribution, transformers' logits warpers), EOS and padding, compile-once, prompt
+bucketing, sharded params, argument and prompt errors.
+
+Models are tiny random transformers models with weights scaled so that outputs are not degenerate:
+``gpt2`` (even sizes, for the sharding test), ``gpt2_odd`` (odd sizes, peaked), ``gpt2_flat`` (odd
+sizes, near-uniform, for sampling) and ``t5`` (v1.0 and v1.1). Every test here needs transformers
+and PyTorch, through these fixtures (which request conftest's ``torch`` and ``transformers``).
+"""
 
 import flax.linen as nn
 import jax
@@ -9,32 +15,58 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import rel_err
 from jaxformers import decoding, hf, sharding
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-# Vocabulary and heads even, widths divisible by 4: the sharding test splits them over the mesh.
+# gpt2: vocabulary and heads even, widths divisible by 4: the sharding test splits them over the mesh.
 V_GPT2, P_GPT2, V_T5, P_T5 = 98, 40, 102, 40
+# gpt2_odd, gpt2_flat: odd sizes (97 tokens, 37 positions, width 60, 5 heads, 3 layers).
+V_ODD, P_ODD = 97, 37
 PAD = 5  # not 0: transformers' beam search fills with EOS when pad_token_id is 0 (see normalize)
 
 
 # ------------------------------------------------------------------------------------------ models
 
 
-@pytest.fixture(scope="module")
-def gpt2(tmp_path_factory):
-    """transformers' GPT-2 with std-0.5 init (peaked distributions, varied greedy outputs)."""
-    torch.manual_seed(0)
+def hf_gpt2(vocab, positions, width, layers, heads, init, seed=0):
+    """transformers' GPT-2, random with std ``init``, no dropout, no BOS/EOS."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
     c = transformers.GPT2Config(
-        vocab_size=V_GPT2, n_positions=P_GPT2, n_embd=36, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, initializer_range=0.5, attn_implementation="eager",
+        vocab_size=vocab, n_positions=positions, n_embd=width, n_layer=layers, n_head=heads, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, initializer_range=init,
+        attn_implementation="eager",
     )
-    m = transformers.GPT2LMHeadModel(c).eval()
-    d = str(tmp_path_factory.mktemp("gpt2"))
+    return transformers.GPT2LMHeadModel(c).eval()
+
+
+def saved_and_loaded(m, tmp_path_factory, name):
+    """(transformers model, our model, params) through a saved HF-format directory."""
+    d = str(tmp_path_factory.mktemp(name))
     m.save_pretrained(d)
     model, params = hf.from_pretrained(d)
     return m, model, params
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory, torch, transformers):
+    """Std-0.5 init (peaked distributions, varied greedy outputs), even sizes."""
+    return saved_and_loaded(hf_gpt2(V_GPT2, P_GPT2, 36, 2, 4, init=0.5), tmp_path_factory, "gpt2")
+
+
+@pytest.fixture(scope="module")
+def gpt2_odd(tmp_path_factory, torch, transformers):
+    """Large init (std 0.5), odd sizes: peaked next-token distributions and greedy outputs that do
+    not just repeat one token."""
+    return saved_and_loaded(hf_gpt2(V_ODD, P_ODD, 60, 3, 5, init=0.5), tmp_path_factory, "gpt2_odd")
+
+
+@pytest.fixture(scope="module")
+def gpt2_flat(tmp_path_factory, torch, transformers):
+    """Standard init (std 0.02), odd sizes: nearly uniform next-token distributions, for sampling."""
+    return saved_and_loaded(hf_gpt2(V_ODD, P_ODD, 60, 3, 5, init=0.02, seed=1), tmp_path_factory, "gpt2_flat")
 
 
 # v1.0: ReLU, tied and scaled head; v1.1: gated GELU, own head. (initializer_factor, out-projection
@@ -47,6 +79,9 @@ T5_VARIANTS = {
 
 
 def _hf_t5(variant):
+    import torch
+    import transformers
+
     kw, factor, out_scale, spread, seed = T5_VARIANTS[variant]
     torch.manual_seed(seed)
     c = transformers.T5Config(
@@ -69,7 +104,7 @@ def _hf_t5(variant):
 
 
 @pytest.fixture(scope="module")
-def t5(tmp_path_factory):
+def t5(tmp_path_factory, torch, transformers):
     """{variant: (transformers model, our model, params, its HF-format directory)}."""
     out = {}
     for variant in T5_VARIANTS:
@@ -82,14 +117,22 @@ def t5(tmp_path_factory):
     return out
 
 
+# ------------------------------------------------------------------------------------------ inputs
+
+
 def gpt2_prompts():
-    """Three left-padded prompts of lengths 7, 4 and 6."""
+    """Three left-padded prompts of lengths 7, 4 and 6 (for ``gpt2``)."""
     ids = np.random.default_rng(0).integers(0, V_GPT2, (3, 7)).astype(np.int32)
     mask = np.ones_like(ids)
     mask[1, :3] = 0
     mask[2, :1] = 0
     ids[mask == 0] = 0
     return ids, mask
+
+
+def odd_prompts(shape, seed=0):
+    """Unpadded prompts for ``gpt2_odd`` and ``gpt2_flat``."""
+    return np.random.default_rng(seed).integers(0, V_ODD, shape).astype(np.int32)
 
 
 def t5_inputs():
@@ -101,10 +144,17 @@ def t5_inputs():
     return ids, mask
 
 
-def hf_generate(m, ids, mask, **kw):
+def hf_generate(m, ids, mask=None, **kw):
+    """transformers' generate without sampling (greedy or beam search); no mask: all ones."""
+    import torch
+
     with torch.no_grad():
-        return m.generate(torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
-                          do_sample=False, **kw).numpy()
+        out = m.generate(
+            torch.as_tensor(ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(np.ones_like(ids) if mask is None else mask, dtype=torch.long),
+            do_sample=False, **kw,
+        )
+    return out.numpy()
 
 
 def normalize(gen, max_new_tokens, eos, pad):
@@ -132,18 +182,85 @@ def first_new_token(row, start=2):
     return next(int(row[i]) for i in range(start, len(row)) if row[i] not in row[:i])
 
 
+def gpt2_case(request, fixture, T, rows=3, seed=0):
+    """(transformers model, our model, params, prompts, attention mask) of a GPT-2 parity case:
+    ``gpt2`` with its three left-padded prompts, or ``gpt2_odd`` with unpadded [rows, T] prompts."""
+    m, model, params = request.getfixturevalue(fixture)
+    if fixture == "gpt2":
+        ids, mask = gpt2_prompts()
+        assert ids.shape == (rows, T)
+    else:
+        ids, mask = odd_prompts((rows, T), seed=seed), None
+    return m, model, params, ids, mask
+
+
 # ------------------------------------------------------------------------------------------ GPT-2
 
 
-def test_gpt2_greedy_equals_transformers(gpt2):
-    m, model, params = gpt2
-    ids, mask = gpt2_prompts()
-    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=20, attention_mask=mask))
-    assert ours.shape == (3, 27)
-    np.testing.assert_array_equal(ours[:, :7], ids)
-    assert_varied(ours[:, 7:], 4)
-    assert len(set(ours[:, 7:].ravel().tolist())) >= 10
-    np.testing.assert_array_equal(ours, hf_generate(m, ids, mask, max_new_tokens=20, pad_token_id=0))
+@pytest.mark.parametrize("fixture,T,new,varied", [
+    ("gpt2", 7, 20, 4),  # left-padded prompts of lengths 7, 4 and 6
+    pytest.param("gpt2_odd", 7, 20, 5, marks=pytest.mark.slow),  # unpadded; a bucketed prompt (16 + 20 <= 37)
+    pytest.param("gpt2_odd", 10, 27, 5, marks=pytest.mark.slow),  # unpadded; exact (no room for a bucket)
+])
+def test_gpt2_greedy_equals_transformers(request, fixture, T, new, varied):
+    m, model, params, ids, mask = gpt2_case(request, fixture, T)
+    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=new, method="greedy",
+                                        attention_mask=mask))
+    assert ours.shape == (3, T + new)
+    np.testing.assert_array_equal(ours[:, :T], ids)
+    assert_varied(ours[:, T:], varied)  # not a degenerate repetition
+    assert len(set(ours[:, T:].ravel().tolist())) >= 10
+    np.testing.assert_array_equal(ours, hf_generate(m, ids, mask, max_new_tokens=new, pad_token_id=0))
+
+
+@pytest.mark.slow
+def test_gpt2_greedy_left_padding_equals_transformers_and_unpadded(gpt2_odd):
+    m, model, params = gpt2_odd
+    ids = odd_prompts((3, 9), seed=1)
+    mask = np.ones_like(ids)
+    mask[0, :4] = 0
+    mask[1, :1] = 0
+    ids[mask == 0] = 0
+    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=15, attention_mask=mask))
+    ref = hf_generate(m, ids, mask, max_new_tokens=15, pad_token_id=0)
+    np.testing.assert_array_equal(ours, ref)
+    # Padding changes nothing: row 0 alone, unpadded, continues the same way.
+    alone = np.asarray(decoding.generate(model, params, ids[:1, 4:], max_new_tokens=15))
+    np.testing.assert_array_equal(alone[0, 5:], ours[0, 9:])
+
+
+@pytest.mark.parametrize("padded", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_gpt2_kv_cache_logits_equal_full_recomputation(gpt2_odd, padded):
+    _, model, params = gpt2_odd
+    B, T, new = 2, 6, 12
+    S = T + new
+    ids = odd_prompts((B, S), seed=2)
+    mask = np.ones((B, S), np.int32)
+    if padded:
+        mask[1, :3] = 0
+    pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+
+    full = jax.jit(lambda p, x, m, q: model.apply({"params": p}, x, attention_mask=m, position_ids=q))(
+        params, ids, mask, pos)
+
+    cache = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((B, S), jnp.int32), decode=True))["cache"])
+
+    @jax.jit
+    def step(cache, x, q):
+        logits, v = model.apply({"params": params, "cache": cache}, x, attention_mask=mask, position_ids=q,
+                                decode=True, mutable=["cache"])
+        return logits, v["cache"]
+
+    logits, cache = step(cache, ids[:, :T], pos[:, :T])  # prefill
+    keep = mask[:, :T].astype(bool)
+    assert rel_err(np.asarray(logits)[keep], np.asarray(full)[:, :T][keep]) < 1e-5
+    for t in range(T, S):
+        logits, cache = step(cache, ids[:, t:t + 1], pos[:, t:t + 1])
+        assert logits.shape == (B, 1, V_ODD)
+        assert rel_err(logits[:, 0], full[:, t]) < 1e-5, t
+    indices = [int(v) for k, v in jax.tree_util.tree_leaves_with_path(cache) if "cache_index" in jax.tree_util.keystr(k)]
+    assert indices == [S] * 3  # one per layer
 
 
 @pytest.fixture(scope="module")
@@ -155,29 +272,33 @@ def gpt2_eos(gpt2):
     return first_new_token(free[0, 7:])
 
 
-@pytest.mark.parametrize("use_eos,length_penalty,early_stopping", [
-    (False, 1.0, False),
-    (True, 1.0, False),
-    (True, 0.5, False),  # same compilation as the line above: the penalty is not baked in
-    (True, 2.0, True),
-    (True, -1.0, "never"),
+@pytest.mark.parametrize("fixture,B,T,new,num_beams,use_eos,length_penalty,early_stopping", [
+    ("gpt2", 3, 7, 20, 4, False, 1.0, False),
+    ("gpt2", 3, 7, 20, 4, True, 1.0, False),
+    ("gpt2", 3, 7, 20, 4, True, 0.5, False),  # same compilation as the line above: the penalty is not baked in
+    ("gpt2", 3, 7, 20, 4, True, 2.0, True),
+    ("gpt2", 3, 7, 20, 4, True, -1.0, "never"),
+    pytest.param("gpt2_odd", 2, 5, 10, 3, False, 1.0, False, marks=pytest.mark.slow),  # unpadded prompts, 3 beams
 ])
-def test_gpt2_beam_search_equals_transformers(gpt2, gpt2_eos, use_eos, length_penalty, early_stopping):
-    m, model, params = gpt2
-    ids, mask = gpt2_prompts()
-    eos = gpt2_eos if use_eos else None
-    kw = dict(num_beams=4, length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos,
+def test_gpt2_beam_search_equals_transformers(request, fixture, B, T, new, num_beams, use_eos, length_penalty,
+                                              early_stopping):
+    m, model, params, ids, mask = gpt2_case(request, fixture, T, rows=B, seed=7)
+    eos = request.getfixturevalue("gpt2_eos") if use_eos else None
+    kw = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos,
               pad_token_id=PAD)
-    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=20, method="beam", attention_mask=mask,
+    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=new, method="beam", attention_mask=mask,
                                         **kw))
-    assert ours.shape == (3, 27)
-    np.testing.assert_array_equal(ours[:, :7], ids)
-    ref = hf_generate(m, ids, mask, max_new_tokens=20, **kw)
-    np.testing.assert_array_equal(ref[:, :7], ids)
-    np.testing.assert_array_equal(ours[:, 7:], normalize(ref[:, 7:], 20, eos, PAD))
-    gen = ours[:, 7:]
+    assert ours.shape == (B, T + new)
+    np.testing.assert_array_equal(ours[:, :T], ids)
+    ref = hf_generate(m, ids, mask, max_new_tokens=new, **kw)
+    np.testing.assert_array_equal(ref[:, :T], ids)
+    np.testing.assert_array_equal(ours[:, T:], normalize(ref[:, T:], new, eos, PAD))
+    gen = ours[:, T:]
     if not use_eos:
+        assert ref.shape == ours.shape  # no EOS: transformers generates every token too
         assert len(set(gen.ravel().tolist())) >= 8
+        greedy = np.asarray(decoding.generate(model, params, ids, max_new_tokens=new, attention_mask=mask))
+        assert (ours != greedy).any()  # a case where beam search and greedy part ways
     else:
         stopped = [r for r in gen if eos in r.tolist()]
         assert stopped, "EOS never chosen: the test would not exercise finished hypotheses"
@@ -185,10 +306,46 @@ def test_gpt2_beam_search_equals_transformers(gpt2, gpt2_eos, use_eos, length_pe
             assert (r[list(r).index(eos) + 1:] == PAD).all()
 
 
+def test_gpt2_eos_then_padding(gpt2_odd):
+    m, model, params = gpt2_odd
+    ids = odd_prompts((3, 7))
+    free = np.asarray(decoding.generate(model, params, ids, max_new_tokens=20))
+    gen = free[:, 7:]
+    # An EOS that row 0 emits a few tokens in (its first occurrence there).
+    k = next(i for i in range(2, 20) if gen[0, i] not in gen[0, :i])
+    eos, pad = int(gen[0, k]), 5
+    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=20, eos_token_id=eos, pad_token_id=pad))
+    assert ours.shape == free.shape
+    for r in range(3):
+        hits = np.flatnonzero(gen[r] == eos)
+        if len(hits) == 0:
+            np.testing.assert_array_equal(ours[r], free[r])
+        else:
+            j = 7 + hits[0]
+            np.testing.assert_array_equal(ours[r, :j + 1], free[r, :j + 1])
+            assert (ours[r, j + 1:] == pad).all()
+    assert ours[0, 7 + k] == eos and (ours[0, 7 + k + 1:] == pad).all()
+    # transformers: the same, shorter when every row has stopped; pad it out to compare.
+    ref = hf_generate(m, ids, max_new_tokens=20, eos_token_id=eos, pad_token_id=pad)
+    ref = np.concatenate([ref, np.full((3, free.shape[1] - ref.shape[1]), pad)], axis=1)
+    np.testing.assert_array_equal(ours, ref)
+    # pad_token_id defaults to the EOS id.
+    dflt = np.asarray(decoding.generate(model, params, ids[:1], max_new_tokens=20, eos_token_id=eos))
+    assert (dflt[0, 7 + k:] == eos).all()
+
+
+@pytest.mark.slow
+def test_gpt2_eos_none_generates_exactly_max_new_tokens(gpt2_odd):
+    _, model, params = gpt2_odd
+    ids = odd_prompts((2, 3), seed=6)
+    out = decoding.generate(model, params, ids, max_new_tokens=9)
+    assert out.shape == (2, 12)
+
+
 # ------------------------------------------------------------------------------------------ T5
 
 
-@pytest.mark.parametrize("variant", list(T5_VARIANTS))
+@pytest.mark.parametrize("variant", [pytest.param("v1.0", marks=pytest.mark.slow), "v1.1"])
 def test_t5_greedy_equals_transformers_and_cache_equals_recomputation(t5, variant):
     m, model, params, _ = t5[variant]
     ids, mask = t5_inputs()
@@ -211,25 +368,32 @@ def test_t5_greedy_equals_transformers_and_cache_equals_recomputation(t5, varian
 
 @pytest.fixture(scope="module")
 def t5_eos(t5):
+    """variant -> an EOS id that its beam search emits (found on first use: a variant whose beam tests
+    are all deselected is not compiled)."""
     out = {}
-    for variant, (_, model, params, _) in t5.items():
-        ids, mask = t5_inputs()
-        free = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, method="beam", num_beams=4,
-                                            attention_mask=mask))
-        out[variant] = first_new_token(free[0] if variant == "v1.0" else free[1])
-    return out
+
+    def get(variant):
+        if variant not in out:
+            _, model, params, _ = t5[variant]
+            ids, mask = t5_inputs()
+            free = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, method="beam", num_beams=4,
+                                                attention_mask=mask))
+            out[variant] = first_new_token(free[0] if variant == "v1.0" else free[1])
+        return out[variant]
+
+    return get
 
 
 @pytest.mark.parametrize("variant,use_eos,length_penalty,early_stopping", [
-    ("v1.0", False, 1.0, False),
-    ("v1.0", True, 2.0, True),
+    pytest.param("v1.0", False, 1.0, False, marks=pytest.mark.slow),
+    pytest.param("v1.0", True, 2.0, True, marks=pytest.mark.slow),
     ("v1.1", True, 1.0, False),
     ("v1.1", True, 0.6, False),  # shares the compilation above
 ])
 def test_t5_beam_search_equals_transformers(t5, t5_eos, variant, use_eos, length_penalty, early_stopping):
     m, model, params, _ = t5[variant]
     ids, mask = t5_inputs()
-    eos = t5_eos[variant] if use_eos else None
+    eos = t5_eos(variant) if use_eos else None
     kw = dict(num_beams=4, length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos,
               pad_token_id=PAD)
     ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, method="beam", attention_mask=mask,
@@ -245,22 +409,101 @@ def test_t5_beam_search_equals_transformers(t5, t5_eos, variant, use_eos, length
 # ------------------------------------------------------------------------------------------ sampling
 
 
-def test_t5_top_k_1_equals_greedy_and_sampling_is_reproducible(t5):
-    _, model, params, _ = t5["v1.1"]
-    ids, mask = t5_inputs()
-    greedy = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, attention_mask=mask,
-                                          return_logits=True)[0])
-    # Temperature, top-k and top-p values are traced: both calls below share one compilation.
+@pytest.mark.parametrize("family", [pytest.param("gpt2", marks=pytest.mark.slow), "t5"])
+def test_top_k_1_sampling_equals_greedy(request, family):
+    """top_k=1 samples the argmax whatever the seed. Temperature, top-k and top-p values are traced:
+    both seeds share one compilation."""
+    if family == "gpt2":
+        _, model, params = request.getfixturevalue("gpt2_odd")
+        ids = odd_prompts((3, 5), seed=3)
+        kw = dict(max_new_tokens=12)
+        filters = dict(top_k=1, temperature=0.7)
+        greedy = decoding.generate(model, params, ids, **kw)
+    else:
+        _, model, params, _ = request.getfixturevalue("t5")["v1.1"]
+        ids, mask = t5_inputs()
+        kw = dict(max_new_tokens=16, attention_mask=mask)
+        filters = dict(top_k=1, top_p=0.9, temperature=0.7)
+        greedy = decoding.generate(model, params, ids, return_logits=True, **kw)[0]
     for seed in (0, 1):
-        s = decoding.generate(model, params, ids, max_new_tokens=16, attention_mask=mask, method="sample", top_k=1,
-                              top_p=0.9, temperature=0.7, rng=jax.random.PRNGKey(seed))
-        np.testing.assert_array_equal(np.asarray(s), greedy)
-    kw = dict(max_new_tokens=16, attention_mask=mask, method="sample", temperature=3.0, top_k=60, top_p=0.95)
+        s = decoding.generate(model, params, ids, method="sample", rng=jax.random.PRNGKey(seed), **kw, **filters)
+        np.testing.assert_array_equal(np.asarray(s), np.asarray(greedy))
+
+
+@pytest.mark.parametrize("family", [pytest.param("gpt2", marks=pytest.mark.slow), "t5"])
+def test_sampling_reproducible_and_seed_dependent(request, family):
+    """The same key gives the same tokens, another key other tokens, and sampling is not greedy."""
+    if family == "gpt2":
+        _, model, params = request.getfixturevalue("gpt2_flat")
+        ids, T = odd_prompts((2, 4), seed=4), 4
+        kw = dict(max_new_tokens=16)
+        filters = dict(temperature=1.0)
+        greedy = np.asarray(decoding.generate(model, params, ids, **kw))
+        differ = 0.5  # near-uniform over 97 tokens: most positions differ
+    else:
+        _, model, params, _ = request.getfixturevalue("t5")["v1.1"]
+        (ids, mask), T = t5_inputs(), 0  # T5 returns the new tokens only
+        kw = dict(max_new_tokens=16, attention_mask=mask)
+        filters = dict(temperature=3.0, top_k=60, top_p=0.95)
+        greedy = np.asarray(decoding.generate(model, params, ids, return_logits=True, **kw)[0])
+        differ = 0.3
+    kw.update(method="sample", **filters)
     a = np.asarray(decoding.generate(model, params, ids, rng=jax.random.PRNGKey(7), **kw))
     b = np.asarray(decoding.generate(model, params, ids, rng=jax.random.PRNGKey(7), **kw))
     c = np.asarray(decoding.generate(model, params, ids, rng=jax.random.PRNGKey(8), **kw))
     np.testing.assert_array_equal(a, b)
-    assert (a != c).mean() > 0.3 and (a != greedy).any()
+    np.testing.assert_array_equal(a[:, :T], ids[:, :T])
+    assert (a[:, T:] != c[:, T:]).mean() > differ
+    assert (a != greedy).any()
+
+
+@pytest.mark.slow
+def test_sampling_follows_filtered_distribution(gpt2_odd):
+    """One sampled token over many rows: frequencies match softmax(process_logits(logits))."""
+    _, model, params = gpt2_odd
+    n, temperature, top_k = 4000, 2.0, 12
+    prompt = odd_prompts((1, 3), seed=5)
+    out = np.asarray(decoding.generate(model, params, np.repeat(prompt, n, 0), max_new_tokens=1, method="sample",
+                                       temperature=temperature, top_k=top_k, rng=jax.random.PRNGKey(0)))
+    counts = np.bincount(out[:, -1], minlength=V_ODD)
+    logits = np.asarray(model.apply({"params": params}, prompt))[0, -1].astype(np.float64)
+    z = logits / temperature
+    kth = np.sort(z)[-top_k]
+    p = np.where(z >= kth, np.exp(z - z.max()), 0.0)
+    p /= p.sum()
+    assert counts[p == 0].sum() == 0
+    assert (p > 0).sum() == top_k
+    sd = np.sqrt(p * (1 - p) / n)
+    assert np.all(np.abs(counts / n - p) <= 5 * sd + 1e-9)
+    assert (counts > 0).sum() >= 6  # it really sampled
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, None, None), (0.7, None, None), (1.0, 10, None), (1.3, None, 0.9), (0.5, 20, 0.8),
+    (2.0, 5, 0.3), (1.0, None, 0.05), (1.0, 200, None), (0.9, 1, 0.5), (1.0, 0, 1.0),
+])
+def test_process_logits_equals_transformers_warpers(torch, transformers, temperature, top_k, top_p):
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    logits = np.random.default_rng(int(temperature * 10) + (top_k or 0)).normal(0, 3, (4, V_ODD)).astype(np.float32)
+    scores = torch.tensor(logits)
+    dummy = torch.zeros((4, 1), dtype=torch.long)
+    if temperature != 1.0:
+        scores = TemperatureLogitsWarper(temperature)(dummy, scores)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(dummy, scores)
+    if top_p is not None and top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(dummy, scores)
+    ref = scores.numpy()
+    ours = np.asarray(decoding.process_logits(jnp.asarray(logits), temperature, top_k, top_p))
+    removed_ref = np.isneginf(ref)
+    removed = ours <= -1e29
+    np.testing.assert_array_equal(removed, removed_ref)
+    assert (~removed).sum(-1).min() >= 1
+    np.testing.assert_allclose(ours[~removed], ref[~removed], rtol=1e-6)
+    if top_k and top_k < V_ODD:
+        assert ((~removed).sum(-1) <= top_k).all()
 
 
 # ------------------------------------------------------------------------------------------ compilation
@@ -297,7 +540,10 @@ def test_compiled_once_and_prompt_lengths_bucketed(gpt2, t5):
 # ------------------------------------------------------------------------------------------ sharding
 
 
-@pytest.mark.parametrize("family,mesh_shape", [("gpt2", (2, 2, 2)), ("t5", (1, 4, 2))])
+@pytest.mark.parametrize("family,mesh_shape", [
+    ("gpt2", (2, 2, 2)),
+    pytest.param("t5", (1, 4, 2), marks=pytest.mark.slow),  # T5 sharded: test_t5_model's logical axes test
+])
 def test_sharded_equals_unsharded(gpt2, t5, family, mesh_shape):
     """Beam search (the cache is reordered every step) with params sharded over data/fsdp/tensor:
     the same tokens as unsharded (the same call as the parity tests: it shares their compilation).
@@ -328,15 +574,19 @@ def test_sharded_equals_unsharded(gpt2, t5, family, mesh_shape):
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
 @pytest.mark.parametrize("kwargs,words", [
     (dict(max_new_tokens=P_GPT2), "n_positions"),  # GPT-2: 4 + 40 > 40; T5: 40 is fine, see below
+    (dict(max_new_tokens=P_GPT2 - 4 + 1), "n_positions"),  # GPT-2: one more than a 4-token prompt leaves
     (dict(method="sample", top_p=0.0), "top_p"),
     (dict(method="sample", top_p=1.5), "top_p"),
     (dict(method="sample", temperature=0.0), "temperature"),
     (dict(method="sample", temperature=-0.5), "temperature"),
+    (dict(method="sample", temperature=-1.0), "temperature"),
+    (dict(method="sample", top_k=-1), "top_k"),
     (dict(method="beam", num_beams=0), "num_beams"),
     (dict(method="beam", early_stopping="sometimes"), "early_stopping"),
     (dict(method="beam", return_logits=True), "return_logits"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(method="top_k"), "method"),
+    (dict(method="nucleus"), "method"),
 ])
 def test_bad_arguments(gpt2, t5, family, kwargs, words):
     model, params = gpt2[1:] if family == "gpt2" else t5["v1.0"][1:3]
@@ -358,6 +608,8 @@ def test_bad_prompts(gpt2, t5, family):
                           attention_mask=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
     with pytest.raises(ValueError, match="vocab_size"):
         decoding.generate(model, params, np.array([[1, 200]]), max_new_tokens=3)
+    with pytest.raises(ValueError, match="vocab_size"):  # the first id past the vocabulary
+        decoding.generate(model, params, np.array([[1, model.config.vocab_size]]), max_new_tokens=3)
     with pytest.raises(ValueError, match="shape"):
         decoding.generate(model, params, np.full((2, 4), 2), max_new_tokens=3, attention_mask=np.ones((2, 5)))
     if family == "gpt2":

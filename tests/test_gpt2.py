@@ -2,7 +2,9 @@
 presets, logical axis names and input/checkpoint errors.
 
 Small odd sizes (vocab 97, width 60, 5 heads, 37 positions, 3 layers) so that a transposed or
-mis-reshaped weight cannot hide behind a square shape.
+mis-reshaped weight cannot hide behind a square shape. The tests that need PyTorch or
+transformers request conftest's ``torch``/``transformers`` fixtures (directly or through
+``hf_dir``), so only they skip where those are missing.
 """
 
 import json
@@ -14,21 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import rel_err
 from jaxformers import hf
 from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 V, P, D, L, N = 97, 37, 60, 3, 5
 
 
-def rel_err(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return np.max(np.abs(ours - ref)) / np.max(np.abs(ref))
-
-
 def hf_config(**kw):
+    import transformers
+
     base = dict(vocab_size=V, n_positions=P, n_embd=D, n_layer=L, n_head=N, resid_pdrop=0.0,
                 embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=V - 1, eos_token_id=V - 1,
                 initializer_range=0.2, attn_implementation="eager")
@@ -38,6 +35,9 @@ def hf_config(**kw):
 
 def hf_model(seed=0, **kw):
     """A random transformers GPT-2 whose every tensor (LayerNorms and biases too) is non-trivial."""
+    import torch
+    import transformers
+
     torch.manual_seed(seed)
     m = transformers.GPT2LMHeadModel(hf_config(**kw)).eval()
     with torch.no_grad():
@@ -50,6 +50,8 @@ def hf_model(seed=0, **kw):
 
 
 def torch_logits(m, ids, attention_mask=None, position_ids=None):
+    import torch
+
     with torch.no_grad():
         out = m(
             input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long),
@@ -76,7 +78,7 @@ def random_ids(shape, seed=1):
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def hf_dir(tmp_path_factory, torch, transformers):
     d = tmp_path_factory.mktemp("hf_gpt2")
     m = hf_model()
     m.save_pretrained(str(d))
@@ -105,6 +107,7 @@ def test_from_pretrained_logits_match_transformers(hf_dir, scan):
     assert rel_err(ours, ref) < 1e-5
 
 
+@pytest.mark.slow
 def test_from_pretrained_full_length_and_padding_mask(hf_dir):
     """Every one of n_positions positions, and left padding with explicit position ids."""
     path, m = hf_dir
@@ -154,7 +157,7 @@ def our_saved(tmp_path_factory):
 
 
 @pytest.mark.slow  # the our_saved fixture compiles model.init (~12 s on 2 cores)
-def test_save_pretrained_loads_in_transformers(our_saved):
+def test_save_pretrained_loads_in_transformers(our_saved, torch, transformers):
     model, params, d = our_saved
     assert os.path.isfile(os.path.join(d, "model.safetensors"))
     with open(os.path.join(d, "config.json")) as f:
@@ -167,7 +170,7 @@ def test_save_pretrained_loads_in_transformers(our_saved):
 
 
 @pytest.mark.slow  # the our_saved fixture compiles model.init (~12 s on 2 cores)
-def test_save_pretrained_with_padding_mask(our_saved):
+def test_save_pretrained_with_padding_mask(our_saved, torch, transformers):
     model, params, d = our_saved
     m = transformers.GPT2LMHeadModel.from_pretrained(d, attn_implementation="eager").eval()
     ids = random_ids((3, 19), seed=6)
@@ -252,7 +255,7 @@ def _abstract_params(cfg, T=8):
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, T), jnp.int32)))["params"]
 
 
-def test_preset_124m_param_count_equals_transformers():
+def test_preset_124m_param_count_equals_transformers(torch, transformers):
     cfg = GPT2Config.preset("124m")
     assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.vocab_size, cfg.n_positions) == (768, 12, 12, 50257, 1024)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(_abstract_params(cfg))))
@@ -265,7 +268,7 @@ def test_preset_124m_param_count_equals_transformers():
 
 @pytest.mark.parametrize("name,n_layer,n_embd,n_head", [("355m", 24, 1024, 16), ("774m", 36, 1280, 20),
                                                         ("1558m", 48, 1600, 25)])
-def test_larger_presets_param_count_equals_transformers(name, n_layer, n_embd, n_head):
+def test_larger_presets_param_count_equals_transformers(torch, transformers, name, n_layer, n_embd, n_head):
     cfg = GPT2Config.preset(name, scan_layers=True)
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head) == (n_layer, n_embd, n_head)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(_abstract_params(cfg))))
@@ -337,7 +340,7 @@ def test_config_errors():
         GPT2Config(n_embd=60, n_head=7)
 
 
-def test_pickled_only_directory_is_refused(tmp_path):
+def test_pickled_only_directory_is_refused(tmp_path, torch, transformers):
     m = hf_model()
     with open(tmp_path / "config.json", "w") as f:
         json.dump(m.config.to_dict(), f)

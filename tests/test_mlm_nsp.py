@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import FUZZ
 from jaxformers.objectives import mlm_nsp
 
 SIGMAS = 4.5  # statistical bounds: chance of a false failure ~1e-5 per check
@@ -36,8 +37,8 @@ def mv(vocab):
 
 
 @pytest.fixture(scope="module")
-def corpus(vocab):
-    """300 synthetic documents of 0..20 sentences; ~20% of words get a '##' piece."""
+def documents(vocab):
+    """A synthetic corpus: 300 documents of 0..20 sentences; ~20% of words get a '##' piece."""
     r = random.Random(7)
     words = [w for w in vocab if w.isascii() and w.isalpha() and len(w) > 1]
     pieces = [w for w in vocab if w.startswith("##") and w[2:].isalpha()]
@@ -54,13 +55,13 @@ def corpus(vocab):
 
 
 @pytest.fixture(scope="module")
-def instances(corpus, vocab):
-    return mlm_nsp.create_instances(corpus, vocab, dupe_factor=4, seed=1)
+def instances(documents, vocab):
+    return mlm_nsp.create_instances(documents, vocab, dupe_factor=4, seed=1)
 
 
 @pytest.fixture(scope="module")
-def wwm_instances(corpus, vocab):
-    return mlm_nsp.create_instances(corpus, vocab, dupe_factor=2, seed=2, do_whole_word_mask=True)
+def wwm_instances(documents, vocab):
+    return mlm_nsp.create_instances(documents, vocab, dupe_factor=2, seed=2, do_whole_word_mask=True)
 
 
 def _within(count, n, p, label):
@@ -135,13 +136,13 @@ def check_instance(inst, mv, L, P, prob, whole_word, corpus_ids):
     return orig, n, seps
 
 
-def _corpus_ids(corpus, mv):
-    return {mv.token_to_id[t] for doc in corpus for s in doc for t in s}
+def _corpus_ids(documents, mv):
+    return {mv.token_to_id[t] for doc in documents for s in doc for t in s}
 
 
-def test_invariants_and_provenance(instances, corpus, mv):
-    corpus_ids = _corpus_ids(corpus, mv)
-    streams = [[mv.token_to_id[t] for s in doc for t in s] for doc in corpus if doc]
+def test_invariants_and_provenance(instances, documents, mv):
+    corpus_ids = _corpus_ids(documents, mv)
+    streams = [[mv.token_to_id[t] for s in doc for t in s] for doc in documents if doc]
     starts = {}  # token -> [(doc, offset)] to locate segments in their documents
     for d, stream in enumerate(streams):
         for o, t in enumerate(stream):
@@ -162,7 +163,7 @@ def test_invariants_and_provenance(instances, corpus, mv):
             assert any(da != db for da, _ in where_a for db, _ in where_b)
 
 
-def test_mask_keep_random_proportions(instances, mv, corpus):
+def test_mask_keep_random_proportions(instances, mv, documents):
     batch = mlm_nsp.collate(instances)
     real = batch["masked_lm_weights"] > 0
     cur = np.take_along_axis(batch["input_ids"], batch["masked_lm_positions"], 1)[real]
@@ -179,7 +180,7 @@ def test_mask_keep_random_proportions(instances, mv, corpus):
     r_ids = cur[(cur != mv.mask_id) & (cur != orig)]
     sd = V / math.sqrt(12 * len(r_ids))
     assert abs(r_ids.mean() - (V - 1) / 2) < SIGMAS * sd
-    assert not set(r_ids.tolist()) <= _corpus_ids(corpus, mv)
+    assert not set(r_ids.tolist()) <= _corpus_ids(documents, mv)
     print(f"\nmask/keep/random = {masked / n:.4f}/{kept / n:.4f}/{rand / n:.4f} over {n}")
 
 
@@ -216,8 +217,8 @@ def test_short_seq_fraction(vocab, mv):
     assert np.mean([int(i["input_mask"].sum()) == 32 for i in out]) > 0.6
 
 
-def test_whole_word_masking(wwm_instances, corpus, mv):
-    corpus_ids = _corpus_ids(corpus, mv)
+def test_whole_word_masking(wwm_instances, documents, mv):
+    corpus_ids = _corpus_ids(documents, mv)
     multi = 0
     for inst in wwm_instances:
         orig, n, _ = check_instance(inst, mv, 128, 20, 0.15, True, corpus_ids)
@@ -226,10 +227,10 @@ def test_whole_word_masking(wwm_instances, corpus, mv):
     assert multi > 500  # multi-piece words really get masked together
 
 
-def test_determinism_and_seed(corpus, vocab):
-    a = mlm_nsp.create_instances(corpus[:50], vocab, seed=5)
-    b = mlm_nsp.create_instances(corpus[:50], vocab, seed=5)
-    c = mlm_nsp.create_instances(corpus[:50], vocab, seed=6)
+def test_determinism_and_seed(documents, vocab):
+    a = mlm_nsp.create_instances(documents[:50], vocab, seed=5)
+    b = mlm_nsp.create_instances(documents[:50], vocab, seed=5)
+    c = mlm_nsp.create_instances(documents[:50], vocab, seed=6)
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert all(np.array_equal(x[k], y[k]) for k in x)
@@ -237,9 +238,9 @@ def test_determinism_and_seed(corpus, vocab):
     assert len(a) != len(c) or not np.array_equal(ba["input_ids"], bc["input_ids"])
 
 
-def test_dupe_factor(corpus, vocab):
-    one = mlm_nsp.create_instances(corpus, vocab, dupe_factor=1)
-    three = mlm_nsp.create_instances(corpus, vocab, dupe_factor=3)
+def test_dupe_factor(documents, vocab):
+    one = mlm_nsp.create_instances(documents, vocab, dupe_factor=1)
+    three = mlm_nsp.create_instances(documents, vocab, dupe_factor=3)
     assert 2.7 < len(three) / len(one) < 3.3  # each pass re-draws targets and splits
 
 
@@ -270,8 +271,8 @@ def test_errors(vocab):
         mlm_nsp.collate([])
 
 
-def test_dynamic_mask_instances(instances, mv, corpus):
-    corpus_ids = _corpus_ids(corpus, mv)
+def test_dynamic_mask_instances(instances, mv, documents):
+    corpus_ids = _corpus_ids(documents, mv)
     rng = np.random.default_rng(0)
     new = [mlm_nsp.dynamic_mask(inst, mv, rng) for inst in instances]
     moved = 0
@@ -369,3 +370,33 @@ def test_property_invariants(docs, L, P, prob, short, whole_word, seed, dupe):
                                      do_whole_word_mask=whole_word)
         check_instance(again, _TINY_MV, L, P, prob, whole_word, ids)
 
+
+# ---- fuzzing: any arguments give valid instances or a ValueError --------------------
+
+FUZZ_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "king", "##s", "lord", "##ly", "a", "is", ".", "o"]
+
+
+@FUZZ
+@given(docs=st.lists(st.lists(st.lists(st.sampled_from(FUZZ_VOCAB[5:]), max_size=12), max_size=6), max_size=5),
+       L=st.integers(3, 40), P=st.integers(0, 8), prob=st.floats(-0.1, 1.1), short=st.floats(0, 1),
+       wwm=st.booleans(), seed=st.integers(0, 1000))
+def test_fuzz_create_instances(docs, L, P, prob, short, wwm, seed):
+    try:
+        inst = mlm_nsp.create_instances(docs, FUZZ_VOCAB, max_seq_length=L, max_predictions_per_seq=P,
+                                        masked_lm_prob=prob, short_seq_prob=short, do_whole_word_mask=wwm, seed=seed)
+    except ValueError:
+        assert L < 5 or P < 1 or not 0 < prob < 1
+        return
+    for x in inst:
+        ids, mask = x["input_ids"], x["input_mask"]
+        assert ids.shape == (L,) and x["masked_lm_positions"].shape == (P,)
+        n = int(mask.sum())
+        assert (mask[:n] == 1).all() and (ids[n:] == 0).all()
+        assert ((0 <= ids) & (ids < len(FUZZ_VOCAB))).all()
+        orig = mlm_nsp.original_input_ids(x)
+        assert orig[0] == 2 and int(np.sum(orig[:n] == 3)) == 2 and orig[n - 1] == 3
+        k = int(x["masked_lm_weights"].sum())
+        pos = x["masked_lm_positions"][:k]
+        assert k <= P and (pos < n).all() and len(set(pos.tolist())) == k
+        assert not np.isin(orig[pos], [0, 2, 3]).any()  # no special token masked
+        assert int(x["next_sentence_labels"]) in (0, 1)

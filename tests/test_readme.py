@@ -103,6 +103,7 @@ def model_dirs(tmp_path_factory):
             pytest.fail(f"README.md uses the placeholder path/to/{name}; known ones: "
                         f"{', '.join('path/to/' + k for k in PLACEHOLDERS)} (or add a builder to tests/test_readme.py)")
         if name not in made:
+            pytest.importorskip("torch")  # the builders make transformers (PyTorch) models
             pytest.importorskip("transformers")
             out = str(tmp_path_factory.mktemp(f"hf_{name}"))
             PLACEHOLDERS[name](out)
@@ -132,6 +133,7 @@ def test_python_snippet_runs(index, model_dirs, tmp_path):
     # What a snippet writes in Hugging Face format must load in transformers ("loads it unchanged").
     written = [d for d, _, files in os.walk(cwd) if "config.json" in files and "model.safetensors" in files]
     if written:
+        pytest.importorskip("torch")
         transformers = pytest.importorskip("transformers")
         for d in written:
             transformers.AutoModel.from_pretrained(d)

@@ -1,8 +1,10 @@
 """Reliability: multi-host equivalence, restore onto other meshes, preemption, kill -9 resume,
-damaged checkpoints, unwritable workdirs, non-finite losses, the workdir lock, and fuzzed inputs.
+damaged checkpoints, unwritable workdirs, non-finite losses and the workdir lock.
 
-The subprocess runs use the tiny variants on a ~40 KB slice of one play (fast data preparation)
-and share the session's XLA compilation cache through JAX_COMPILATION_CACHE_DIR.
+The subprocess runs use the tiny variants on a ~40 KB slice of one play (conftest's ``corpus``:
+fast data preparation) and share the session's XLA compilation cache through
+JAX_COMPILATION_CACHE_DIR. The fuzz tests of the inputs live beside their modules' tests
+(test_span_corruption, test_mlm_nsp, test_data, test_wordpiece).
 """
 
 import dataclasses
@@ -23,27 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
+from helpers import ROOT, assert_close
 from jaxformers import cli, sharding, train
 from jaxformers.config import CheckpointConfig, MeshConfig
-from jaxformers.data import sources
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPS = {n: os.path.join(ROOT, "experiments", f"{n}_shakespeare.py") for n in ("gpt2", "bert", "t5")}
-FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, data_dir):
-    md = open(sources.shakespeare_files()[0], encoding="utf-8").read()
-    path = tmp_path_factory.mktemp("rcorpus") / "play.txt"
-    path.write_text(sources.play_markdown_to_text(md)[:40_000], encoding="utf-8")
-    return str(path)
-
 
 def sub_env(data_dir, ndev=8):
     env = dict(os.environ)
@@ -109,12 +99,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def assert_close(a, b, rel=1e-5):
-    assert sorted(a) == sorted(b)
-    for s in a:
-        assert a[s] == pytest.approx(b[s], rel=rel), (s, a[s], b[s])
 
 
 # ---------------------------------------------------------------------------------- 1. multi-host
@@ -340,144 +324,3 @@ def test_workdir_in_use(tmp_path, corpus):
         holder.kill()
         holder.wait()
     assert not os.path.exists(wd / "checkpoints")
-
-
-# ---------------------------------------------------------------------------------- 8. fuzzing
-
-from jaxformers.objectives import mlm_nsp, span_corruption  # noqa: E402
-
-
-@FUZZ
-@given(length=st.integers(0, 300), density=st.floats(0.01, 0.99), span=st.floats(1.0, 10.0), seed=st.integers(0, 2**31))
-def test_fuzz_noise_mask(length, density, span, seed):
-    m = span_corruption.noise_mask(length, density, span, seed)
-    assert m.dtype == bool and m.shape == (length,)
-    if length >= 2:
-        assert not m[0] and m[-1] and 1 <= m.sum() <= length - 1
-
-
-@FUZZ
-@given(toks=st.lists(st.integers(2, 350), min_size=0, max_size=300), density=st.floats(-0.5, 1.5),
-       span=st.floats(0.0, 10.0), seed=st.integers(0, 2**31))
-def test_fuzz_span_corrupt(toks, density, span, seed):
-    V = 512
-    try:
-        out = span_corruption.span_corrupt(toks, V, density, span, seed)
-    except ValueError:
-        assert len(toks) < 2 or not 0 < density < 1 or span < 1
-        return
-    inp, tgt = out["inputs"], out["targets"]
-    assert inp[-1] == 1 and tgt[-1] == 1 and inp.dtype == np.int32
-    n_noise = int(np.sum(inp[:-1] > 350))  # sentinels count down from V - 1
-    sent_in = [t for t in inp[:-1] if t > 350]
-    sent_tg = [t for t in tgt[:-1] if t > 350]
-    assert sent_in == sent_tg == list(range(V - 1, V - 1 - n_noise, -1))
-    # Putting each span back into its sentinel restores the tokens.
-    spans, cur = {}, None
-    for t in tgt[:-1]:
-        if t > 350:
-            cur = t
-            spans[cur] = []
-        else:
-            spans[cur].append(int(t))
-    rebuilt = [x for t in inp[:-1] for x in (spans[t] if t > 350 else [int(t)])]
-    assert rebuilt == list(toks)
-    assert len(inp) + len(tgt) == len(toks) + 2 * n_noise + 2
-
-
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "king", "##s", "lord", "##ly", "a", "is", ".", "o"]
-
-
-@FUZZ
-@given(docs=st.lists(st.lists(st.lists(st.sampled_from(VOCAB[5:]), max_size=12), max_size=6), max_size=5),
-       L=st.integers(3, 40), P=st.integers(0, 8), prob=st.floats(-0.1, 1.1), short=st.floats(0, 1),
-       wwm=st.booleans(), seed=st.integers(0, 1000))
-def test_fuzz_create_instances(docs, L, P, prob, short, wwm, seed):
-    try:
-        inst = mlm_nsp.create_instances(docs, VOCAB, max_seq_length=L, max_predictions_per_seq=P, masked_lm_prob=prob,
-                                        short_seq_prob=short, do_whole_word_mask=wwm, seed=seed)
-    except ValueError:
-        assert L < 5 or P < 1 or not 0 < prob < 1
-        return
-    for x in inst:
-        ids, mask = x["input_ids"], x["input_mask"]
-        assert ids.shape == (L,) and x["masked_lm_positions"].shape == (P,)
-        n = int(mask.sum())
-        assert (mask[:n] == 1).all() and (ids[n:] == 0).all()
-        assert ((0 <= ids) & (ids < len(VOCAB))).all()
-        orig = mlm_nsp.original_input_ids(x)
-        assert orig[0] == 2 and int(np.sum(orig[:n] == 3)) == 2 and orig[n - 1] == 3
-        k = int(x["masked_lm_weights"].sum())
-        pos = x["masked_lm_positions"][:k]
-        assert k <= P and (pos < n).all() and len(set(pos.tolist())) == k
-        assert not np.isin(orig[pos], [0, 2, 3]).any()  # no special token masked
-        assert int(x["next_sentence_labels"]) in (0, 1)
-
-
-@pytest.fixture(scope="module")
-def tokenizers_trained():
-    from jaxformers.data.tokenizers import train_bpe
-    from jaxformers.data.wordpiece import train_wordpiece
-
-    md = open(sources.shakespeare_files()[0], encoding="utf-8").read()
-    text = sources.play_markdown_to_text(md)[:20_000]
-    lines = text.splitlines()
-    return train_bpe(lines, 400), train_wordpiece(lines, 300)
-
-
-@FUZZ
-@given(text=st.text(max_size=200))
-def test_fuzz_tokenizers(tokenizers_trained, text):
-    bpe, wp = tokenizers_trained
-    ids = bpe.encode(text)
-    assert all(0 <= i < bpe.vocab_size for i in ids)
-    assert bpe.decode(ids) == text
-    ids = wp.encode(text)
-    assert all(0 <= i < wp.vocab_size for i in ids)
-    wp.decode(ids)
-
-
-@FUZZ
-@given(n=st.integers(0, 400), T=st.integers(1, 16), B=st.sampled_from([1, 2, 4, 8]), A=st.sampled_from([1, 2]),
-       seed=st.one_of(st.none(), st.integers(0, 100)), step=st.integers(0, 50))
-def test_fuzz_lm_batches(n, T, B, A, seed, step):
-    from jaxformers.data.pipeline import LMBatches
-
-    toks = np.random.default_rng(n).integers(0, 1000, n + T + 1).astype(np.uint16)
-    try:
-        lb = LMBatches(toks, T, B, seed, A)
-    except ValueError:
-        assert B % A
-        return
-    b1, b2 = lb.batch(step), LMBatches(toks, T, B, seed, A).batch(step)
-    assert b1["inputs"].shape == (A, B // A, T) and b1["targets"].shape == (A, B // A, T)
-    np.testing.assert_array_equal(b1["inputs"], b2["inputs"])
-    np.testing.assert_array_equal(b1["inputs"][..., 1:], b1["targets"][..., :-1])
-    assert ((0 <= b1["inputs"]) & (b1["inputs"] < 1000)).all()
-    # Every row is a window of the token stream.
-    for row in np.concatenate([b1["inputs"], b1["targets"][..., -1:]], -1).reshape(-1, T + 1):
-        assert any((toks[s:s + T + 1] == row).all() for s in range(0, len(toks) - T, T))
-
-
-@FUZZ
-@given(n=st.integers(1, 30), B=st.sampled_from([1, 2, 4]), seed=st.one_of(st.none(), st.integers(0, 9)),
-       step=st.integers(0, 40))
-def test_fuzz_example_batches(n, B, seed, step):
-    from jaxformers.data.pipeline import ExampleBatches
-
-    src = [{"x": np.full(3, i, np.int32), "y": np.int32(i)} for i in range(n)]
-    b = ExampleBatches(src, B, seed).batch(step)
-    b2 = ExampleBatches(src, B, seed).batch(step)
-    assert b["x"].shape == (1, B, 3) and b["y"].shape == (1, B)
-    np.testing.assert_array_equal(b["x"], b2["x"])
-    assert ((0 <= b["y"]) & (b["y"] < n)).all() and (b["x"][..., 0] == b["y"]).all()
-    if seed is None:
-        assert b["y"].reshape(-1).tolist() == [(step * B + j) % n for j in range(B)]
-
-
-@FUZZ
-@given(text=st.text(max_size=300), frac=st.floats(-1, 2))
-def test_fuzz_sources(text, frac):
-    sources.play_markdown_to_text(text)
-    tr, va = sources.split_document(text, frac)
-    assert tr + va == text

@@ -13,6 +13,7 @@ import pytest
 import jax
 from jax.sharding import PartitionSpec as P
 
+from helpers import without_key_bias
 from jaxformers import checkpoint, sharding, train
 from jaxformers.config import CheckpointConfig, Experiment, MeshConfig, OptimConfig
 from jaxformers.data.pipeline import LMData
@@ -79,15 +80,6 @@ def single_odd(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single_even(tmp_path_factory):
     return reference(tmp_path_factory, EVEN)
-
-
-def without_key_bias(params):
-    """Params with the key bias zeroed. Softmax ignores a bias added to every key, so its gradient
-    is zero up to rounding, and Adam scales that rounding noise up to lr-sized steps: it differs
-    between any two summation orders and says nothing about sharding."""
-    params = jax.tree.map(np.array, params)
-    params["h_0"]["attn"]["qkv"]["bias"][1] = 0.0
-    return params
 
 
 def assert_same_run(got, ref):

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import FUZZ
 from jaxformers.objectives import span_corruption as sc
 
 VOCAB = 1031  # odd size on purpose; content ids must stay below VOCAB - 100
@@ -272,3 +273,44 @@ def test_property_invariants_and_reconstruction(length, density, mean, seed):
     assert len(ex["inputs"]) == length - noise + spans + 1
     assert len(ex["targets"]) == noise + spans + 1
     assert reconstruct(ex["inputs"], ex["targets"], vocab, num_sentinels=spans) == tokens.tolist()
+
+
+# ---- fuzzing: any arguments give a valid result or a ValueError ---------------------
+
+
+@FUZZ
+@given(length=st.integers(0, 300), density=st.floats(0.01, 0.99), span=st.floats(1.0, 10.0), seed=st.integers(0, 2**31))
+def test_fuzz_noise_mask(length, density, span, seed):
+    m = sc.noise_mask(length, density, span, seed)
+    assert m.dtype == bool and m.shape == (length,)
+    if length >= 2:
+        assert not m[0] and m[-1] and 1 <= m.sum() <= length - 1
+
+
+@FUZZ
+@given(toks=st.lists(st.integers(2, 350), min_size=0, max_size=300), density=st.floats(-0.5, 1.5),
+       span=st.floats(0.0, 10.0), seed=st.integers(0, 2**31))
+def test_fuzz_span_corrupt(toks, density, span, seed):
+    V = 512
+    try:
+        out = sc.span_corrupt(toks, V, density, span, seed)
+    except ValueError:
+        assert len(toks) < 2 or not 0 < density < 1 or span < 1
+        return
+    inp, tgt = out["inputs"], out["targets"]
+    assert inp[-1] == 1 and tgt[-1] == 1 and inp.dtype == np.int32
+    n_noise = int(np.sum(inp[:-1] > 350))  # sentinels count down from V - 1
+    sent_in = [t for t in inp[:-1] if t > 350]
+    sent_tg = [t for t in tgt[:-1] if t > 350]
+    assert sent_in == sent_tg == list(range(V - 1, V - 1 - n_noise, -1))
+    # Putting each span back into its sentinel restores the tokens.
+    spans, cur = {}, None
+    for t in tgt[:-1]:
+        if t > 350:
+            cur = t
+            spans[cur] = []
+        else:
+            spans[cur].append(int(t))
+    rebuilt = [x for t in inp[:-1] for x in (spans[t] if t > 350 else [int(t)])]
+    assert rebuilt == list(toks)
+    assert len(inp) + len(tgt) == len(toks) + 2 * n_noise + 2

@@ -1,4 +1,7 @@
-"""T5 against transformers' T5ForConditionalGeneration (random init, float32, odd sizes)."""
+"""T5 against transformers' T5ForConditionalGeneration (random init, float32, odd sizes).
+
+The tests that need PyTorch or transformers request conftest's ``torch``/``transformers`` fixtures
+(directly or through ``hf_dirs``), so only they skip where those are missing."""
 
 import dataclasses
 import functools
@@ -11,12 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from jaxformers import hf  # noqa: E402
-from jaxformers.models import layers, t5  # noqa: E402
-from jaxformers.models.t5 import T5Config, T5ForConditionalGeneration  # noqa: E402
+from helpers import rel_err
+from jaxformers import hf
+from jaxformers.models import layers, t5
+from jaxformers.models.t5 import T5Config, T5ForConditionalGeneration
 
 # Prime-ish sizes catch transposes; inner width N * H = 60 = d_model only by accident of 5 * 12.
 ODD = dict(vocab_size=103, d_model=60, d_kv=12, num_heads=5, d_ff=70, num_layers=3, num_decoder_layers=2,
@@ -26,11 +27,6 @@ VARIANTS = {
     "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),  # own head, no scaling
 }
 B, T_ENC, T_DEC = 3, 11, 8
-
-
-def rel_err(a, ref):
-    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
 
 
 def make_inputs(vocab=103):
@@ -60,6 +56,8 @@ def encode_decode(model, params, ids, dec, mask, dmask):
 
 
 def torch_logits(model, ids, mask, dec, dmask=None):
+    import torch
+
     with torch.no_grad():
         out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                     decoder_input_ids=torch.tensor(dec, dtype=torch.long),
@@ -68,6 +66,9 @@ def torch_logits(model, ids, mask, dec, dmask=None):
 
 
 def make_hf_model(variant, seed=0):
+    import torch
+    import transformers
+
     torch.manual_seed(seed)
     cfg = transformers.T5Config(**ODD, **VARIANTS[variant], dropout_rate=0.1)
     model = transformers.T5ForConditionalGeneration(cfg)
@@ -81,7 +82,7 @@ def make_hf_model(variant, seed=0):
 
 
 @pytest.fixture(scope="module")
-def hf_dirs(tmp_path_factory):
+def hf_dirs(tmp_path_factory, torch, transformers):
     """{variant: (directory written by transformers, the transformers model)}."""
     out = {}
     for variant in VARIANTS:
@@ -92,7 +93,7 @@ def hf_dirs(tmp_path_factory):
     return out
 
 
-def test_relative_position_bucket_matches_transformers():
+def test_relative_position_bucket_matches_transformers(torch, transformers):
     bucket = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket
     rp = np.arange(-600, 601)
     for num_buckets, max_distance in ((32, 128), (9, 20), (16, 64), (33, 100)):
@@ -102,7 +103,7 @@ def test_relative_position_bucket_matches_transformers():
             np.testing.assert_array_equal(got, ref, err_msg=f"{num_buckets=} {max_distance=} {bidirectional=}")
 
 
-def test_rms_norm_matches_t5_layer_norm():
+def test_rms_norm_matches_t5_layer_norm(torch, transformers):
     from transformers.models.t5.modeling_t5 import T5LayerNorm
 
     rng = np.random.default_rng(1)
@@ -118,8 +119,12 @@ def test_rms_norm_matches_t5_layer_norm():
         assert rel_err(got, ref) < 1e-6, (eps, scale, rel_err(got, ref))
 
 
-@pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan"])
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant,scan", [  # the fast loop: each variant and each layout once
+    pytest.param("v1.0", False, id="v1.0-loop"),
+    pytest.param("v1.0", True, id="v1.0-scan", marks=pytest.mark.slow),
+    pytest.param("v1.1", False, id="v1.1-loop", marks=pytest.mark.slow),
+    pytest.param("v1.1", True, id="v1.1-scan"),
+])
 def test_parity_from_transformers(hf_dirs, variant, scan):
     d, ref_model = hf_dirs[variant]
     model, params = hf.from_pretrained(d, scan_layers=scan)
@@ -134,7 +139,7 @@ def test_parity_from_transformers(hf_dirs, variant, scan):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_save_pretrained_loads_in_transformers(hf_dirs, variant, tmp_path):
+def test_save_pretrained_loads_in_transformers(hf_dirs, transformers, variant, tmp_path):
     d, ref_model = hf_dirs[variant]
     model, params = hf.from_pretrained(d, scan_layers=True)
     hf.save_pretrained(model, params, str(tmp_path))
@@ -157,7 +162,7 @@ def test_save_pretrained_loads_in_transformers(hf_dirs, variant, tmp_path):
     assert rel_err(forward(model2, params2, ids, dec, mask, dmask), ref) < 1e-5
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", [pytest.param("v1.0", marks=pytest.mark.slow), "v1.1"])
 def test_encode_then_decode_equals_full_call(hf_dirs, variant):
     model, params = hf.from_pretrained(hf_dirs[variant][0])
     ids, mask, dec, dmask = make_inputs()
@@ -192,10 +197,11 @@ def cached_decoding(model, max_len, prefix, explicit_positions, params, ids, mas
 
 
 @pytest.mark.parametrize("variant,scan,remat,prefix,explicit", [
-    ("v1.0", False, "none", 0, False),
+    pytest.param("v1.0", False, "none", 0, False, marks=pytest.mark.slow),
     ("v1.1", True, "none", 0, False),
-    ("v1.1", False, "none", 5, True),  # a 5-token prefix in one call, then steps; positions given
-    ("v1.0", True, "full", 3, False),
+    # a 5-token prefix in one call, then steps; positions given
+    pytest.param("v1.1", False, "none", 5, True, marks=pytest.mark.slow),
+    pytest.param("v1.0", True, "full", 3, False, marks=pytest.mark.slow),
 ])
 def test_kv_cache_decoding_matches_full_decoder(hf_dirs, variant, scan, remat, prefix, explicit):
     d, ref_model = hf_dirs[variant]
@@ -221,7 +227,7 @@ def _write_dir(path, config: dict, tensors: dict):
 
 @pytest.mark.parametrize("style", ["4.x", "5.x"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_hand_written_configs_load_with_the_right_head(hf_dirs, variant, style, tmp_path):
+def test_hand_written_configs_load_with_the_right_head(hf_dirs, transformers, variant, style, tmp_path):
     d, ref_model = hf_dirs[variant]
     from safetensors.numpy import load_file
 
@@ -250,7 +256,7 @@ def test_hand_written_configs_load_with_the_right_head(hf_dirs, variant, style, 
     assert rel_err(torch_logits(theirs, ids, mask, dec, dmask), ref) < 1e-6
 
 
-def test_config_from_hf_reading_rules():
+def test_config_from_hf_reading_rules(transformers):
     base = {"model_type": "t5", "feed_forward_proj": "gated-gelu"}
     c = t5.config_from_hf({**base, "tie_word_embeddings": False})
     assert (c.tie_word_embeddings, c.scale_decoder_outputs, c.dense_act_fn, c.is_gated_act) == (
@@ -279,7 +285,7 @@ def _n_params(config):
 
 
 @pytest.mark.parametrize("name,expected", [("t5-small", 60_506_624), ("t5.1.1-small", 76_961_152)])
-def test_preset_param_counts(name, expected):
+def test_preset_param_counts(torch, transformers, name, expected):
     c = T5Config.preset(name)
     assert _n_params(c) == expected
     fields = {f: getattr(c, f) for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
@@ -363,7 +369,7 @@ def test_dropout_is_active_only_when_not_deterministic():
     assert np.abs(np.asarray(a - det)).max() > 0 and np.abs(np.asarray(a - b)).max() > 0
 
 
-def test_errors(tmp_path):
+def test_errors():
     c = T5Config.preset("tiny", n_positions=16)
     model = T5ForConditionalGeneration(c)
     ids = jnp.ones((2, 6), jnp.int32)
@@ -403,7 +409,10 @@ def test_errors(tmp_path):
         t5.config_from_hf({"model_type": "t5", "is_encoder_decoder": False})
     with pytest.raises(ValueError, match="dense_act_fn"):
         t5.config_from_hf({"model_type": "t5", "feed_forward_proj": "relu", "dense_act_fn": "gelu"})
-    # a checkpoint missing a weight its config.json promises
+
+
+def test_checkpoint_missing_a_weight_is_an_error(tmp_path, torch, transformers):
+    """A checkpoint missing a weight its config.json promises."""
     model_hf = make_hf_model("v1.0")
     model_hf.save_pretrained(str(tmp_path))
     with open(tmp_path / "config.json") as f:

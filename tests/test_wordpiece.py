@@ -5,7 +5,10 @@ import os
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from helpers import FUZZ, play_excerpt
 from jaxformers.data.wordpiece import WordPieceTokenizer, train_wordpiece, word_starts
 
 SENTENCES = [
@@ -38,8 +41,7 @@ def tok(vocab_path):
     return WordPieceTokenizer.from_vocab_file(vocab_path)
 
 
-def _reference_tokenizers(vocab_path, lowercase):
-    transformers = pytest.importorskip("transformers")
+def _reference_tokenizers(transformers, vocab_path, lowercase):
     refs = [transformers.BertTokenizerFast(vocab_path, do_lower_case=lowercase)]
     # transformers 5 also ships the pure-Python BERT tokenizer, an independent check
     # (BertTokenizerFast itself runs on the same Rust `tokenizers` backend as ours).
@@ -53,9 +55,9 @@ def _reference_tokenizers(vocab_path, lowercase):
 
 
 @pytest.mark.parametrize("lowercase", [True, False])
-def test_matches_transformers(vocab_path, lowercase):
+def test_matches_transformers(vocab_path, transformers, lowercase):
     ours = WordPieceTokenizer.from_vocab_file(vocab_path, lowercase=lowercase)
-    refs = _reference_tokenizers(vocab_path, lowercase)
+    refs = _reference_tokenizers(transformers, vocab_path, lowercase)
     for text in SENTENCES:
         pieces = ours.tokenize(text)
         for ref in refs:
@@ -148,3 +150,20 @@ def test_train_wordpiece_cased():
     assert any(c.isupper() for t in trained.vocab for c in t)
     text = texts[0]
     assert trained.decode(trained.encode(text)) == text
+
+
+# ---- fuzzing ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_wordpiece():
+    """A WordPiece tokenizer trained on the lines of 20,000 characters of a play."""
+    return train_wordpiece(play_excerpt(20_000).splitlines(), 300)
+
+
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_fuzz_encode_decode(fuzz_wordpiece, text):
+    ids = fuzz_wordpiece.encode(text)
+    assert all(0 <= i < fuzz_wordpiece.vocab_size for i in ids)
+    fuzz_wordpiece.decode(ids)

@@ -1,0 +1,52 @@
+"""Plain helper functions shared by the test modules (fixtures live in conftest.py).
+
+pytest puts tests/ on sys.path (rootdir-relative "prepend" import mode, no __init__.py), in the
+main process and in every pytest-xdist worker alike, so test modules import these as
+``from helpers import rel_err``.
+"""
+
+import functools
+import os
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rel_err(ours, ref) -> float:
+    """max |ours - ref| / max |ref|, in float64; the two must have the same shape."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def assert_close(a, b, rel=1e-5):
+    """Two {step: loss} dicts with the same steps and losses equal to ``rel``."""
+    assert sorted(a) == sorted(b)
+    for s in a:
+        assert a[s] == pytest.approx(b[s], rel=rel), (s, a[s], b[s])
+
+
+def without_key_bias(params):
+    """GPT-2 params with the key bias zeroed. Softmax ignores a bias added to every key, so its
+    gradient is zero up to rounding, and Adam scales that rounding noise up to lr-sized steps: it
+    differs between any two summation orders (sharding, accumulation) and says nothing about them."""
+    params = jax.tree.map(np.array, params)
+    params["h_0"]["attn"]["qkv"]["bias"][1] = 0.0
+    return params
+
+
+@functools.cache
+def play_excerpt(n_chars: int) -> str:
+    """The first ``n_chars`` characters of the embedded corpus's first play, as plain text."""
+    from jaxformers.data import sources
+
+    with open(sources.shakespeare_files()[0], encoding="utf-8") as f:
+        return sources.play_markdown_to_text(f.read())[:n_chars]
+
+
+# Fuzzing: arbitrary inputs must give a valid result or a ValueError, never a crash (hypothesis).
+FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
