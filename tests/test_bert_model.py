@@ -16,6 +16,7 @@ import pytest
 from helpers import rel_err
 from jaxformers import hf, sharding
 from jaxformers.models import bert
+from jaxformers.tasks import MLMNSP
 
 # Odd sizes: a transposed or mis-reshaped kernel cannot go unnoticed.
 HF_KW = dict(vocab_size=101, hidden_size=60, num_attention_heads=5, num_hidden_layers=3,
@@ -273,9 +274,9 @@ def test_presets_and_flops():
     assert bert.BertConfig.preset("tiny", hidden_size=256, num_attention_heads=4).intermediate_size == 1024
     base = bert.BertConfig.preset("base")
     D, L, V, F, T, P = 768, 12, 30522, 3072, 128, 20
-    assert base.flops_per_token_mlm(T, P) == pytest.approx(
-        6 * (L * (4 * D * D + 2 * D * F) + (D * D + D * V) * P / T + (D * D + 2 * D) / T) + 12 * L * T * D)
-    assert base.flops_per_token(T) == base.flops_per_token_mlm(T, T) > base.flops_per_token(T, P)
+    assert base.flops_per_example(T, P) == pytest.approx(
+        T * (6 * (L * (4 * D * D + 2 * D * F) + (D * D + D * V) * P / T + (D * D + 2 * D) / T) + 12 * L * T * D))
+    assert base.flops_per_example(T) == base.flops_per_example(T, T) > base.flops_per_example(T, P)
     assert bert.BertConfig.preset("large").intermediate_size == 4096
 
 
@@ -333,8 +334,6 @@ def test_every_activation_runs(act):
 def test_pretraining_loss_and_gradients_match_transformers(hf_dirs, torch):
     """The training objective (MLM on gathered positions + NSP) against transformers' own
     BertForPreTraining loss (labels=-100 off the masked positions) and every parameter's gradient."""
-    from jaxformers.objectives.mlm_nsp import MLMNSP
-
     d, ref = hf_dirs["BertForPreTraining"]
     model, params = hf.from_pretrained(d)
     ids, tt, mask = inputs(5)
@@ -347,9 +346,10 @@ def test_pretraining_loss_and_gradients_match_transformers(hf_dirs, torch):
     batch = {"input_ids": ids, "segment_ids": tt, "input_mask": mask, "masked_lm_positions": pos,
              "masked_lm_ids": targets, "masked_lm_weights": weights, "next_sentence_labels": nsp_labels}
     batch = jax.tree.map(jnp.asarray, batch)
+    task = MLMNSP()
 
     def loss_fn(p):
-        return MLMNSP.loss(p, model.apply, batch, jax.random.key(0), True, MLMNSP.normalizers(batch))
+        return task.loss(p, model.apply, batch, jax.random.key(0), True, task.normalizers(batch))
 
     (loss, sums), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)  # one compilation, not ~280
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxformers import cli
+from jaxformers import cli, config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
@@ -42,7 +42,7 @@ def trained(tmp_path_factory, data_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
 def test_experiment_tiny_trains_and_resumes(path, trained, capsys):
-    exp = cli.load_experiment(path, "tiny")
+    exp = config.load_experiment(path, "tiny")
     wd, rc, out, err = trained(path, capsys)
     assert rc == 0, err[-3000:]
     assert f"done: step {exp.steps}" in out

@@ -13,6 +13,7 @@ from jaxformers.data import pipeline, sources
 from jaxformers.data.pipeline import LMBatches
 from jaxformers.data.tokenizers import EOS_TOKEN, BPETokenizer, train_bpe
 from jaxformers.models.gpt2 import GPT2Config
+from jaxformers.tasks import CausalLM
 
 
 def prepare(spec, val_fraction, data_dir):
@@ -368,7 +369,7 @@ def play_file(tmp_path_factory, play_text):
 
 
 def test_lm_data_end_to_end(play_file, play_text, tmp_path, data_dir):
-    d = pipeline.lm_data(lm_experiment(play_file, data_vocab=300), str(tmp_path), 512, 32)
+    d = CausalLM().build_data(lm_experiment(play_file, data_vocab=300), str(tmp_path))
     assert d.tokenizer.vocab_size == 300
     assert os.path.isfile(tmp_path / "tokenizer" / "tokenizer.json")
     train_text, val_text = sources.split_document(play_text, 0.1)
@@ -380,20 +381,20 @@ def test_lm_data_end_to_end(play_file, play_text, tmp_path, data_dir):
 
 def test_lm_data_tokenizer_larger_than_model(play_file, tmp_path, data_dir):
     with pytest.raises(ValueError, match="vocab_size") as e:
-        pipeline.lm_data(lm_experiment(play_file, vocab=300, data_vocab=400), str(tmp_path), 300, 32)
+        CausalLM().build_data(lm_experiment(play_file, vocab=300, data_vocab=400), str(tmp_path))
     assert "400" in str(e.value) and "300" in str(e.value)
 
 
 def test_lm_data_other_errors(play_file, tmp_path, data_dir):
     with pytest.raises(ValueError, match="seq_len=40"):
-        pipeline.lm_data(lm_experiment(play_file, seq_len=40), str(tmp_path / "a"), 512, 32)
+        CausalLM().build_data(lm_experiment(play_file, seq_len=40), str(tmp_path / "a"))
 
 
 def test_lm_data_without_validation_text(play_file, tmp_path, data_dir):
     """val_fraction=0 leaves the validation split empty: a clear ValueError, not TFDS's
     AssertionError('No examples were yielded') from inside preparation."""
     with pytest.raises(ValueError, match="val_fraction"):
-        pipeline.lm_data(lm_experiment(play_file, val_fraction=0.0), str(tmp_path / "b"), 512, 32)
+        CausalLM().build_data(lm_experiment(play_file, val_fraction=0.0), str(tmp_path / "b"))
 
 
 def test_corpus_whose_held_out_parts_are_blank(tmp_path, data_dir):
@@ -402,7 +403,7 @@ def test_corpus_whose_held_out_parts_are_blank(tmp_path, data_dir):
     p.write_text("a" * 50 + "\n" + "   \n")
     assert sources.split_document(p.read_text(), 0.1)[1].strip() == ""
     with pytest.raises(ValueError, match="validation|val_fraction"):
-        pipeline.lm_data(lm_experiment(str(p)), str(tmp_path / "w"), 512, 32)
+        CausalLM().build_data(lm_experiment(str(p)), str(tmp_path / "w"))
 
 
 # ------------------------------------------------------------------------------------- fuzzing

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from helpers import without_key_bias
 from jaxformers import checkpoint, sharding, train
 from jaxformers.config import CheckpointConfig, Experiment, MeshConfig, OptimConfig
-from jaxformers.data.pipeline import LMData
+from jaxformers.tasks.causal_lm import lm_data
 from jaxformers.models.gpt2 import GPT2Config
 
 SEQ, BATCH = 16, 8
@@ -43,11 +43,11 @@ def experiment(mesh_shape, dims=ODD, **kw):
 
 
 def synthetic_data(vocab=97, batch=BATCH, accum=1, seed=0):
-    """Random token streams behind the real LMData interface (no tokenizer needed)."""
+    """Random token streams behind the real causal-LM data (tasks.causal_lm.lm_data) (no tokenizer needed)."""
     rng = np.random.default_rng(1234)
     train_tokens = rng.integers(0, vocab, 4000).astype(np.uint16)
     val_tokens = rng.integers(0, vocab, 400).astype(np.uint16)
-    return LMData(None, train_tokens, val_tokens, SEQ, batch, accum, seed)
+    return lm_data(None, train_tokens, val_tokens, SEQ, batch, accum, seed)
 
 
 def run(workdir, mesh_shape, dims=ODD, devices=None):

@@ -175,21 +175,6 @@ def test_packing_invariants():
     assert recovered == [(e["inputs"].tolist(), e["targets"].tolist()) for e in examples]
 
 
-def test_attention_mask_never_crosses_segments():
-    p = sc.pack_examples(make_examples([7, 11, 4, 19, 6]), 29, 11)
-    enc, dec = p["encoder_segment_ids"], p["decoder_segment_ids"]
-    for q, kv, causal in ((enc, enc, False), (dec, dec, True), (dec, enc, False)):
-        m = sc.segment_attention_mask(q, kv, causal=causal)
-        assert m.shape == (q.shape[0], q.shape[1], kv.shape[1]) and m.dtype == bool
-        same = (q[:, :, None] == kv[:, None, :]) & (q[:, :, None] > 0)
-        assert not (m & ~same).any()
-        if causal:
-            assert (m == (same & np.tril(np.ones(m.shape[1:], bool)))).all()
-            assert m.diagonal(axis1=1, axis2=2)[q > 0].all()
-        else:
-            assert (m == same).all()
-
-
 def test_pack_rejects_oversized_example():
     with pytest.raises(ValueError, match="does not fit"):
         sc.pack_examples(make_examples([50]), inputs_length=20, targets_length=20)

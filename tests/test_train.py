@@ -23,7 +23,7 @@ import pytest
 from helpers import ROOT, assert_close, without_key_bias
 from jaxformers import checkpoint, train
 from jaxformers.config import CheckpointConfig, Experiment, MeshConfig, OptimConfig, apply_overrides
-from jaxformers.data.pipeline import LMData
+from jaxformers.tasks.causal_lm import lm_data
 from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
 
 
@@ -159,7 +159,7 @@ def small_experiment(**kw):
 
 def synthetic_data(batch=8, accum=1):
     rng = np.random.default_rng(99)
-    return LMData(None, rng.integers(0, 97, 3000).astype(np.uint16), rng.integers(0, 97, 300).astype(np.uint16),
+    return lm_data(None, rng.integers(0, 97, 3000).astype(np.uint16), rng.integers(0, 97, 300).astype(np.uint16),
                   16, batch, accum, 0)
 
 
@@ -294,7 +294,7 @@ def test_non_finite_loss_stops_with_floating_point_error(tmp_path):
 def test_token_cross_entropy_matches_optax_and_argmax():
     """The shared-max cross-entropy equals optax's, its gradient is softmax - one-hot, and its
     accuracy equals argmax's (random logits have no ties)."""
-    from jaxformers.objectives.causal_lm import token_cross_entropy
+    from jaxformers.tasks.base import token_cross_entropy
 
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(0, 3, (3, 5, 97)), jnp.float32)
