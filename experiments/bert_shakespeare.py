@@ -39,12 +39,27 @@ from jaxformers.tasks import MLMNSP
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(
         name="bert_shakespeare",
-        task=MLMNSP(max_predictions_per_seq=10, masked_lm_prob=0.15, short_seq_prob=0.1, dupe_factor=20),
-        model=BertConfig.preset("tiny", vocab_size=4096, max_position_embeddings=128,
-                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        task=MLMNSP(
+            max_predictions_per_seq=10, masked_lm_prob=0.15, short_seq_prob=0.1, dupe_factor=20
+        ),
+        model=BertConfig.preset(
+            "tiny",
+            vocab_size=4096,
+            max_position_embeddings=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
         data=DataConfig(corpus="shakespeare", tokenizer="wordpiece", vocab_size=4096, seq_len=64),
-        optim=OptimConfig(lr=1e-3, warmup_steps=50, schedule="linear", end_lr_ratio=0.0, weight_decay=0.01,
-                          b2=0.999, eps=1e-6, clip_norm=1.0),
+        optim=OptimConfig(
+            lr=1e-3,
+            warmup_steps=50,
+            schedule="linear",
+            end_lr_ratio=0.0,
+            weight_decay=0.01,
+            b2=0.999,
+            eps=1e-6,
+            clip_norm=1.0,
+        ),
         checkpoint=CheckpointConfig(every=2000, keep=2),
         sample=SampleConfig(max_new_tokens=0),
         batch_size=128,
@@ -55,8 +70,15 @@ def get_config(variant: str = "default") -> Experiment:
     )
     if variant == "tiny":
         exp = exp.smoke_test(
-            model=BertConfig.preset("tiny", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                    intermediate_size=37, vocab_size=512, max_position_embeddings=32),
+            model=BertConfig.preset(
+                "tiny",
+                num_hidden_layers=1,
+                hidden_size=32,
+                num_attention_heads=2,
+                intermediate_size=37,
+                vocab_size=512,
+                max_position_embeddings=32,
+            ),
             data=dataclasses.replace(exp.data, vocab_size=512, seq_len=32),
             task=dataclasses.replace(exp.task, max_predictions_per_seq=5, dupe_factor=1),
         )

@@ -25,8 +25,16 @@ def get_config(variant: str = "default") -> Experiment:
         task=Classification(),
         model=BertConfig.preset("base", architecture="BertForSequenceClassification", num_labels=2),
         data=DataConfig(corpus="tfds:glue/sst2", tokenizer="bert-base-uncased", seq_len=128),
-        optim=OptimConfig(lr=2e-5, warmup_steps=631, schedule="linear", end_lr_ratio=0.0, weight_decay=0.01,
-                          b2=0.999, eps=1e-6, clip_norm=1.0),
+        optim=OptimConfig(
+            lr=2e-5,
+            warmup_steps=631,
+            schedule="linear",
+            end_lr_ratio=0.0,
+            weight_decay=0.01,
+            b2=0.999,
+            eps=1e-6,
+            clip_norm=1.0,
+        ),
         checkpoint=CheckpointConfig(every=1000, keep=2),
         sample=SampleConfig(max_new_tokens=0),
         batch_size=32,
@@ -38,17 +46,34 @@ def get_config(variant: str = "default") -> Experiment:
     if variant in ("genre", "tiny"):
         exp = dataclasses.replace(
             exp,
-            model=BertConfig.preset("mini", architecture="BertForSequenceClassification", num_labels=2,
-                                    vocab_size=4096, max_position_embeddings=128),
-            data=DataConfig(corpus="shakespeare_genre", tokenizer="wordpiece", vocab_size=4096, seq_len=64),
+            model=BertConfig.preset(
+                "mini",
+                architecture="BertForSequenceClassification",
+                num_labels=2,
+                vocab_size=4096,
+                max_position_embeddings=128,
+            ),
+            data=DataConfig(
+                corpus="shakespeare_genre", tokenizer="wordpiece", vocab_size=4096, seq_len=64
+            ),
             optim=dataclasses.replace(exp.optim, lr=5e-4, warmup_steps=30),
-            steps=300, eval_every=100, eval_batches=16, log_every=10,
+            steps=300,
+            eval_every=100,
+            eval_batches=16,
+            log_every=10,
         )
     if variant == "tiny":
         exp = exp.smoke_test(
-            model=BertConfig.preset("tiny", architecture="BertForSequenceClassification", num_labels=2,
-                                    num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                    vocab_size=512, max_position_embeddings=32),
+            model=BertConfig.preset(
+                "tiny",
+                architecture="BertForSequenceClassification",
+                num_labels=2,
+                num_hidden_layers=1,
+                hidden_size=32,
+                num_attention_heads=2,
+                vocab_size=512,
+                max_position_embeddings=32,
+            ),
             data=dataclasses.replace(exp.data, vocab_size=512, seq_len=32),
         )
     elif variant not in ("default", "genre"):

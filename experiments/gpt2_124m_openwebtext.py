@@ -18,7 +18,14 @@ device on 8 devices). Not run here: the 2-core CPU of this project's CI runs the
 
 import dataclasses
 
-from jaxformers.config import CheckpointConfig, DataConfig, Experiment, MeshConfig, OptimConfig, SampleConfig
+from jaxformers.config import (
+    CheckpointConfig,
+    DataConfig,
+    Experiment,
+    MeshConfig,
+    OptimConfig,
+    SampleConfig,
+)
 from jaxformers.models.gpt2 import GPT2Config
 
 
@@ -26,13 +33,28 @@ def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(
         name="gpt2_124m_openwebtext",
         model=GPT2Config.preset(
-            "124m", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            dtype="bfloat16", param_dtype="float32", scan_layers=True, remat="save_dots",
+            "124m",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            dtype="bfloat16",
+            param_dtype="float32",
+            scan_layers=True,
+            remat="save_dots",
             attention_impl="auto",
         ),
         data=DataConfig(corpus="tfds:openwebtext", tokenizer="gpt2", seq_len=1024),
-        optim=OptimConfig(lr=6e-4, warmup_steps=2000, schedule="cosine", end_lr_ratio=0.1,
-                          weight_decay=0.1, b1=0.9, b2=0.95, clip_norm=1.0, grad_accum=5),
+        optim=OptimConfig(
+            lr=6e-4,
+            warmup_steps=2000,
+            schedule="cosine",
+            end_lr_ratio=0.1,
+            weight_decay=0.1,
+            b1=0.9,
+            b2=0.95,
+            clip_norm=1.0,
+            grad_accum=5,
+        ),
         mesh=MeshConfig(shape=(-1, 1, 1)),
         checkpoint=CheckpointConfig(every=2000, keep=3),
         sample=SampleConfig(prompts=("The meaning of life is",), max_new_tokens=64),
@@ -45,8 +67,16 @@ def get_config(variant: str = "default") -> Experiment:
     if variant == "tiny":
         # Same code path on the embedded corpus: a trained BPE instead of GPT-2's files.
         exp = exp.smoke_test(
-            model=GPT2Config.preset("tiny", vocab_size=512, n_positions=32, scan_layers=True, remat="save_dots",
-                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+            model=GPT2Config.preset(
+                "tiny",
+                vocab_size=512,
+                n_positions=32,
+                scan_layers=True,
+                remat="save_dots",
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+            ),
             data=DataConfig(corpus="shakespeare", tokenizer="bpe", seq_len=16),
             optim=dataclasses.replace(exp.optim, warmup_steps=1, grad_accum=2),
             sample=SampleConfig(prompts=("ROMEO:",), max_new_tokens=8),

@@ -24,14 +24,30 @@ def get_config(variant: str = "default") -> Experiment:
         name="gpt2_shakespeare",
         # Less than one epoch of data: dropout would only slow learning down.
         model=GPT2Config.preset(
-            "124m", n_layer=4, n_head=6, n_embd=192, n_positions=256, vocab_size=2048,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            "124m",
+            n_layer=4,
+            n_head=6,
+            n_embd=192,
+            n_positions=256,
+            vocab_size=2048,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
         ),
         data=DataConfig(corpus="shakespeare", tokenizer="bpe", seq_len=128),
-        optim=OptimConfig(lr=2e-3, warmup_steps=50, schedule="cosine", end_lr_ratio=0.1,
-                          weight_decay=0.1, b2=0.99, clip_norm=1.0),
+        optim=OptimConfig(
+            lr=2e-3,
+            warmup_steps=50,
+            schedule="cosine",
+            end_lr_ratio=0.1,
+            weight_decay=0.1,
+            b2=0.99,
+            clip_norm=1.0,
+        ),
         checkpoint=CheckpointConfig(every=500, keep=2),
-        sample=SampleConfig(prompts=("ROMEO:", "First Citizen:\n"), max_new_tokens=160, temperature=0.8, top_k=40),
+        sample=SampleConfig(
+            prompts=("ROMEO:", "First Citizen:\n"), max_new_tokens=160, temperature=0.8, top_k=40
+        ),
         batch_size=32,
         steps=450,
         eval_every=150,
@@ -40,7 +56,9 @@ def get_config(variant: str = "default") -> Experiment:
     )
     if variant == "tiny":
         exp = exp.smoke_test(
-            model=dataclasses.replace(exp.model, n_layer=1, n_embd=32, n_head=2, vocab_size=512, n_positions=32),
+            model=dataclasses.replace(
+                exp.model, n_layer=1, n_embd=32, n_head=2, vocab_size=512, n_positions=32
+            ),
             data=dataclasses.replace(exp.data, seq_len=16),
             sample=dataclasses.replace(exp.sample, max_new_tokens=8),
         )

@@ -26,11 +26,29 @@ def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(
         name="t5_shakespeare",
         task=SpanCorruption(noise_density=0.15, mean_noise_span_length=3.0, z_loss=1e-4),
-        model=T5Config.preset("t5.1.1-small", vocab_size=2048, d_model=192, d_kv=32, d_ff=512, num_heads=6,
-                              num_layers=3, num_decoder_layers=3, dropout_rate=0.0, n_positions=128),
-        data=DataConfig(corpus="shakespeare", tokenizer="sentencepiece", vocab_size=2048, seq_len=128),
-        optim=OptimConfig(name="adafactor", lr=1e-2, warmup_steps=100, schedule="rsqrt", weight_decay=0.0,
-                          clip_norm=1.0),
+        model=T5Config.preset(
+            "t5.1.1-small",
+            vocab_size=2048,
+            d_model=192,
+            d_kv=32,
+            d_ff=512,
+            num_heads=6,
+            num_layers=3,
+            num_decoder_layers=3,
+            dropout_rate=0.0,
+            n_positions=128,
+        ),
+        data=DataConfig(
+            corpus="shakespeare", tokenizer="sentencepiece", vocab_size=2048, seq_len=128
+        ),
+        optim=OptimConfig(
+            name="adafactor",
+            lr=1e-2,
+            warmup_steps=100,
+            schedule="rsqrt",
+            weight_decay=0.0,
+            clip_norm=1.0,
+        ),
         checkpoint=CheckpointConfig(every=500, keep=2),
         sample=SampleConfig(max_new_tokens=0),
         batch_size=32,
@@ -41,8 +59,18 @@ def get_config(variant: str = "default") -> Experiment:
     )
     if variant == "tiny":
         exp = exp.smoke_test(
-            model=T5Config.preset("tiny", vocab_size=512, d_model=32, d_kv=8, d_ff=48, num_heads=2, num_layers=1,
-                                  num_decoder_layers=1, dropout_rate=0.0, n_positions=64),
+            model=T5Config.preset(
+                "tiny",
+                vocab_size=512,
+                d_model=32,
+                d_kv=8,
+                d_ff=48,
+                num_heads=2,
+                num_layers=1,
+                num_decoder_layers=1,
+                dropout_rate=0.0,
+                n_positions=64,
+            ),
             data=dataclasses.replace(exp.data, vocab_size=512, seq_len=32),
         )
     elif variant != "default":

@@ -16,7 +16,14 @@ corpus.
 
 import dataclasses
 
-from jaxformers.config import CheckpointConfig, DataConfig, Experiment, MeshConfig, OptimConfig, SampleConfig
+from jaxformers.config import (
+    CheckpointConfig,
+    DataConfig,
+    Experiment,
+    MeshConfig,
+    OptimConfig,
+    SampleConfig,
+)
 from jaxformers.models.t5 import T5Config
 from jaxformers.tasks import SpanCorruption
 
@@ -24,12 +31,26 @@ from jaxformers.tasks import SpanCorruption
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(
         name="t5_small_c4",
-        task=SpanCorruption(noise_density=0.15, mean_noise_span_length=3.0, targets_length=114, z_loss=1e-4),
-        model=T5Config.preset("t5.1.1-small", dropout_rate=0.0, dtype="bfloat16", param_dtype="float32",
-                              scan_layers=True, remat="save_dots"),
+        task=SpanCorruption(
+            noise_density=0.15, mean_noise_span_length=3.0, targets_length=114, z_loss=1e-4
+        ),
+        model=T5Config.preset(
+            "t5.1.1-small",
+            dropout_rate=0.0,
+            dtype="bfloat16",
+            param_dtype="float32",
+            scan_layers=True,
+            remat="save_dots",
+        ),
         data=DataConfig(corpus="tfds:c4/en", tokenizer="t5_spiece.model", seq_len=512),
-        optim=OptimConfig(name="adafactor", lr=1e-2, warmup_steps=10_000, schedule="rsqrt", weight_decay=0.0,
-                          clip_norm=0.0),
+        optim=OptimConfig(
+            name="adafactor",
+            lr=1e-2,
+            warmup_steps=10_000,
+            schedule="rsqrt",
+            weight_decay=0.0,
+            clip_norm=0.0,
+        ),
         mesh=MeshConfig(shape=(-1, 1, 1)),
         checkpoint=CheckpointConfig(every=5000, keep=3),
         sample=SampleConfig(max_new_tokens=0),
@@ -41,12 +62,29 @@ def get_config(variant: str = "default") -> Experiment:
     )
     if variant == "tiny":
         exp = exp.smoke_test(
-            model=T5Config.preset("tiny", vocab_size=512, d_model=32, d_kv=8, d_ff=48, num_heads=2, num_layers=1,
-                                  num_decoder_layers=1, dropout_rate=0.0, n_positions=64, scan_layers=True,
-                                  feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                  scale_decoder_outputs=False),
-            data=dataclasses.replace(exp.data, corpus="shakespeare", tokenizer="sentencepiece", vocab_size=512,
-                                     seq_len=32),
+            model=T5Config.preset(
+                "tiny",
+                vocab_size=512,
+                d_model=32,
+                d_kv=8,
+                d_ff=48,
+                num_heads=2,
+                num_layers=1,
+                num_decoder_layers=1,
+                dropout_rate=0.0,
+                n_positions=64,
+                scan_layers=True,
+                feed_forward_proj="gated-gelu",
+                tie_word_embeddings=False,
+                scale_decoder_outputs=False,
+            ),
+            data=dataclasses.replace(
+                exp.data,
+                corpus="shakespeare",
+                tokenizer="sentencepiece",
+                vocab_size=512,
+                seq_len=32,
+            ),
             task=dataclasses.replace(exp.task, targets_length=0),
             optim=dataclasses.replace(exp.optim, warmup_steps=1),
         )

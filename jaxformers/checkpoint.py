@@ -44,7 +44,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict, force: bool = True) -> None:
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=force,
         )
 
@@ -65,8 +67,12 @@ class Checkpointer:
                 state, meta = self.restore(step, abstract_state)
                 return step, state, meta
             except Exception as e:  # orbax raises many types for truncated/garbled files
-                log.warning("checkpoint at step %d is damaged (%s: %s); falling back to the previous one",
-                            step, type(e).__name__, str(e)[:300])
+                log.warning(
+                    "checkpoint at step %d is damaged (%s: %s); falling back to the previous one",
+                    step,
+                    type(e).__name__,
+                    str(e)[:300],
+                )
                 self._set_aside(step)
         return None
 
@@ -75,7 +81,10 @@ class Checkpointer:
         if jax.process_index() == 0:
             aside = self.directory + "_damaged"
             os.makedirs(aside, exist_ok=True)
-            os.replace(os.path.join(self.directory, str(step)), os.path.join(aside, f"{step}-{int(time.time())}"))
+            os.replace(
+                os.path.join(self.directory, str(step)),
+                os.path.join(aside, f"{step}-{int(time.time())}"),
+            )
             log.warning("moved the damaged checkpoint of step %d to %s", step, aside)
         barrier(f"jaxformers-set-aside-{step}")
         self.manager.reload()
@@ -90,7 +99,9 @@ class Checkpointer:
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying shardings: the restore target for orbax."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
 
 
 def export_params(params: Any, directory: str) -> str:
@@ -112,9 +123,13 @@ def load_params(directory: str, abstract: Any | None = None) -> Any:
         meta = ckptr.metadata(path)
         tree = getattr(meta, "item_metadata", meta)
         sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree
+        )
     try:
         return ckptr.restore(path, abstract)
     except Exception as e:
-        raise ValueError(f"cannot read exported params at {path} ({type(e).__name__}: {str(e)[:200]}); "
-                         "the export is damaged, export it again") from e
+        raise ValueError(
+            f"cannot read exported params at {path} ({type(e).__name__}: {str(e)[:200]}); "
+            "the export is damaged, export it again"
+        ) from e

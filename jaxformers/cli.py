@@ -30,15 +30,21 @@ def _train(args) -> int:
     trainer = train.Trainer(exp, args.workdir)
     d = trainer.data
     n_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
-    print(f"{exp.name}: {n_params / 1e6:.2f}M params, {d.num_train_tokens:,} train / "
-          f"{d.num_val_tokens:,} validation tokens, mesh {dict(trainer.mesh.shape)}", flush=True)
+    print(
+        f"{exp.name}: {n_params / 1e6:.2f}M params, {d.num_train_tokens:,} train / "
+        f"{d.num_val_tokens:,} validation tokens, mesh {dict(trainer.mesh.shape)}",
+        flush=True,
+    )
     result = trainer.run()
     if result.preempted:
         return 0
     ev = result.eval_metrics
-    print(f"done: step {result.final_step}, {result.wall_seconds:.0f} s in all (setup included: "
-          f"{time.time() - t:.0f} s), {result.tokens_per_second:,.0f} tokens/s, MFU {result.mfu:.1%}, "
-          f"compile {result.compile_seconds:.1f} s", flush=True)
+    print(
+        f"done: step {result.final_step}, {result.wall_seconds:.0f} s in all (setup included: "
+        f"{time.time() - t:.0f} s), {result.tokens_per_second:,.0f} tokens/s, MFU {result.mfu:.1%}, "
+        f"compile {result.compile_seconds:.1f} s",
+        flush=True,
+    )
     if ev:
         print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()), flush=True)
     if result.final_step == exp.steps and jax.process_index() == 0:
@@ -49,8 +55,16 @@ def _train(args) -> int:
             print(f"samples: jaxformers sample --workdir {args.workdir} --prompt ...")
         elif models.of_config(exp.model).decoder == "causal" and exp.sample.max_new_tokens > 0:
             for prompt in exp.sample.prompts:
-                text = inference.sample_text(args.workdir, prompt, exp.sample.max_new_tokens, "sample",
-                                             exp.sample.temperature, exp.sample.top_k, None, seed=0)
+                text = inference.sample_text(
+                    args.workdir,
+                    prompt,
+                    exp.sample.max_new_tokens,
+                    "sample",
+                    exp.sample.temperature,
+                    exp.sample.top_k,
+                    None,
+                    seed=0,
+                )
                 print(f"\n--- sample ({prompt!r}) ---\n{text}")
     # Every process leaves together: none may reach the runtime's shutdown while another still works.
     launch.barrier("jaxformers-train-done")
@@ -68,8 +82,20 @@ def _fill_mask(args) -> int:
 def _sample(args) -> int:
     if args.prompt is None and args.input is None:
         raise ValueError("give --prompt TEXT (GPT-2) or --input TEXT (T5)")
-    print(inference.sample_text(args.workdir, args.prompt, args.max_new_tokens, args.method, args.temperature,
-                                args.top_k, args.top_p, args.seed, args.num_beams, args.input))
+    print(
+        inference.sample_text(
+            args.workdir,
+            args.prompt,
+            args.max_new_tokens,
+            args.method,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            args.num_beams,
+            args.input,
+        )
+    )
     return 0
 
 
@@ -92,21 +118,39 @@ def _plot(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxformers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="jaxformers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an experiment (resumes from the workdir's checkpoints)")
     t.add_argument("experiment", help="path to an experiments/*.py file")
     t.add_argument("--workdir", required=True)
     t.add_argument("--variant", default="default", help="the experiment's variant, e.g. tiny")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. optim.lr=1e-3")
-    t.add_argument("--coordinator", default=None, help="multi-host: HOST:PORT of process 0 (auto on TPU VMs, SLURM)")
-    t.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. optim.lr=1e-3",
+    )
+    t.add_argument(
+        "--coordinator",
+        default=None,
+        help="multi-host: HOST:PORT of process 0 (auto on TPU VMs, SLURM)",
+    )
+    t.add_argument(
+        "--num-processes", type=int, default=None, help="multi-host: number of processes"
+    )
     t.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
     t.set_defaults(fn=_train)
     s = sub.add_parser("sample", help="generate text from a trained workdir")
     s.add_argument("--workdir", required=True)
     s.add_argument("--prompt", default=None, help="GPT-2: the text to continue")
-    s.add_argument("--input", default=None, help="T5: the encoder input, e.g. a text with <extra_id_0> sentinels")
+    s.add_argument(
+        "--input",
+        default=None,
+        help="T5: the encoder input, e.g. a text with <extra_id_0> sentinels",
+    )
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--method", default="sample", choices=["greedy", "sample", "beam"])
     s.add_argument("--num-beams", type=int, default=4)
@@ -116,14 +160,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_sample)
     fm = sub.add_parser("fill-mask", help="top-k tokens for each [MASK] with a BERT model")
-    fm.add_argument("--model", required=True, help="a training workdir or a Hugging Face-format directory")
+    fm.add_argument(
+        "--model", required=True, help="a training workdir or a Hugging Face-format directory"
+    )
     fm.add_argument("--text", required=True)
     fm.add_argument("--top-k", type=int, default=5)
     fm.set_defaults(fn=_fill_mask)
     cv = sub.add_parser("convert", help="Hugging Face format <-> jaxformers workdir export")
     cv.add_argument("--workdir", required=True)
     cv.add_argument("--from-hf", default=None, help="import this Hugging Face dir into --workdir")
-    cv.add_argument("--to-hf", default=None, help="export --workdir's params to this Hugging Face dir")
+    cv.add_argument(
+        "--to-hf", default=None, help="export --workdir's params to this Hugging Face dir"
+    )
     cv.set_defaults(fn=_convert)
     pl = sub.add_parser("plot", help="plot the loss curves of a workdir as PNG")
     pl.add_argument("--workdir", required=True)
@@ -143,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_logs() -> None:
-    logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS/orbax info lines drown the progress bar
+    logging.getLogger("absl").setLevel(
+        logging.ERROR
+    )  # TFDS/orbax info lines drown the progress bar
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

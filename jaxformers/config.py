@@ -42,9 +42,24 @@ class DataConfig:
     data_dir: str = ""  # TFDS data_dir; "" = $JAXFORMERS_DATA_DIR or ~/tensorflow_datasets
 
     def __post_init__(self):
-        _require(_whole(self.seq_len, 1), "data.seq_len", self.seq_len, "must be a whole number of at least 1")
-        _require(_whole(self.vocab_size, 0), "data.vocab_size", self.vocab_size, "must be >= 0 (0: the model's)")
-        _require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "must lie in [0, 1)")
+        _require(
+            _whole(self.seq_len, 1),
+            "data.seq_len",
+            self.seq_len,
+            "must be a whole number of at least 1",
+        )
+        _require(
+            _whole(self.vocab_size, 0),
+            "data.vocab_size",
+            self.vocab_size,
+            "must be >= 0 (0: the model's)",
+        )
+        _require(
+            0.0 <= self.val_fraction < 1.0,
+            "data.val_fraction",
+            self.val_fraction,
+            "must lie in [0, 1)",
+        )
         _require(_whole(self.seed, 0), "data.seed", self.seed, "must be a whole number >= 0")
         _require(bool(self.corpus), "data.corpus", self.corpus, "must name a corpus")
 
@@ -60,28 +75,66 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: str = "cosine"  # "cosine" | "constant" | "rsqrt" (T5) | "linear"
     end_lr_ratio: float = 0.1  # cosine/linear decay ends at lr * end_lr_ratio
-    weight_decay: float = 0.1  # decoupled, on matrices only (embeddings included; not norms or biases)
+    weight_decay: float = (
+        0.1  # decoupled, on matrices only (embeddings included; not norms or biases)
+    )
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0  # 0 disables clipping
     grad_accum: int = 1  # microbatches per step
-    total_steps: int = 0  # length of the schedule; 0 = the experiment's steps (set it for multi-phase runs)
+    total_steps: int = (
+        0  # length of the schedule; 0 = the experiment's steps (set it for multi-phase runs)
+    )
 
     def __post_init__(self):
         _require(self.name in OPTIMIZERS, "optim.name", self.name, f"is not one of {OPTIMIZERS}")
-        _require(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"is not one of {SCHEDULES}")
+        _require(
+            self.schedule in SCHEDULES,
+            "optim.schedule",
+            self.schedule,
+            f"is not one of {SCHEDULES}",
+        )
         _require(self.lr > 0, "optim.lr", self.lr, "must be > 0")
-        _require(_whole(self.warmup_steps, 0), "optim.warmup_steps", self.warmup_steps, "must be a whole number >= 0")
-        _require(0.0 <= self.end_lr_ratio <= 1.0, "optim.end_lr_ratio", self.end_lr_ratio, "must lie in [0, 1]")
+        _require(
+            _whole(self.warmup_steps, 0),
+            "optim.warmup_steps",
+            self.warmup_steps,
+            "must be a whole number >= 0",
+        )
+        _require(
+            0.0 <= self.end_lr_ratio <= 1.0,
+            "optim.end_lr_ratio",
+            self.end_lr_ratio,
+            "must lie in [0, 1]",
+        )
         _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         for key in ("b1", "b2"):
-            _require(0.0 <= getattr(self, key) < 1.0, f"optim.{key}", getattr(self, key), "must lie in [0, 1)")
+            _require(
+                0.0 <= getattr(self, key) < 1.0,
+                f"optim.{key}",
+                getattr(self, key),
+                "must lie in [0, 1)",
+            )
         _require(self.eps > 0, "optim.eps", self.eps, "must be > 0")
-        _require(self.clip_norm >= 0, "optim.clip_norm", self.clip_norm, "must be >= 0 (0 disables clipping)")
-        _require(_whole(self.grad_accum, 1), "optim.grad_accum", self.grad_accum, "must be a whole number of at least 1")
-        _require(_whole(self.total_steps, 0), "optim.total_steps", self.total_steps,
-                 "must be a whole number >= 0 (0: the experiment's steps)")
+        _require(
+            self.clip_norm >= 0,
+            "optim.clip_norm",
+            self.clip_norm,
+            "must be >= 0 (0 disables clipping)",
+        )
+        _require(
+            _whole(self.grad_accum, 1),
+            "optim.grad_accum",
+            self.grad_accum,
+            "must be a whole number of at least 1",
+        )
+        _require(
+            _whole(self.total_steps, 0),
+            "optim.total_steps",
+            self.total_steps,
+            "must be a whole number >= 0 (0: the experiment's steps)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +142,18 @@ class MeshConfig:
     shape: tuple = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the devices left over
 
     def __post_init__(self):
-        ok = (isinstance(self.shape, tuple) and len(self.shape) == 3
-              and all(_whole(n, 1) or n == -1 for n in self.shape) and list(self.shape).count(-1) <= 1)
-        _require(ok, "mesh.shape", self.shape, "must be three sizes (data, fsdp, tensor), each >= 1 or one -1")
+        ok = (
+            isinstance(self.shape, tuple)
+            and len(self.shape) == 3
+            and all(_whole(n, 1) or n == -1 for n in self.shape)
+            and list(self.shape).count(-1) <= 1
+        )
+        _require(
+            ok,
+            "mesh.shape",
+            self.shape,
+            "must be three sizes (data, fsdp, tensor), each >= 1 or one -1",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +163,18 @@ class CheckpointConfig:
     async_save: bool = True
 
     def __post_init__(self):
-        _require(_whole(self.every, 1), "checkpoint.every", self.every, "must be a whole number of at least 1")
-        _require(_whole(self.keep, 1), "checkpoint.keep", self.keep, "must be a whole number of at least 1")
+        _require(
+            _whole(self.every, 1),
+            "checkpoint.every",
+            self.every,
+            "must be a whole number of at least 1",
+        )
+        _require(
+            _whole(self.keep, 1),
+            "checkpoint.keep",
+            self.keep,
+            "must be a whole number of at least 1",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +185,19 @@ class SampleConfig:
     top_k: int = 40
 
     def __post_init__(self):
-        _require(_whole(self.max_new_tokens, 0), "sample.max_new_tokens", self.max_new_tokens,
-                 "must be a whole number >= 0 (0: no samples)")
+        _require(
+            _whole(self.max_new_tokens, 0),
+            "sample.max_new_tokens",
+            self.max_new_tokens,
+            "must be a whole number >= 0 (0: no samples)",
+        )
         _require(self.temperature > 0, "sample.temperature", self.temperature, "must be > 0")
-        _require(_whole(self.top_k, 0), "sample.top_k", self.top_k, "must be a whole number >= 0 (0: no top-k)")
+        _require(
+            _whole(self.top_k, 0),
+            "sample.top_k",
+            self.top_k,
+            "must be a whole number >= 0 (0: no top-k)",
+        )
 
 
 NAN_POLICIES = ("stop", "skip")
@@ -138,7 +219,9 @@ class Experiment:
     eval_batches: int = 8
     log_every: int = 10
     seed: int = 0  # parameter init and dropout
-    init_from: str = ""  # fine-tuning: a Hugging Face dir or a training workdir whose params seed a fresh run
+    init_from: str = (
+        ""  # fine-tuning: a Hugging Face dir or a training workdir whose params seed a fresh run
+    )
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the table in perf.py (measured on CPU)
     nan_policy: str = "stop"  # a NaN/inf loss or gradient: "stop" (with the last good checkpoint) or "skip" the update
     progress: bool = True
@@ -147,24 +230,65 @@ class Experiment:
         family = models.of_config(self.model)
         if self.task is None:
             object.__setattr__(self, "task", tasks.get(family.default_task)())
-        _require(isinstance(self.task, tuple(tasks.TASKS.values())), "task", self.task,
-                 f"is not a task; use one of jaxformers.tasks ({', '.join(sorted(tasks.TASKS))})")
-        _require(_whole(self.batch_size, 1), "batch_size", self.batch_size, "must be a whole number of at least 1")
+        _require(
+            isinstance(self.task, tuple(tasks.TASKS.values())),
+            "task",
+            self.task,
+            f"is not a task; use one of jaxformers.tasks ({', '.join(sorted(tasks.TASKS))})",
+        )
+        _require(
+            _whole(self.batch_size, 1),
+            "batch_size",
+            self.batch_size,
+            "must be a whole number of at least 1",
+        )
         _require(_whole(self.steps, 1), "steps", self.steps, "must be a whole number of at least 1")
-        _require(_whole(self.eval_every, 0), "eval_every", self.eval_every, "must be a whole number >= 0")
-        _require(_whole(self.eval_batches, 1), "eval_batches", self.eval_batches, "must be a whole number of at least 1")
-        _require(_whole(self.log_every, 1), "log_every", self.log_every, "must be a whole number of at least 1")
+        _require(
+            _whole(self.eval_every, 0), "eval_every", self.eval_every, "must be a whole number >= 0"
+        )
+        _require(
+            _whole(self.eval_batches, 1),
+            "eval_batches",
+            self.eval_batches,
+            "must be a whole number of at least 1",
+        )
+        _require(
+            _whole(self.log_every, 1),
+            "log_every",
+            self.log_every,
+            "must be a whole number of at least 1",
+        )
         _require(_whole(self.seed, 0), "seed", self.seed, "must be a whole number >= 0")
-        _require(self.peak_tflops >= 0, "peak_tflops", self.peak_tflops, "must be >= 0 (0: the device table)")
-        _require(self.nan_policy in NAN_POLICIES, "nan_policy", self.nan_policy, f"is not one of {NAN_POLICIES}")
-        _require(self.batch_size % self.optim.grad_accum == 0, "batch_size", self.batch_size,
-                 f"must divide into optim.grad_accum={self.optim.grad_accum} microbatches")
+        _require(
+            self.peak_tflops >= 0,
+            "peak_tflops",
+            self.peak_tflops,
+            "must be >= 0 (0: the device table)",
+        )
+        _require(
+            self.nan_policy in NAN_POLICIES,
+            "nan_policy",
+            self.nan_policy,
+            f"is not one of {NAN_POLICIES}",
+        )
+        _require(
+            self.batch_size % self.optim.grad_accum == 0,
+            "batch_size",
+            self.batch_size,
+            f"must divide into optim.grad_accum={self.optim.grad_accum} microbatches",
+        )
 
-    def smoke_test(self, **changes: Any) -> "Experiment":
+    def smoke_test(self, **changes: Any) -> Experiment:
         """The experiment at a two-step size for the tests: batch 8, 2 steps, one eval batch at the
         end, a checkpoint every step; ``changes`` (a smaller model, shorter data ...) on top."""
-        small = dict(batch_size=8, steps=2, eval_every=0, eval_batches=1, log_every=1,
-                     checkpoint=CheckpointConfig(every=1, keep=2))
+        small = dict(
+            batch_size=8,
+            steps=2,
+            eval_every=0,
+            eval_batches=1,
+            log_every=1,
+            checkpoint=CheckpointConfig(every=1, keep=2),
+        )
         return dataclasses.replace(self, **{**small, **changes})
 
     @property
@@ -192,7 +316,9 @@ def _coerce(value: str, current: Any, key: str) -> Any:
         if isinstance(current, tuple) and isinstance(parsed, list):
             parsed = tuple(parsed)
         if current is not None and not isinstance(parsed, type(current)):
-            raise ValueError(f"--set {key}={value}: expected a {type(current).__name__}, got {type(parsed).__name__}")
+            raise ValueError(
+                f"--set {key}={value}: expected a {type(current).__name__}, got {type(parsed).__name__}"
+            )
         return parsed
     return value
 
@@ -219,16 +345,20 @@ def _apply(cfg: Any, tree: dict, prefix: str) -> Any:
     for head, value in tree.items():
         key = prefix + head
         if head not in names:
-            raise ValueError(f"unknown setting {key!r} ({type(cfg).__name__}); valid keys: "
-                             f"{', '.join(prefix + n for n in names)}")
+            raise ValueError(
+                f"unknown setting {key!r} ({type(cfg).__name__}); valid keys: "
+                f"{', '.join(prefix + n for n in names)}"
+            )
         current = getattr(cfg, head)
         if isinstance(value, dict):
             if not dataclasses.is_dataclass(current):
                 raise ValueError(f"{key} is a plain value, not a group: use --set {key}=...")
             changes[head] = _apply(current, value, key + ".")
         elif dataclasses.is_dataclass(current):
-            raise ValueError(f"{key} is a group; set one of its fields: "
-                             f"{', '.join(key + '.' + f.name for f in dataclasses.fields(current))}")
+            raise ValueError(
+                f"{key} is a group; set one of its fields: "
+                f"{', '.join(key + '.' + f.name for f in dataclasses.fields(current))}"
+            )
         else:
             changes[head] = _coerce(value, current, key)
     # One replace per dataclass: its checks see all of this group's new values together.
@@ -250,7 +380,9 @@ def apply_overrides(cfg: Any, settings: list[str] | None) -> Any:
     return _apply(cfg, _tree(settings or []), "")
 
 
-def load_experiment(path: str, variant: str = "default", settings: list[str] | None = None) -> Experiment:
+def load_experiment(
+    path: str, variant: str = "default", settings: list[str] | None = None
+) -> Experiment:
     """Imports an experiment file and returns its ``get_config(variant)`` with overrides applied."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"experiment file {path} does not exist")

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,7 +39,10 @@ from jaxformers.models.layers import NEG_INF, check_token_ids
 # transformers' beam search marks impossible candidates by adding this (float32) to their scores.
 _BEAM_NEG = -1.0e9
 
-def process_logits(logits: jax.Array, temperature: float, top_k: int | None, top_p: float | None) -> jax.Array:
+
+def process_logits(
+    logits: jax.Array, temperature: float, top_k: int | None, top_p: float | None
+) -> jax.Array:
     """[B, V] -> [B, V] float32 with filtered entries at NEG_INF (transformers' warper order:
     temperature, top-k, top-p). ``top_k`` None or 0 and ``top_p`` None or 1.0 filter nothing.
 
@@ -74,7 +78,9 @@ def process_logits(logits: jax.Array, temperature: float, top_k: int | None, top
 # Arguments
 
 
-def _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, early_stopping, input_ids):
+def _check_args(
+    method, max_new_tokens, temperature, top_k, top_p, num_beams, early_stopping, input_ids
+):
     if method not in ("greedy", "sample", "beam"):
         raise ValueError(f"method={method!r}; choose greedy, sample or beam")
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
@@ -82,15 +88,21 @@ def _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, ea
     if top_p is not None and not (0.0 < top_p <= 1.0):
         raise ValueError(f"top_p={top_p} must lie in (0, 1]")
     if method == "sample" and not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be > 0 for sampling; use method='greedy' for argmax")
+        raise ValueError(
+            f"temperature={temperature} must be > 0 for sampling; use method='greedy' for argmax"
+        )
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k={top_k} must be >= 0")
     if int(num_beams) != num_beams or num_beams < 1:
         raise ValueError(f"num_beams={num_beams} must be an integer of at least 1")
     if early_stopping not in (True, False, "never"):
-        raise ValueError(f"early_stopping={early_stopping!r}; choose True, False or 'never' (as transformers)")
+        raise ValueError(
+            f"early_stopping={early_stopping!r}; choose True, False or 'never' (as transformers)"
+        )
     if input_ids.ndim != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids must be a non-empty [batch, length] prompt, got shape {input_ids.shape}")
+        raise ValueError(
+            f"input_ids must be a non-empty [batch, length] prompt, got shape {input_ids.shape}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +112,9 @@ class _Spec:
     kind: str  # the decoding adapter: "causal" | "seq2seq"
     max_new_tokens: int
     method: str  # "greedy" | "sample" | "beam"
-    use_top_k: bool  # sampling: whether the top-k / top-p filters run at all (their values are traced)
+    use_top_k: (
+        bool  # sampling: whether the top-k / top-p filters run at all (their values are traced)
+    )
     use_top_p: bool
     num_beams: int
     start: int  # T5's decoder_start_token_id
@@ -156,12 +170,16 @@ def generate(
       GPT-2: [B, T + max_new_tokens] (prompt included); T5: [B, max_new_tokens] (no start token).
     """
     input_ids = np.asarray(input_ids)
-    _check_args(method, max_new_tokens, temperature, top_k, top_p, num_beams, early_stopping, input_ids)
+    _check_args(
+        method, max_new_tokens, temperature, top_k, top_p, num_beams, early_stopping, input_ids
+    )
     family = models.of_model(model)
     kind = family.decoder  # the adapter: "causal" (GPT-2) or "seq2seq" (T5)
     if kind is None:
-        raise ValueError(f"generate needs a model that generates (GPT-2 or T5); a {family.name} "
-                         f"{type(model).__name__} does not")
+        raise ValueError(
+            f"generate needs a model that generates (GPT-2 or T5); a {family.name} "
+            f"{type(model).__name__} does not"
+        )
     if method == "beam" and num_beams == 1:
         method = "greedy"  # transformers runs greedy search for num_beams=1
     if return_logits and method == "beam":
@@ -170,20 +188,27 @@ def generate(
     B, T = input_ids.shape
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}")
+        raise ValueError(
+            f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}"
+        )
     mask = (mask != 0).astype(np.int32)
     if (mask.sum(-1) == 0).any():
-        raise ValueError("a prompt is empty (its attention_mask is all zeros); give every row at least one token")
+        raise ValueError(
+            "a prompt is empty (its attention_mask is all zeros); give every row at least one token"
+        )
     check_token_ids(input_ids, c.vocab_size)
     bucket = max(1, int(prompt_bucket))
     Tb = -(-T // bucket) * bucket
     if kind == "causal":
         if (np.diff(mask, axis=1) < 0).any():
-            raise ValueError("GPT-2 prompts must be left-padded: an attention_mask row has a 0 after a 1")
+            raise ValueError(
+                "GPT-2 prompts must be left-padded: an attention_mask row has a 0 after a 1"
+            )
         if T + max_new_tokens > c.n_positions:
             raise ValueError(
                 f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the model's n_positions="
-                f"{c.n_positions}; lower max_new_tokens to {c.n_positions - T} or shorten the prompt")
+                f"{c.n_positions}; lower max_new_tokens to {c.n_positions - T} or shorten the prompt"
+            )
         # The cache holds Tb + max_new_tokens - 1 slots and may not outgrow n_positions.
         Tb = min(Tb, c.n_positions - max_new_tokens + 1)
         pad = eos_token_id if pad_token_id is None else pad_token_id
@@ -194,10 +219,13 @@ def generate(
         if max_new_tokens > c.n_positions:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} exceeds the model's n_positions={c.n_positions} "
-                f"(the decoder length T5 accepts); lower max_new_tokens to {c.n_positions}")
+                f"(the decoder length T5 accepts); lower max_new_tokens to {c.n_positions}"
+            )
         if T > c.n_positions:
-            raise ValueError(f"input_ids has length {T}, longer than the model's n_positions={c.n_positions}; "
-                             f"truncate the input to {c.n_positions} tokens")
+            raise ValueError(
+                f"input_ids has length {T}, longer than the model's n_positions={c.n_positions}; "
+                f"truncate the input to {c.n_positions} tokens"
+            )
         Tb = min(Tb, c.n_positions)
         pad = c.pad_token_id if pad_token_id is None else pad_token_id
         # Right-pad the encoder input: masked keys change nothing (relative positions, no absolute ones).
@@ -209,11 +237,15 @@ def generate(
         num_beams = 1
     rules = nn.get_logical_axis_rules()
     spec = _Spec(
-        kind=kind, max_new_tokens=int(max_new_tokens), method=method,
+        kind=kind,
+        max_new_tokens=int(max_new_tokens),
+        method=method,
         use_top_k=method == "sample" and bool(top_k),
         use_top_p=method == "sample" and top_p is not None and top_p < 1.0,
-        num_beams=int(num_beams), start=int(getattr(c, "decoder_start_token_id", 0)),
-        return_logits=bool(return_logits), rules=_freeze(rules),
+        num_beams=int(num_beams),
+        start=int(getattr(c, "decoder_start_token_id", 0)),
+        return_logits=bool(return_logits),
+        rules=_freeze(rules),
     )
     # EOS, padding, the sampling and the beam-search settings are traced values: changing them does
     # not recompile.
@@ -221,18 +253,29 @@ def generate(
     # transformers divides a finished hypothesis' score by (generated length ** length_penalty),
     # computed in Python floats and rounded to float32: a table indexed by length does the same.
     lengths = np.arange(max_new_tokens + 1)
-    denom = np.array([float(n) ** length_penalty if n else 1.0 for n in lengths], np.float64).astype(np.float32)
+    denom = np.array(
+        [float(n) ** length_penalty if n else 1.0 for n in lengths], np.float64
+    ).astype(np.float32)
     # early_stopping="never" with a positive length penalty bounds scores at the maximal length.
-    never_len = np.int32(max_new_tokens if (early_stopping == "never" and length_penalty > 0) else 0)
+    never_len = np.int32(
+        max_new_tokens if (early_stopping == "never" and length_penalty > 0) else 0
+    )
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    settings = dict(eos=eos, pad=np.int32(pad), early=np.bool_(early_stopping is True), denom=denom,
-                    never_len=never_len, temperature=np.float32(temperature), top_k=np.int32(top_k or 0),
-                    top_p=np.float32(1.0 if top_p is None else top_p))
+    settings = dict(
+        eos=eos,
+        pad=np.int32(pad),
+        early=np.bool_(early_stopping is True),
+        denom=denom,
+        never_len=never_len,
+        temperature=np.float32(temperature),
+        top_k=np.int32(top_k or 0),
+        top_p=np.float32(1.0 if top_p is None else top_p),
+    )
     fn = _compiled(model, spec)
     out = fn(params, jnp.asarray(ids), jnp.asarray(mask), rng, jax.tree.map(jnp.asarray, settings))
     tokens, logits = out
     if kind == "causal":
-        tokens = tokens[:, Tb - T:]
+        tokens = tokens[:, Tb - T :]
     return (tokens, logits) if return_logits else tokens
 
 
@@ -269,21 +312,35 @@ def _causal_start(model, params, ids, mask, M, start_token):
     S = T + M - 1  # the prompt, then M - 1 chosen tokens (the last chosen token is never fed)
     cache = jax.tree.map(
         jnp.zeros_like,
-        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((B, S), jnp.int32), decode=True))["cache"],
+        jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((B, S), jnp.int32), decode=True)
+        )["cache"],
     )
     full_mask = jnp.concatenate([mask, jnp.ones((B, M - 1), mask.dtype)], axis=1)
     pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     if T > 1:
-        _, v = model.apply({"params": params, "cache": cache}, ids[:, :-1], attention_mask=full_mask,
-                           position_ids=pos[:, :-1], decode=True, mutable=["cache"])
+        _, v = model.apply(
+            {"params": params, "cache": cache},
+            ids[:, :-1],
+            attention_mask=full_mask,
+            position_ids=pos[:, :-1],
+            decode=True,
+            mutable=["cache"],
+        )
         cache = v["cache"]
     return {"cache": cache, "rows": {"mask": full_mask, "pos": pos[:, -1]}}, ids[:, -1]
 
 
 def _causal_step(model, params, state, tok):
     rows = state["rows"]
-    logits, v = model.apply({"params": params, "cache": state["cache"]}, tok[:, None], attention_mask=rows["mask"],
-                            position_ids=rows["pos"][:, None], decode=True, mutable=["cache"])
+    logits, v = model.apply(
+        {"params": params, "cache": state["cache"]},
+        tok[:, None],
+        attention_mask=rows["mask"],
+        position_ids=rows["pos"][:, None],
+        decode=True,
+        mutable=["cache"],
+    )
     return logits[:, -1], {"cache": v["cache"], "rows": {**rows, "pos": rows["pos"] + 1}}
 
 
@@ -292,14 +349,23 @@ def _seq2seq_start(model, params, ids, mask, M, start_token):
     # Cross-attention keys/values are projected here, once; the self-attention cache holds M slots
     # (the start token and M - 1 chosen tokens).
     cache = t5_lib.init_decode_cache(model, params, enc, M, mask)
-    return {"cache": cache, "rows": {"enc": enc, "mask": mask}}, jnp.full((ids.shape[0],), start_token, jnp.int32)
+    return {"cache": cache, "rows": {"enc": enc, "mask": mask}}, jnp.full(
+        (ids.shape[0],), start_token, jnp.int32
+    )
 
 
 def _seq2seq_step(model, params, state, tok):
     rows = state["rows"]
     # Positions come from the cache index (tokens already in the cache).
-    logits, v = model.apply({"params": params, "cache": state["cache"]}, tok[:, None], rows["enc"], rows["mask"],
-                            decode=True, method=model.decode, mutable=["cache"])
+    logits, v = model.apply(
+        {"params": params, "cache": state["cache"]},
+        tok[:, None],
+        rows["enc"],
+        rows["mask"],
+        decode=True,
+        method=model.decode,
+        mutable=["cache"],
+    )
     return logits[:, -1], {"cache": v["cache"], "rows": rows}
 
 
@@ -319,8 +385,12 @@ def _sample_loop(spec: _Spec, V, tok, state, step, rng, settings):
     def choose(logits, i):
         if spec.method == "greedy":
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        z = process_logits(logits, settings["temperature"], settings["top_k"] if spec.use_top_k else None,
-                           settings["top_p"] if spec.use_top_p else None)
+        z = process_logits(
+            logits,
+            settings["temperature"],
+            settings["top_k"] if spec.use_top_k else None,
+            settings["top_p"] if spec.use_top_p else None,
+        )
         return jax.random.categorical(jax.random.fold_in(rng, i), z, axis=-1).astype(jnp.int32)
 
     def cond(carry):
@@ -372,7 +442,9 @@ def _beam_search(spec: _Spec, V, tok, state, step, reorder, settings):
     best hypothesis per example [B, M], pad after its end.
     """
     M, W = spec.max_new_tokens, spec.num_beams
-    eos, pad, early, denom, never_len = (settings[k] for k in ("eos", "pad", "early", "denom", "never_len"))
+    eos, pad, early, denom, never_len = (
+        settings[k] for k in ("eos", "pad", "early", "denom", "never_len")
+    )
     BW = tok.shape[0]
     B = BW // W
     W2 = 2 * W  # transformers: max(2, 1 + number of EOS ids) * num_beams
@@ -428,8 +500,12 @@ def _beam_search(spec: _Spec, V, tok, state, step, reorder, settings):
 
     init_scores = jnp.where(jnp.arange(W)[None] == 0, 0.0, neg) * jnp.ones((B, 1), jnp.float32)
     beams = (
-        jnp.full((B, W, M), pad, jnp.int32), init_scores, jnp.full((B, W, M), pad, jnp.int32),
-        jnp.full((B, W), neg, jnp.float32), jnp.zeros((B, W), bool), jnp.ones((B, 1), bool),
+        jnp.full((B, W, M), pad, jnp.int32),
+        init_scores,
+        jnp.full((B, W, M), pad, jnp.int32),
+        jnp.full((B, W), neg, jnp.float32),
+        jnp.zeros((B, W), bool),
+        jnp.ones((B, 1), bool),
     )
     carry = (jnp.int32(0), jnp.arange(BW), tok, state, beams, jnp.array(True))
     seqs = jax.lax.while_loop(cond, body, carry)[4][2]
@@ -443,7 +519,9 @@ def _compiled(model, spec: _Spec):
     M = spec.max_new_tokens
 
     @jax.jit
-    def generate_loop(params, ids, mask, rng, settings):  # the name jax.monitoring reports for its traces
+    def generate_loop(
+        params, ids, mask, rng, settings
+    ):  # the name jax.monitoring reports for its traces
         start, step = _ADAPTERS[spec.kind]
         state, tok = start(model, params, ids, mask, M, spec.start)
         step = functools.partial(step, model, params)
@@ -452,13 +530,18 @@ def _compiled(model, spec: _Spec):
             W = spec.num_beams
             # One prefill per example; its beams start from copies of the cache.
             rep = lambda x, axis: jnp.repeat(x, W, axis=axis)  # noqa: E731
-            state = {"cache": _map_cache(state["cache"], rep, _ALL_CACHE, scan),
-                     "rows": jax.tree.map(lambda x: rep(x, 0), state["rows"])}
+            state = {
+                "cache": _map_cache(state["cache"], rep, _ALL_CACHE, scan),
+                "rows": jax.tree.map(lambda x: rep(x, 0), state["rows"]),
+            }
 
             def reorder(state, rows):
                 take = lambda x, axis: jnp.take(x, rows, axis=axis)  # noqa: E731
                 # Only self-attention caches differ between the beams of an example.
-                return {"cache": _map_cache(state["cache"], take, _SELF_CACHE, scan), "rows": state["rows"]}
+                return {
+                    "cache": _map_cache(state["cache"], take, _SELF_CACHE, scan),
+                    "rows": state["rows"],
+                }
 
             gen = _beam_search(spec, V, rep(tok, 0), state, step, reorder, settings)
         else:

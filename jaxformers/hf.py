@@ -36,7 +36,9 @@ def _layout(layout: str) -> tuple[str, int]:
         return kind, 0
     if kind in ("linear", "conv1d") and k.isdigit():
         return kind, int(k)
-    raise ValueError(f"unknown HF weight layout {layout!r}: 'same', 'flat', 'linear K' or 'conv1d K'")
+    raise ValueError(
+        f"unknown HF weight layout {layout!r}: 'same', 'flat', 'linear K' or 'conv1d K'"
+    )
 
 
 def _hf_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
@@ -62,12 +64,16 @@ def _to_hf(x: Any, layout: str) -> np.ndarray:
     return x.T if kind == "linear" else x
 
 
-def _from_hf(x: np.ndarray, layout: str, shape: tuple[int, ...], name: str = "tensor") -> np.ndarray:
+def _from_hf(
+    x: np.ndarray, layout: str, shape: tuple[int, ...], name: str = "tensor"
+) -> np.ndarray:
     """transformers' array -> ours of ``shape``; ValueError when its shape does not fit."""
     expected = _hf_shape(shape, layout)
     if tuple(x.shape) != expected:
-        raise ValueError(f"weight {name!r} has shape {tuple(x.shape)}, but config.json implies {expected}; "
-                         "the checkpoint does not match its config.json")
+        raise ValueError(
+            f"weight {name!r} has shape {tuple(x.shape)}, but config.json implies {expected}; "
+            "the checkpoint does not match its config.json"
+        )
     return (x.T if _layout(layout)[0] == "linear" else x).reshape(shape)
 
 
@@ -99,21 +105,33 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: Any) -> dict:
     for w in fam.module.hf_weights(config):
         name = next((n for n in (w.name, *w.aliases) if n in tensors), None)
         if name is None:
-            raise ValueError(f"weight {w.name!r} is missing; the checkpoint does not match its config.json")
+            raise ValueError(
+                f"weight {w.name!r} is missing; the checkpoint does not match its config.json"
+            )
         keys, index = layers.layer_path(w.path, config.scan_layers)
         try:
             shape = functools.reduce(lambda d, k: d[k], keys, shapes).shape
         except (KeyError, TypeError, AttributeError):
-            raise RuntimeError(f"{fam.name}'s hf_weights names {w.path} ({w.name}), which the model does not have") from None
-        leaves.append((w.path, _from_hf(tensors[name], w.layout, shape if index is None else shape[1:], name)))
+            raise RuntimeError(
+                f"{fam.name}'s hf_weights names {w.path} ({w.name}), which the model does not have"
+            ) from None
+        leaves.append(
+            (w.path, _from_hf(tensors[name], w.layout, shape if index is None else shape[1:], name))
+        )
     params = layers.params_from_leaves(leaves, config.scan_layers)
     if _paths(params) != _paths(shapes):
-        raise RuntimeError(f"{fam.name}'s hf_weights does not cover the model's params: "
-                           f"{sorted(_paths(shapes) ^ _paths(params))}")
-    for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(shapes)):
+        raise RuntimeError(
+            f"{fam.name}'s hf_weights does not cover the model's params: "
+            f"{sorted(_paths(shapes) ^ _paths(params))}"
+        )
+    for (path, x), s in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(shapes)
+    ):
         if x.shape != s.shape:  # a scanned stack with the wrong number of layers
-            raise RuntimeError(f"{fam.name}'s hf_weights gives {jax.tree_util.keystr(path)} the shape "
-                               f"{x.shape}, the model {s.shape}")
+            raise RuntimeError(
+                f"{fam.name}'s hf_weights gives {jax.tree_util.keystr(path)} the shape "
+                f"{x.shape}, the model {s.shape}"
+            )
     return params
 
 
@@ -130,17 +148,22 @@ def params_to_hf(params: Any, config: Any) -> dict[str, np.ndarray]:
         try:
             x = layers.param_at(params, w.path, config.scan_layers)
         except (KeyError, IndexError, TypeError):
-            raise ValueError(f"the params have nothing at {w.path} for {w.name!r}: they are not those of "
-                             f"the {type(config).__name__} given (another head or layout?)") from None
+            raise ValueError(
+                f"the params have nothing at {w.path} for {w.name!r}: they are not those of "
+                f"the {type(config).__name__} given (another head or layout?)"
+            ) from None
         out[w.name] = _to_hf(x, w.layout)
         used.add(layers.layer_path(w.path, config.scan_layers)[0])
     if _paths(params) - used:
-        raise ValueError(f"{fam.name}'s hf_weights names no HF tensor for params {sorted(_paths(params) - used)}: "
-                         "they would not be saved")
+        raise ValueError(
+            f"{fam.name}'s hf_weights names no HF tensor for params {sorted(_paths(params) - used)}: "
+            "they would not be saved"
+        )
     return out
 
 
 # ---- safetensors I/O ----
+
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     files = []
@@ -161,7 +184,9 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         try:
             tensors.update(load_file(f))
         except Exception as e:  # safetensors raises its own types for truncated/garbled files
-            raise ValueError(f"cannot read {f}: {e}; the file is damaged, download or export it again") from e
+            raise ValueError(
+                f"cannot read {f}: {e}; the file is damaged, download or export it again"
+            ) from e
     return tensors
 
 
@@ -188,8 +213,10 @@ def from_pretrained(path: str, dtype: str | None = None, **config_overrides: Any
     if dtype is not None:
         config_overrides["dtype"] = dtype
     config = fam.config_from_hf(hf_config, **config_overrides)
-    tensors = {k: np.asarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
-               for k, v in read_safetensors(path).items()}
+    tensors = {
+        k: np.asarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
+        for k, v in read_safetensors(path).items()
+    }
     model = fam.model_from_config(config, hf_config.get("architectures"), tensors)
     try:
         params = params_from_hf(tensors, model.config)
@@ -203,7 +230,9 @@ def save_pretrained(model: Any, params: Any, out_dir: str) -> None:
     """Writes config.json + model.safetensors that transformers loads unchanged."""
     config = model.config
     fam = models.of_config(config).module
-    params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), nn.meta.unbox(params))
+    params = jax.tree.map(
+        lambda x: np.asarray(jax.device_get(x), np.float32), nn.meta.unbox(params)
+    )
     hf_params = params_to_hf(params, config)
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in hf_params.items()}
@@ -212,4 +241,3 @@ def save_pretrained(model: Any, params: Any, out_dir: str) -> None:
     os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(fam.config_to_hf(config), f, indent=2)
-

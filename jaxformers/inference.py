@@ -23,14 +23,24 @@ from jaxformers.data.tokenizers import load_tokenizer
 
 MODEL_JSON = "model.json"
 # The tokenizer files an HF directory may hold, copied on import and export.
-TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "spiece.model",
-                   "tokenizer_config.json")
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "spiece.model",
+    "tokenizer_config.json",
+)
 
 
 def write_model_json(workdir: str, config: Any) -> None:
     """Records what ``load`` needs to rebuild the model: its family and config."""
     with open(os.path.join(workdir, MODEL_JSON), "w") as f:
-        json.dump({"family": models.of_config(config).name, "config": dataclasses.asdict(config)}, f, indent=2)
+        json.dump(
+            {"family": models.of_config(config).name, "config": dataclasses.asdict(config)},
+            f,
+            indent=2,
+        )
 
 
 def read_model_json(workdir: str) -> Any:
@@ -40,7 +50,9 @@ def read_model_json(workdir: str) -> Any:
         meta = json.load(f)
     family = models.get(meta["family"])
     # JSON has no tuples: lists come back as the tuples the frozen configs hold.
-    return family.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    return family.config_class(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    )
 
 
 def load(path: str):
@@ -49,8 +61,10 @@ def load(path: str):
         model, params = hf.from_pretrained(path)
         return model, params, load_tokenizer(models.of_model(model).tokenizer, path)
     if not os.path.isfile(os.path.join(path, MODEL_JSON)):
-        raise FileNotFoundError(f"{path} is neither a finished training workdir ({MODEL_JSON}) nor a "
-                                "Hugging Face model directory (config.json)")
+        raise FileNotFoundError(
+            f"{path} is neither a finished training workdir ({MODEL_JSON}) nor a "
+            "Hugging Face model directory (config.json)"
+        )
     config = read_model_json(path)
     family = models.of_config(config)
     model = family.build(config)
@@ -58,20 +72,33 @@ def load(path: str):
     return model, params, load_tokenizer(family.tokenizer, os.path.join(path, "tokenizer"))
 
 
-def sample_text(path: str, prompt: str | None, max_new_tokens: int = 200, method: str = "sample",
-                temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None, seed: int = 0,
-                num_beams: int = 4, model_input: str | None = None) -> str:
+def sample_text(
+    path: str,
+    prompt: str | None,
+    max_new_tokens: int = 200,
+    method: str = "sample",
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    top_p: float | None = None,
+    seed: int = 0,
+    num_beams: int = 4,
+    model_input: str | None = None,
+) -> str:
     """Causal LM (GPT-2): continues ``prompt``. Seq2seq (T5): generates from ``model_input`` (or
     ``prompt``) until EOS or ``max_new_tokens``."""
     model, params, tok = load(path)
     family = models.of_model(model)
     if family.decoder is None:
-        raise ValueError(f"{path} holds a {family.name} model, which does not generate text; "
-                         "sample needs a GPT-2 or T5 model")
+        raise ValueError(
+            f"{path} holds a {family.name} model, which does not generate text; "
+            "sample needs a GPT-2 or T5 model"
+        )
     text = model_input if model_input is not None else prompt
     ids = tok.encode(text)
     if not ids:
-        raise ValueError("the prompt is empty; give some text with --prompt (GPT-2) or --input (T5)")
+        raise ValueError(
+            "the prompt is empty; give some text with --prompt (GPT-2) or --input (T5)"
+        )
     limit = family.max_positions(model.config)
     if family.decoder == "seq2seq":
         ids = ids + [tok.eos_id]
@@ -80,9 +107,19 @@ def sample_text(path: str, prompt: str | None, max_new_tokens: int = 200, method
         room, eos = min(max_new_tokens, limit - len(ids)), None
         if room < 1:
             raise ValueError(f"the prompt has {len(ids)} tokens, the model only {limit} positions")
-    out = decoding.generate(model, params, np.asarray([ids]), max_new_tokens=room, method=method,
-                            temperature=temperature, top_k=top_k or None, top_p=top_p, num_beams=num_beams,
-                            eos_token_id=eos, rng=jax.random.PRNGKey(seed))
+    out = decoding.generate(
+        model,
+        params,
+        np.asarray([ids]),
+        max_new_tokens=room,
+        method=method,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        num_beams=num_beams,
+        eos_token_id=eos,
+        rng=jax.random.PRNGKey(seed),
+    )
     return tok.decode(np.asarray(out[0]).tolist())
 
 
@@ -92,15 +129,21 @@ def fill_mask(path: str, text: str, top_k: int = 5) -> list[list[tuple[str, floa
         raise ValueError("the text has no [MASK] token; write e.g. --text 'the [MASK] of the play'")
     model, params, tok = load(path)
     if getattr(model.config, "architecture", None) != "BertForPreTraining":
-        raise ValueError(f"{path} holds a {type(model).__name__} without a masked-LM head; "
-                         "fill-mask needs BertForPreTraining weights")
+        raise ValueError(
+            f"{path} holds a {type(model).__name__} without a masked-LM head; "
+            "fill-mask needs BertForPreTraining weights"
+        )
     ids = tok.encode(text, add_special_tokens=True)
     limit = models.of_model(model).max_positions(model.config)
     if len(ids) > limit:
         raise ValueError(f"the text is {len(ids)} tokens long, the model takes at most {limit}")
     positions = [i for i, t in enumerate(ids) if t == tok.mask_id]
-    out = model.apply({"params": params}, np.asarray([ids]), attention_mask=np.ones((1, len(ids)), np.int32),
-                      masked_lm_positions=np.asarray([positions]))
+    out = model.apply(
+        {"params": params},
+        np.asarray([ids]),
+        attention_mask=np.ones((1, len(ids)), np.int32),
+        masked_lm_positions=np.asarray([positions]),
+    )
     probs = np.asarray(jax.nn.softmax(out.mlm_logits[0].astype("float32"), axis=-1))
     result = []
     for p in probs:

@@ -28,14 +28,17 @@ def _cluster_detected() -> bool:
     return len([h for h in hosts.split(",") if h]) > 1
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Starts the multi-process runtime when this is a multi-host run; returns whether it did."""
     global _done
     if _done:
         return True
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    num_processes = num_processes or (int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None)
+    num_processes = num_processes or (
+        int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None
+    )
     if process_id is None and "JAX_PROCESS_ID" in os.environ:
         process_id = int(os.environ["JAX_PROCESS_ID"])
     explicit = coordinator is not None and num_processes is not None and num_processes > 1
@@ -46,8 +49,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
         if process_id is None:
-            raise ValueError("a multi-process run needs --process-id (or JAX_PROCESS_ID) besides the coordinator")
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+            raise ValueError(
+                "a multi-process run needs --process-id (or JAX_PROCESS_ID) besides the coordinator"
+            )
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        )
     else:
         jax.distributed.initialize()
     _done = True

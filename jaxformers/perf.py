@@ -76,5 +76,7 @@ def peak_tflops(override: float = 0.0, dtype: str = "float32") -> tuple[float, s
     )
 
 
-def mfu(flops_per_step: float, step_seconds: float, peak_tflops_per_device: float, num_devices: int) -> float:
+def mfu(
+    flops_per_step: float, step_seconds: float, peak_tflops_per_device: float, num_devices: int
+) -> float:
     return flops_per_step / (step_seconds * num_devices * peak_tflops_per_device * 1e12)

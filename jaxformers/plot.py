@@ -31,16 +31,29 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
 
     recs = read_metrics(workdir)
     acc = accuracy_keys(recs)
-    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(12 if acc else 7, 4.2), dpi=120, squeeze=False)
-    panels = [(axes[0, 0], ["loss"], "loss (nats/token)")] + ([(axes[0, 1], acc, "accuracy")] if acc else [])
+    fig, axes = plt.subplots(
+        1, 2 if acc else 1, figsize=(12 if acc else 7, 4.2), dpi=120, squeeze=False
+    )
+    panels = [(axes[0, 0], ["loss"], "loss (nats/token)")] + (
+        [(axes[0, 1], acc, "accuracy")] if acc else []
+    )
     for ax, keys, ylabel in panels:
         for key in keys:
             for split, style in (("train", "-"), ("eval", "o-")):
-                pts = sorted({r["step"]: r[key] for r in recs if r["split"] == split and key in r}.items())
+                pts = sorted(
+                    {r["step"]: r[key] for r in recs if r["split"] == split and key in r}.items()
+                )
                 if pts:
                     label = split if keys == ["loss"] else f"{split} {key}"
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, lw=1.2, ms=4,
-                            alpha=0.5 if split == "train" and len(keys) > 1 else 1.0)
+                    ax.plot(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        style,
+                        label=label,
+                        lw=1.2,
+                        ms=4,
+                        alpha=0.5 if split == "train" and len(keys) > 1 else 1.0,
+                    )
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

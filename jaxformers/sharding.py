@@ -12,13 +12,15 @@ the mesh axes ``("data", "fsdp", "tensor")``:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.experimental import mesh_utils
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -94,6 +96,7 @@ def fit_to_shapes(shardings: Any, abstract: Any) -> Any:
     GPT-2's vocabulary of 50257 or a head count of 5 cannot split over a tensor axis of 2; rather
     than failing inside the jitted init, such a dimension stays whole on every device.
     """
+
     def fit(sh, x):
         if not isinstance(sh, NamedSharding):
             return sh
@@ -122,8 +125,10 @@ def like_params(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any
     shape equals that parameter's is sharded like it (Adam's moments); anything else (counts,
     Adafactor's factored row/column statistics) is replicated: small next to the parameters."""
     table = {}
-    for (path, p), (_, sh) in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                                  jax.tree_util.tree_flatten_with_path(param_shardings)[0]):
+    for (path, p), (_, sh) in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0],
+        jax.tree_util.tree_flatten_with_path(param_shardings)[0],
+    ):
         table[_path_keys(path)] = (tuple(p.shape), sh)
 
     def pick(path, leaf):
@@ -162,6 +167,7 @@ def host_to_global(local: Any, mesh: Mesh, leading: int = 0) -> Any:
 
     Each host passes only the rows it read (its ``process_index`` share, see data.pipeline).
     """
+
     def put(x):
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, leading), x)

@@ -17,7 +17,8 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,8 +29,8 @@ from flax import struct
 from tqdm.auto import tqdm
 
 from jaxformers import checkpoint, inference, launch, models, perf, sharding
-from jaxformers.data import pipeline
 from jaxformers.config import Experiment
+from jaxformers.data import pipeline
 
 log = logging.getLogger("jaxformers")
 
@@ -51,6 +52,7 @@ class TrainState(struct.PyTreeNode):
 
 # ---------------------------------------------------------------------------------- optimizer
 
+
 def make_schedule(o, total_steps: int) -> Callable:
     """Linear warmup then the decay; "rsqrt" is T5's: constant lr for warmup, then lr*sqrt(warmup/step)."""
     warm = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
@@ -66,15 +68,19 @@ def make_schedule(o, total_steps: int) -> Callable:
     elif o.schedule == "rsqrt":  # s counts from the end of warmup
         decay = lambda s: o.lr * jnp.sqrt(max(o.warmup_steps, 1) / (s + max(o.warmup_steps, 1)))  # noqa: E731
     else:
-        raise ValueError(f"unknown schedule {o.schedule!r}; choose cosine, linear, constant or rsqrt")
+        raise ValueError(
+            f"unknown schedule {o.schedule!r}; choose cosine, linear, constant or rsqrt"
+        )
     return optax.join_schedules([warm, decay], [o.warmup_steps])
 
 
 def decay_mask(params: Any) -> Any:
     """Weight decay on matrices only: not on norms, biases or other vectors (a norm's scale and
     bias are vectors; scanned layers stack them into matrices, hence the leaf-name rule)."""
+
     def is_decayed(path, x):
         return x.ndim >= 2 and getattr(path[-1], "key", None) not in ("bias", "scale")
+
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
@@ -83,16 +89,24 @@ def make_optimizer(o, schedule: Callable) -> optax.GradientTransformation:
     if o.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(o.clip_norm))
     if o.name == "adamw":
-        parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask))
+        parts.append(
+            optax.adamw(
+                schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask
+            )
+        )
     elif o.name == "adafactor":
-        parts.append(optax.adafactor(schedule, weight_decay_rate=o.weight_decay or None,
-                                     weight_decay_mask=decay_mask))
+        parts.append(
+            optax.adafactor(
+                schedule, weight_decay_rate=o.weight_decay or None, weight_decay_mask=decay_mask
+            )
+        )
     else:
         raise ValueError(f"unknown optimizer {o.name!r}; choose adamw or adafactor")
     return optax.chain(*parts)
 
 
 # ---------------------------------------------------------------------------------- the step
+
 
 def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
@@ -109,17 +123,21 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     grad_fn = jax.value_and_grad(obj.loss, has_aux=True)
 
     def micro(i, mb):
-        (_, sums), grads = grad_fn(state.params, state.apply_fn, mb, jax.random.fold_in(step_rng, i), False, norms)
+        (_, sums), grads = grad_fn(
+            state.params, state.apply_fn, mb, jax.random.fold_in(step_rng, i), False, norms
+        )
         return grads, sums
 
     first = jax.tree.map(lambda x: x[0], batch)
     grads, sums = micro(0, first)
     A = jax.tree.leaves(batch)[0].shape[0]
     if A > 1:
+
         def body(carry, xs):
             i, mb = xs
             g, s = micro(i, mb)
             return (_add(carry[0], g), _add(carry[1], s)), None
+
         rest = jax.tree.map(lambda x: x[1:], batch)
         (grads, sums), _ = jax.lax.scan(body, (grads, sums), (jnp.arange(1, A), rest))
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -139,11 +157,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
 def eval_step(state: TrainState, batch: dict) -> dict:
     """Raw metric sums over one ``[b, ...]`` batch (added up over batches by the caller)."""
     norms = state.objective.normalizers(jax.tree.map(lambda x: x[None], batch))
-    _, sums = state.objective.loss(state.params, state.apply_fn, batch, jax.random.PRNGKey(0), True, norms)
+    _, sums = state.objective.loss(
+        state.params, state.apply_fn, batch, jax.random.PRNGKey(0), True, norms
+    )
     return sums
 
 
 # ---------------------------------------------------------------------------------- the state
+
 
 @dataclasses.dataclass
 class ShardedState:
@@ -161,9 +182,17 @@ class ShardedState:
     init: Callable[[], TrainState]
 
 
-def create_train_state(model: nn.Module, example_inputs: tuple, tx: optax.GradientTransformation, mesh,
-                       task: Any = None, schedule: Callable | None = None, seed: int = 0,
-                       rules=sharding.LOGICAL_RULES, skip_nonfinite: bool = False) -> ShardedState:
+def create_train_state(
+    model: nn.Module,
+    example_inputs: tuple,
+    tx: optax.GradientTransformation,
+    mesh,
+    task: Any = None,
+    schedule: Callable | None = None,
+    seed: int = 0,
+    rules=sharding.LOGICAL_RULES,
+    skip_nonfinite: bool = False,
+) -> ShardedState:
     """Abstract-first state construction: ``jax.eval_shape(init)`` -> logical partition specs ->
     ``NamedSharding``s -> ``jax.jit(init, out_shardings=...)``. Nothing full-size is built on one device.
 
@@ -185,9 +214,16 @@ def create_train_state(model: nn.Module, example_inputs: tuple, tx: optax.Gradie
 
     def init_state(rng):
         params = nn.meta.unbox(init_params(rng))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          apply_fn=model.apply, tx=tx, objective=task, schedule=schedule,
-                          skip_nonfinite=skip_nonfinite)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            apply_fn=model.apply,
+            tx=tx,
+            objective=task,
+            schedule=schedule,
+            skip_nonfinite=skip_nonfinite,
+        )
 
     with _MeshRules(mesh, rules):
         boxed = jax.eval_shape(init_params, rng)
@@ -211,12 +247,15 @@ def _no_schedule(step):
 
 # ---------------------------------------------------------------------------------- the loop
 
+
 class WorkdirLock:
     """One run per workdir: an exclusive flock on ``workdir/.lock`` (released if the process dies)."""
 
     def __init__(self, workdir: str):
         # One lock file per process: the hosts of one multi-host run share the workdir.
-        self.path = os.path.join(workdir, ".lock" if jax.process_index() == 0 else f".lock.{jax.process_index()}")
+        self.path = os.path.join(
+            workdir, ".lock" if jax.process_index() == 0 else f".lock.{jax.process_index()}"
+        )
 
     def __enter__(self):
         self.f = open(self.path, "w")
@@ -245,6 +284,7 @@ class MetricWriter:
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         try:
             from tensorboardX import SummaryWriter
+
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         except ImportError:  # TensorBoard files are a convenience, the JSONL is the record
             self.tb = None
@@ -274,7 +314,9 @@ def check_workdir(workdir: str) -> None:
             f.write(b"\0" * 1024 * 1024)  # a full disk fails here, before any training
         os.remove(probe)
     except OSError as e:
-        raise RuntimeError(f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir or free space") from e
+        raise RuntimeError(
+            f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir or free space"
+        ) from e
 
 
 @dataclasses.dataclass
@@ -310,8 +352,17 @@ class Trainer:
         self.schedule = make_schedule(exp.optim, exp.optim.total_steps or exp.steps)
         self.tx = make_optimizer(exp.optim, self.schedule)
         self.rules = sharding.LOGICAL_RULES
-        self.sharded = create_train_state(self.model, self.data.dummy_inputs(), self.tx, self.mesh, exp.task,
-                                          self.schedule, exp.seed, self.rules, exp.nan_policy == "skip")
+        self.sharded = create_train_state(
+            self.model,
+            self.data.dummy_inputs(),
+            self.tx,
+            self.mesh,
+            exp.task,
+            self.schedule,
+            exp.seed,
+            self.rules,
+            exp.nan_policy == "skip",
+        )
         self.abstract_state, self.state_shardings = self.sharded.abstract, self.sharded.shardings
 
     def _build_data_in_turn(self):
@@ -331,7 +382,9 @@ class Trainer:
         return self.sharded.init()
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer) -> tuple[TrainState, int]:
-        abstract = checkpoint.abstract_like(self.abstract_state.arrays(), self.state_shardings.arrays())
+        abstract = checkpoint.abstract_like(
+            self.abstract_state.arrays(), self.state_shardings.arrays()
+        )
         found = ckpt.restore_latest_good(abstract) if ckpt.all_steps() else None
         if found is None:
             state = self.init_state()
@@ -347,18 +400,28 @@ class Trainer:
     def _pretrained_params(self, params):
         """``exp.init_from``'s params merged into freshly initialised ones (heads it lacks stay fresh)."""
         _, loaded, _ = inference.load(self.exp.init_from)
-        merged, fresh = merge_pretrained(jax.device_get(params), jax.device_get(loaded),
-                                         base=models.of_config(self.exp.model).base)
-        print(f"initialised from {self.exp.init_from}; freshly initialised: {', '.join(fresh) or 'nothing'}", flush=True)
+        merged, fresh = merge_pretrained(
+            jax.device_get(params),
+            jax.device_get(loaded),
+            base=models.of_config(self.exp.model).base,
+        )
+        print(
+            f"initialised from {self.exp.init_from}; freshly initialised: {', '.join(fresh) or 'nothing'}",
+            flush=True,
+        )
         return jax.device_put(merged, self.state_shardings.params)
 
     def fingerprint(self) -> str:
         e = self.exp
-        return pipeline.fingerprint([e.model, e.data, e.task, e.optim, e.batch_size, e.steps, e.seed])
+        return pipeline.fingerprint(
+            [e.model, e.data, e.task, e.optim, e.batch_size, e.steps, e.seed]
+        )
 
     def compiled_steps(self):
         spec = self.data.train_spec()  # feature -> ndim of one microbatch ([b, ...])
-        batch_sh = {k: sharding.batch_sharding(self.mesh, nd + 1, leading=1) for k, nd in spec.items()}
+        batch_sh = {
+            k: sharding.batch_sharding(self.mesh, nd + 1, leading=1) for k, nd in spec.items()
+        }
         eval_sh = {k: sharding.batch_sharding(self.mesh, nd) for k, nd in spec.items()}
         step = jax.jit(
             train_step,
@@ -383,8 +446,11 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> RunResult:
         exp = self.exp
         with WorkdirLock(self.workdir):
-            ckpt = checkpoint.Checkpointer(os.path.join(self.workdir, "checkpoints"), exp.checkpoint.keep,
-                                           exp.checkpoint.async_save)
+            ckpt = checkpoint.Checkpointer(
+                os.path.join(self.workdir, "checkpoints"),
+                exp.checkpoint.keep,
+                exp.checkpoint.async_save,
+            )
             writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
             try:
                 return self._loop(ckpt, writer, stop_at)
@@ -404,7 +470,9 @@ class Trainer:
         tokens_per_step = exp.batch_size * self.data.tokens_per_example
         flops_per_step = self.data.flops_per_example(exp.model) * exp.batch_size
         peak, peak_src = perf.peak_tflops(exp.peak_tflops, getattr(exp.model, "dtype", "float32"))
-        n_dev = 1 if jax.devices()[0].platform == "cpu" else self.mesh.size  # a CPU peak is machine-wide
+        n_dev = (
+            1 if jax.devices()[0].platform == "cpu" else self.mesh.size
+        )  # a CPU peak is machine-wide
         preempted = _PreemptionFlag()
         bar = _progress(exp, start, end)
         losses, eval_metrics = {}, {}
@@ -439,9 +507,15 @@ class Trainer:
                     eval_metrics = self.evaluate(state, eval_fn)
                     writer.write(done, "eval", eval_metrics)
                 if done % exp.checkpoint.every == 0 or done == end or preempted.set:
-                    self._after_step(*pending, writer, losses, bar, ckpt, end)  # never save a non-finite state
+                    self._after_step(
+                        *pending, writer, losses, bar, ckpt, end
+                    )  # never save a non-finite state
                     pending = None
-                    ckpt.save(done, state.arrays(), {"step": done, "data_position": done, "fingerprint": self.fingerprint()})
+                    ckpt.save(
+                        done,
+                        state.arrays(),
+                        {"step": done, "data_position": done, "fingerprint": self.fingerprint()},
+                    )
                 if preempted.set:
                     break
             if pending is not None:
@@ -450,17 +524,35 @@ class Trainer:
         final = int(jax.device_get(state.step))
         if preempted.set:
             ckpt.wait()
-            print(f"preempted (SIGTERM): saved a checkpoint at step {final} in {self.workdir}; "
-                  "run the same command again to resume", flush=True)
+            print(
+                f"preempted (SIGTERM): saved a checkpoint at step {final} in {self.workdir}; "
+                "run the same command again to resume",
+                flush=True,
+            )
         elif final == exp.steps:
             eval_metrics = self.evaluate(state, eval_fn)
             writer.write(final, "eval", eval_metrics)
             self.export(state)
-        perf_rec = {"tokens_per_second": tps, "mfu": mfu, "peak_tflops": peak, "peak_source": peak_src,
-                    "compile_seconds": compile_s, "flops_per_token": flops_per_step / tokens_per_step}
+        perf_rec = {
+            "tokens_per_second": tps,
+            "mfu": mfu,
+            "peak_tflops": peak,
+            "peak_source": peak_src,
+            "compile_seconds": compile_s,
+            "flops_per_token": flops_per_step / tokens_per_step,
+        }
         writer.write(final, "perf", {k: v for k, v in perf_rec.items() if isinstance(v, float)})
-        return RunResult(final - start, final, losses, eval_metrics, tps, mfu, compile_s,
-                         time.time() - t_start, preempted.set)
+        return RunResult(
+            final - start,
+            final,
+            losses,
+            eval_metrics,
+            tps,
+            mfu,
+            compile_s,
+            time.time() - t_start,
+            preempted.set,
+        )
 
     def _after_step(self, step, metrics, writer, losses, bar, ckpt, end):
         """Checks a finished step's loss (one scalar to the host) and logs it on log steps."""
@@ -492,7 +584,9 @@ class Trainer:
             inference.write_model_json(self.workdir, config)
 
 
-def merge_pretrained(target: dict, source: dict, prefix: str = "", base: str | None = None) -> tuple[dict, list[str]]:
+def merge_pretrained(
+    target: dict, source: dict, prefix: str = "", base: str | None = None
+) -> tuple[dict, list[str]]:
     """Takes every tensor of ``target`` that ``source`` has (same path and shape).
 
     ``base`` is the subtree a head model keeps its base model in (the registry's ``Family.base``,
@@ -511,13 +605,13 @@ def merge_pretrained(target: dict, source: dict, prefix: str = "", base: str | N
             merged[k], f = merge_pretrained(v, source[k], path + "/")
             fresh += f
         elif np.shape(source[k]) != np.shape(v):
-            raise ValueError(f"pretrained {path} has shape {np.shape(source[k])}, the model wants {np.shape(v)}; "
-                             "the model config must match the checkpoint's")
+            raise ValueError(
+                f"pretrained {path} has shape {np.shape(source[k])}, the model wants {np.shape(v)}; "
+                "the model config must match the checkpoint's"
+            )
         else:
             merged[k] = np.asarray(source[k], np.asarray(v).dtype)
     return merged, fresh
-
-
 
 
 class _MeshRules:
@@ -558,8 +652,14 @@ class _PreemptionFlag:
 
 
 def _progress(exp, start, end):
-    return tqdm(total=end, initial=start, disable=not exp.progress or jax.process_index() != 0,
-                unit="step", dynamic_ncols=True, mininterval=1.0)
+    return tqdm(
+        total=end,
+        initial=start,
+        disable=not exp.progress or jax.process_index() != 0,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
 
 
 def train(exp: Experiment, workdir: str, stop_at: int | None = None, devices=None) -> RunResult:

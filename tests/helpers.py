@@ -49,4 +49,6 @@ def play_excerpt(n_chars: int) -> str:
 
 
 # Fuzzing: arbitrary inputs must give a valid result or a ValueError, never a crash (hypothesis).
-FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)

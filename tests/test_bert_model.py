@@ -12,15 +12,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import rel_err
+
 from jaxformers import hf, sharding
 from jaxformers.models import bert
 from jaxformers.tasks import MLMNSP
 
 # Odd sizes: a transposed or mis-reshaped kernel cannot go unnoticed.
-HF_KW = dict(vocab_size=101, hidden_size=60, num_attention_heads=5, num_hidden_layers=3,
-             intermediate_size=70, max_position_embeddings=41, type_vocab_size=3, hidden_act="gelu")
+HF_KW = dict(
+    vocab_size=101,
+    hidden_size=60,
+    num_attention_heads=5,
+    num_hidden_layers=3,
+    intermediate_size=70,
+    max_position_embeddings=41,
+    type_vocab_size=3,
+    hidden_act="gelu",
+)
 B, T = 3, 11
 TOL = 1e-5
 
@@ -37,13 +45,21 @@ def torch_out(model, ids, tt, mask):
     import torch
 
     with torch.no_grad():
-        return model(input_ids=torch.tensor(ids, dtype=torch.long), token_type_ids=torch.tensor(tt, dtype=torch.long),
-                     attention_mask=torch.tensor(mask, dtype=torch.long))
+        return model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            token_type_ids=torch.tensor(tt, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+        )
 
 
 def ours_out(model, params, ids, tt, mask, **kw):
-    return model.apply({"params": params}, jnp.asarray(ids), token_type_ids=jnp.asarray(tt),
-                       attention_mask=jnp.asarray(mask), **kw)
+    return model.apply(
+        {"params": params},
+        jnp.asarray(ids),
+        token_type_ids=jnp.asarray(tt),
+        attention_mask=jnp.asarray(mask),
+        **kw,
+    )
 
 
 def random_hf(cls_name, seed=0, **kw):
@@ -61,7 +77,9 @@ def random_hf(cls_name, seed=0, **kw):
 
 def random_params(model, seed=0):
     """Random params of the model's shapes (abstract init: no compile), LayerNorm scales near 1."""
-    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    shapes = nn.meta.unbox(
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    )
     rng = np.random.default_rng(seed)
 
     def draw(path, x):
@@ -80,7 +98,11 @@ def random_ours(cls, seed=0, **kw):
 def hf_dirs(tmp_path_factory, torch, transformers):
     """Random transformers models saved in HF format, one per head."""
     out = {}
-    heads = (("BertModel", {}), ("BertForPreTraining", {}), ("BertForSequenceClassification", {"num_labels": 3}))
+    heads = (
+        ("BertModel", {}),
+        ("BertForPreTraining", {}),
+        ("BertForSequenceClassification", {"num_labels": 3}),
+    )
     for name, kw in heads:
         d = str(tmp_path_factory.mktemp(name))
         model = random_hf(name, **kw)
@@ -124,16 +146,26 @@ def test_sequence_classification_matches_transformers(hf_dirs):
 
 
 @pytest.mark.parametrize(
-    "cls,scan", [(bert.BertModel, True), (bert.BertForPreTraining, False), (bert.BertForPreTraining, True),
-                 (bert.BertForSequenceClassification, False)])
+    "cls,scan",
+    [
+        (bert.BertModel, True),
+        (bert.BertForPreTraining, False),
+        (bert.BertForPreTraining, True),
+        (bert.BertForSequenceClassification, False),
+    ],
+)
 def test_save_pretrained_loads_in_transformers(tmp_path, torch, transformers, cls, scan):
     kw = {"num_labels": 3} if cls is bert.BertForSequenceClassification else {}
     model, params = random_ours(cls, scan_layers=scan, **kw)
     hf.save_pretrained(model, params, str(tmp_path))
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["architectures"] == [cls.__name__]
-    ref, info = getattr(transformers, cls.__name__).from_pretrained(str(tmp_path), output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    ref, info = getattr(transformers, cls.__name__).from_pretrained(
+        str(tmp_path), output_loading_info=True
+    )
+    assert (
+        not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ), info
     ids, tt, mask = inputs(3)
     out = ours_out(model, params, ids, tt, mask)
     r = torch_out(ref.eval(), ids, tt, mask)
@@ -148,7 +180,9 @@ def test_save_pretrained_loads_in_transformers(tmp_path, torch, transformers, cl
     # And back: the same params.
     model2, params2 = hf.from_pretrained(str(tmp_path), scan_layers=scan)
     assert type(model2) is cls
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params2, params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params2, params
+    )
 
 
 def test_gathered_masked_positions_equal_full_logits():
@@ -156,16 +190,28 @@ def test_gathered_masked_positions_equal_full_logits():
     ids, tt, mask = inputs(4)
     pos = np.array([[0, 3, 10, 3], [1, 2, 5, 0], [9, 8, 7, 6]], np.int32)
     full = ours_out(model, params, ids, tt, mask)
-    gathered = jax.jit(model.apply)({"params": params}, jnp.asarray(ids), token_type_ids=jnp.asarray(tt),
-                                    attention_mask=jnp.asarray(mask), masked_lm_positions=jnp.asarray(pos))
+    gathered = jax.jit(model.apply)(
+        {"params": params},
+        jnp.asarray(ids),
+        token_type_ids=jnp.asarray(tt),
+        attention_mask=jnp.asarray(mask),
+        masked_lm_positions=jnp.asarray(pos),
+    )
     assert gathered.mlm_logits.shape == (B, 4, HF_KW["vocab_size"])
-    np.testing.assert_allclose(gathered.mlm_logits, np.take_along_axis(np.asarray(full.mlm_logits), pos[:, :, None], 1),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        gathered.mlm_logits,
+        np.take_along_axis(np.asarray(full.mlm_logits), pos[:, :, None], 1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     np.testing.assert_allclose(gathered.nsp_logits, full.nsp_logits, rtol=1e-6, atol=1e-6)
 
 
 def test_head_from_weights(hf_dirs, tmp_path):
-    for name, expect in (("BertForPreTraining", bert.BertForPreTraining), ("BertModel", bert.BertModel)):
+    for name, expect in (
+        ("BertForPreTraining", bert.BertForPreTraining),
+        ("BertModel", bert.BertModel),
+    ):
         d = tmp_path / name
         d.mkdir()
         src = hf_dirs[name][0]
@@ -186,20 +232,34 @@ def test_head_from_weights(hf_dirs, tmp_path):
 
 
 def test_sharded_apply_and_dropout():
-    config = bert.BertConfig(vocab_size=104, hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
-                             intermediate_size=128, max_position_embeddings=16, scan_layers=True, remat="save_dots")
+    config = bert.BertConfig(
+        vocab_size=104,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        max_position_embeddings=16,
+        scan_layers=True,
+        remat="save_dots",
+    )
     model = bert.BertForPreTraining(config)
     ids = jnp.ones((8, 16), jnp.int32)
     params = random_params(model)
     mesh = sharding.make_mesh((2, 2, 2))
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         # Abstract-first, as train.py: logical specs -> shardings (a repeated mesh axis would fail here).
-        specs = nn.get_partition_spec(jax.eval_shape(lambda r: model.init(r, ids)["params"], jax.random.key(0)))
+        specs = nn.get_partition_spec(
+            jax.eval_shape(lambda r: model.init(r, ids)["params"], jax.random.key(0))
+        )
         shardings = sharding.logical_to_sharding(specs, mesh)
         sharded_params = jax.device_put(params, shardings)
         sharded = jax.jit(model.apply)({"params": sharded_params}, ids).mlm_logits
-    assert shardings["bert"]["word_embeddings"]["embedding"].spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-    assert shardings["bert"]["layer"]["attention"]["query"]["kernel"].spec[0] is None  # the stacked "layers" axis
+    assert shardings["bert"]["word_embeddings"]["embedding"].spec == jax.sharding.PartitionSpec(
+        "tensor", "fsdp"
+    )
+    assert (
+        shardings["bert"]["layer"]["attention"]["query"]["kernel"].spec[0] is None
+    )  # the stacked "layers" axis
     assert params["bert"]["layer"]["attention"]["query"]["kernel"].shape == (2, 64, 4, 16)
     apply = jax.jit(model.apply, static_argnames="deterministic")
     det = apply({"params": params}, ids)
@@ -234,13 +294,19 @@ def test_minilm_sentence_embeddings(minilm_dir, torch, transformers):
     ]
     tok = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
     enc = tok(sentences, padding=True, return_tensors="np")
-    ids, tt, mask = (enc[k].astype(np.int32) for k in ("input_ids", "token_type_ids", "attention_mask"))
+    ids, tt, mask = (
+        enc[k].astype(np.int32) for k in ("input_ids", "token_type_ids", "attention_mask")
+    )
     assert mask.min() == 0  # the batch really is padded
 
     model, params = hf.from_pretrained(minilm_dir)
     assert type(model) is bert.BertModel and model.config.hidden_size == 384
-    out = jax.jit(model.apply)({"params": params}, jnp.asarray(ids), token_type_ids=jnp.asarray(tt),
-                               attention_mask=jnp.asarray(mask))
+    out = jax.jit(model.apply)(
+        {"params": params},
+        jnp.asarray(ids),
+        token_type_ids=jnp.asarray(tt),
+        attention_mask=jnp.asarray(mask),
+    )
     ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
     r = torch_out(ref, ids, tt, mask)
 
@@ -269,13 +335,27 @@ def test_base_param_count_matches_transformers(torch, transformers, cls_name):
 
 def test_presets_and_flops():
     c = bert.BertConfig.preset("small")
-    sizes = (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size)
+    sizes = (
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.intermediate_size,
+        c.vocab_size,
+    )
     assert sizes == (4, 512, 8, 2048, 30522)
-    assert bert.BertConfig.preset("tiny", hidden_size=256, num_attention_heads=4).intermediate_size == 1024
+    assert (
+        bert.BertConfig.preset("tiny", hidden_size=256, num_attention_heads=4).intermediate_size
+        == 1024
+    )
     base = bert.BertConfig.preset("base")
     D, L, V, F, T, P = 768, 12, 30522, 3072, 128, 20
     assert base.flops_per_example(T, P) == pytest.approx(
-        T * (6 * (L * (4 * D * D + 2 * D * F) + (D * D + D * V) * P / T + (D * D + 2 * D) / T) + 12 * L * T * D))
+        T
+        * (
+            6 * (L * (4 * D * D + 2 * D * F) + (D * D + D * V) * P / T + (D * D + 2 * D) / T)
+            + 12 * L * T * D
+        )
+    )
     assert base.flops_per_example(T) == base.flops_per_example(T, T) > base.flops_per_example(T, P)
     assert bert.BertConfig.preset("large").intermediate_size == 4096
 
@@ -308,8 +388,11 @@ def test_errors():
     with pytest.raises(ValueError, match="masked_lm_positions"):
         apply(jnp.asarray(ids), masked_lm_positions=jnp.full((B, 2), T, jnp.int32))
     with pytest.raises(ValueError, match="use BertForPreTraining"):
-        bert.BertModel(model.config).apply({"params": params["bert"]}, jnp.asarray(ids),
-                                           masked_lm_positions=jnp.zeros((B, 2), jnp.int32))
+        bert.BertModel(model.config).apply(
+            {"params": params["bert"]},
+            jnp.asarray(ids),
+            masked_lm_positions=jnp.zeros((B, 2), jnp.int32),
+        )
     with pytest.raises(ValueError, match="not divisible"):
         bert.BertConfig(hidden_size=60, num_attention_heads=7)
     with pytest.raises(ValueError, match="unknown activation"):
@@ -321,7 +404,9 @@ def test_errors():
     with pytest.raises(ValueError, match="no BERT head"):
         bert.config_from_hf({**HF_KW, "architectures": ["BertForTokenClassification"]})
     with pytest.raises(ValueError, match="without the NSP head"):
-        bert.model_from_config(bert.BertConfig(**HF_KW), tensors={"cls.predictions.bias": np.zeros(101)})
+        bert.model_from_config(
+            bert.BertConfig(**HF_KW), tensors={"cls.predictions.bias": np.zeros(101)}
+        )
 
 
 @pytest.mark.parametrize("act", sorted(bert.layers.ACTIVATIONS))
@@ -337,29 +422,44 @@ def test_pretraining_loss_and_gradients_match_transformers(hf_dirs, torch):
     d, ref = hf_dirs["BertForPreTraining"]
     model, params = hf.from_pretrained(d)
     ids, tt, mask = inputs(5)
-    ids = np.where(mask == 1, np.maximum(ids, 1), 0)  # [PAD] = 0 only where padded, as in real batches
+    ids = np.where(
+        mask == 1, np.maximum(ids, 1), 0
+    )  # [PAD] = 0 only where padded, as in real batches
     rng = np.random.default_rng(5)
     pos = np.array([[1, 4, 9], [0, 2, 5], [3, 1, 0]], np.int32)
     weights = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0]], np.float32)  # one padded prediction slot
     targets = rng.integers(0, HF_KW["vocab_size"], pos.shape).astype(np.int32)
     nsp_labels = np.array([0, 1, 1], np.int32)
-    batch = {"input_ids": ids, "segment_ids": tt, "input_mask": mask, "masked_lm_positions": pos,
-             "masked_lm_ids": targets, "masked_lm_weights": weights, "next_sentence_labels": nsp_labels}
+    batch = {
+        "input_ids": ids,
+        "segment_ids": tt,
+        "input_mask": mask,
+        "masked_lm_positions": pos,
+        "masked_lm_ids": targets,
+        "masked_lm_weights": weights,
+        "next_sentence_labels": nsp_labels,
+    }
     batch = jax.tree.map(jnp.asarray, batch)
     task = MLMNSP()
 
     def loss_fn(p):
         return task.loss(p, model.apply, batch, jax.random.key(0), True, task.normalizers(batch))
 
-    (loss, sums), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)  # one compilation, not ~280
+    (loss, sums), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        params
+    )  # one compilation, not ~280
 
     labels = np.full(ids.shape, -100, np.int64)
     for b, (row, w, t) in enumerate(zip(pos, weights, targets)):
         labels[b, row[w > 0]] = t[w > 0]
     ref.zero_grad()
-    out = ref(input_ids=torch.tensor(ids, dtype=torch.long), token_type_ids=torch.tensor(tt, dtype=torch.long),
-              attention_mask=torch.tensor(mask, dtype=torch.long), labels=torch.tensor(labels),
-              next_sentence_label=torch.tensor(nsp_labels, dtype=torch.long))
+    out = ref(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        token_type_ids=torch.tensor(tt, dtype=torch.long),
+        attention_mask=torch.tensor(mask, dtype=torch.long),
+        labels=torch.tensor(labels),
+        next_sentence_label=torch.tensor(nsp_labels, dtype=torch.long),
+    )
     out.loss.backward()
     assert abs(float(loss) - out.loss.item()) / abs(out.loss.item()) < TOL
     assert float(sums["mlm_weight"]) == 8.0 and float(sums["nsp_count"]) == 3.0

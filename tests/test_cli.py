@@ -49,7 +49,9 @@ def test_experiment_tiny_trains_and_resumes(path, trained, capsys):
     with open(os.path.join(wd, "loss.png"), "rb") as f:
         assert f.read(8) == PNG_MAGIC
     assert [r["step"] for r in train_records(wd)] == list(range(1, exp.steps + 1))
-    assert os.path.isdir(os.path.join(wd, "params")) and os.path.isfile(os.path.join(wd, "model.json"))
+    assert os.path.isdir(os.path.join(wd, "params")) and os.path.isfile(
+        os.path.join(wd, "model.json")
+    )
     if exp.objective == "causal_lm" and exp.sample.max_new_tokens > 0:
         for prompt in exp.sample.prompts:
             header = f"--- sample ({prompt!r}) ---\n"
@@ -68,7 +70,17 @@ def test_experiment_tiny_trains_and_resumes(path, trained, capsys):
 def test_sample_and_plot(trained, capsys, tmp_path):
     wd, rc, _, err = trained(GPT2, capsys)
     assert rc == 0, err[-3000:]
-    argv = ["sample", "--workdir", wd, "--prompt", "ROMEO:", "--max-new-tokens", "6", "--method", "greedy"]
+    argv = [
+        "sample",
+        "--workdir",
+        wd,
+        "--prompt",
+        "ROMEO:",
+        "--max-new-tokens",
+        "6",
+        "--method",
+        "greedy",
+    ]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert text.startswith("ROMEO:") and len(text.rstrip("\n")) > len("ROMEO:")
@@ -86,7 +98,22 @@ def test_sample_and_plot(trained, capsys, tmp_path):
     out = decoding.generate(model, params, ids, max_new_tokens=6)
     assert text == tok.decode(np.asarray(out[0]).tolist()) + "\n"
 
-    assert cli.main(["sample", "--workdir", wd, "--prompt", "ROMEO:", "--max-new-tokens", "6", "--seed", "3"]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--workdir",
+                wd,
+                "--prompt",
+                "ROMEO:",
+                "--max-new-tokens",
+                "6",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.startswith("ROMEO:")
 
     png = str(tmp_path / "curves.png")
@@ -97,7 +124,9 @@ def test_sample_and_plot(trained, capsys, tmp_path):
 
 
 def test_unknown_set_key_exits_2(capsys, tmp_path):
-    rc = cli.main(["train", GPT2, "--workdir", str(tmp_path), "--variant", "tiny", "--set", "optim.lrr=1e-3"])
+    rc = cli.main(
+        ["train", GPT2, "--workdir", str(tmp_path), "--variant", "tiny", "--set", "optim.lrr=1e-3"]
+    )
     out, err = capsys.readouterr()
     assert rc == 2
     assert err.startswith("jaxformers: error: unknown setting")
@@ -120,8 +149,13 @@ def test_cli_errors_exit_2(capsys, tmp_path):
 
 
 def test_python_dash_m_entry_point():
-    r = subprocess.run([sys.executable, "-m", "jaxformers", "--help"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxformers", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 0
     for cmd in ("train", "sample", "plot"):
         assert cmd in r.stdout
@@ -138,14 +172,23 @@ def test_plot_adds_an_accuracy_panel_when_accuracies_are_logged(tmp_path):
         assert head[:8] == PNG_MAGIC
         return struct.unpack(">I", head[16:20])[0]
 
-    recs = [{"step": s, "split": "train", "loss": 7.0 - s / 10, "mlm_accuracy": s / 100, "nsp_accuracy": 0.5 + s / 200}
-            for s in range(1, 11)] + [{"step": 10, "split": "eval", "loss": 6.1, "nsp_accuracy": 0.55}]
+    recs = [
+        {
+            "step": s,
+            "split": "train",
+            "loss": 7.0 - s / 10,
+            "mlm_accuracy": s / 100,
+            "nsp_accuracy": 0.5 + s / 200,
+        }
+        for s in range(1, 11)
+    ] + [{"step": 10, "split": "eval", "loss": 6.1, "nsp_accuracy": 0.55}]
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     assert plot.accuracy_keys(recs) == ["mlm_accuracy", "nsp_accuracy"]
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "metrics.jsonl").write_text(
-        "\n".join(json.dumps({k: r[k] for k in ("step", "split", "loss")}) for r in recs) + "\n")
+        "\n".join(json.dumps({k: r[k] for k in ("step", "split", "loss")}) for r in recs) + "\n"
+    )
     # 12 x 120 dpi with the accuracy panel, 7 x 120 without.
     assert png_width(plot.plot_workdir(str(tmp_path / "a"))) == 1440
     assert png_width(plot.plot_workdir(str(tmp_path / "b"))) == 840

@@ -4,15 +4,19 @@ import dataclasses
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxformers import config, tasks
-from jaxformers.config import DataConfig, Experiment, apply_overrides, load_experiment
+from jaxformers.config import DataConfig, Experiment, load_experiment
 from jaxformers.models.gpt2 import GPT2Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = sorted(os.path.join(ROOT, "experiments", f) for f in os.listdir(os.path.join(ROOT, "experiments"))
-                     if f.endswith(".py"))
+EXPERIMENTS = sorted(
+    os.path.join(ROOT, "experiments", f)
+    for f in os.listdir(os.path.join(ROOT, "experiments"))
+    if f.endswith(".py")
+)
 GPT2 = os.path.join(ROOT, "experiments", "gpt2_shakespeare.py")
 BERT = os.path.join(ROOT, "experiments", "bert_shakespeare.py")
 T5 = os.path.join(ROOT, "experiments", "t5_shakespeare.py")
@@ -67,7 +71,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("path,key,values,words", BAD, ids=[f"{os.path.basename(p)}:{k}" for p, k, _, _ in BAD])
+@pytest.mark.parametrize(
+    "path,key,values,words", BAD, ids=[f"{os.path.basename(p)}:{k}" for p, k, _, _ in BAD]
+)
 def test_bad_setting_stops_with_its_name(path, key, values, words):
     for value in values:
         with pytest.raises(ValueError, match=words.replace(".", r"\.")):
@@ -79,10 +85,29 @@ def test_bad_setting_stops_with_its_name(path, key, values, words):
 def test_random_bad_settings_are_refused_among_good_ones(case, data):
     """A bad value stops the config whatever valid settings come with it."""
     path, key, values, words = case
-    good = data.draw(st.lists(st.sampled_from([
-        "steps=3", "batch_size=16", "optim.lr=1e-3", "optim.warmup_steps=0", "data.seed=7", "eval_batches=2",
-        "log_every=5", "checkpoint.keep=1", "mesh.shape=(1,-1,1)", "optim.grad_accum=2"]), max_size=4, unique=True))
-    settings_ = [s for s in good if s.split("=")[0] != key] + [f"{key}={data.draw(st.sampled_from(values))}"]
+    good = data.draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "steps=3",
+                    "batch_size=16",
+                    "optim.lr=1e-3",
+                    "optim.warmup_steps=0",
+                    "data.seed=7",
+                    "eval_batches=2",
+                    "log_every=5",
+                    "checkpoint.keep=1",
+                    "mesh.shape=(1,-1,1)",
+                    "optim.grad_accum=2",
+                ]
+            ),
+            max_size=4,
+            unique=True,
+        )
+    )
+    settings_ = [s for s in good if s.split("=")[0] != key] + [
+        f"{key}={data.draw(st.sampled_from(values))}"
+    ]
     with pytest.raises(ValueError, match=words.replace(".", r"\.")):
         load_experiment(path, "tiny", data.draw(st.permutations(settings_)))
 
@@ -122,12 +147,18 @@ def test_smoke_test_size():
     assert (exp.batch_size, exp.steps, exp.eval_batches, exp.checkpoint.every) == (8, 3, 1, 1)
 
 
-@pytest.mark.parametrize("kind,wrong", [("wordpiece", "bpe"), ("sentencepiece", "bpe"), ("bpe", "wordpiece")])
+@pytest.mark.parametrize(
+    "kind,wrong", [("wordpiece", "bpe"), ("sentencepiece", "bpe"), ("bpe", "wordpiece")]
+)
 def test_tokenizer_of_another_family_is_refused(kind, wrong, tmp_path):
     """``data.tokenizer="bpe"`` once silently meant WordPiece for BERT and SentencePiece for T5."""
     from jaxformers.data import tokenizers
 
     with pytest.raises(ValueError, match=f"this model uses a {kind} tokenizer"):
-        tokenizers.load_or_train(kind, wrong, str(tmp_path / "tok"), lambda: iter(["some text"]), 600)
+        tokenizers.load_or_train(
+            kind, wrong, str(tmp_path / "tok"), lambda: iter(["some text"]), 600
+        )
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        tokenizers.load_or_train(kind, str(tmp_path / "missing"), str(tmp_path / "tok2"), lambda: iter([]), 600)
+        tokenizers.load_or_train(
+            kind, str(tmp_path / "missing"), str(tmp_path / "tok2"), lambda: iter([]), 600
+        )

@@ -5,9 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from helpers import FUZZ, play_excerpt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from jaxformers.config import DataConfig, Experiment
 from jaxformers.data import pipeline, sources
 from jaxformers.data.pipeline import LMBatches
@@ -50,7 +51,9 @@ def text_folder(tmp_path_factory):
 def test_local_folder_splits_reassemble_documents(text_folder, data_dir):
     srcs = prepare(text_folder, 0.2, data_dir)
     train, val = records(srcs["train"]), records(srcs["validation"])
-    assert sorted(train) == sorted(os.path.basename(n) for n in DOCS)  # .txt and .md, recursive; not .bin
+    assert sorted(train) == sorted(
+        os.path.basename(n) for n in DOCS
+    )  # .txt and .md, recursive; not .bin
     for name, text in DOCS.items():
         base = os.path.basename(name)
         assert train[base] + val.get(base, "") == text
@@ -64,9 +67,12 @@ def test_local_single_file_and_glob(text_folder, data_dir):
     one = prepare(os.path.join(text_folder, "a.txt"), 0.3, data_dir)
     assert len(one["train"]) == 1
     assert sources.resolve_paths(os.path.join(text_folder, "*.txt")) == [
-        os.path.join(text_folder, "a.txt"), os.path.join(text_folder, "b.txt")]
+        os.path.join(text_folder, "a.txt"),
+        os.path.join(text_folder, "b.txt"),
+    ]
     assert sources.resolve_paths(os.path.join(text_folder, "**", "*.txt")) == sorted(
-        os.path.join(text_folder, n) for n in ("a.txt", "b.txt", "sub/c.txt"))
+        os.path.join(text_folder, n) for n in ("a.txt", "b.txt", "sub/c.txt")
+    )
 
 
 def test_prepare_local_twice_in_one_process(tmp_path, data_dir):
@@ -81,7 +87,10 @@ def test_prepare_local_twice_in_one_process(tmp_path, data_dir):
 
 def test_split_document_examples():
     assert sources.split_document("a\nb\nc\nd\n", 0.5) == ("a\nb\nc\n", "d\n")
-    assert sources.split_document("abcdefghij", 0.3) == ("abcdefg", "hij")  # no line break: cut mid-line
+    assert sources.split_document("abcdefghij", 0.3) == (
+        "abcdefg",
+        "hij",
+    )  # no line break: cut mid-line
     assert sources.split_document("abc\n", 0.0) == ("abc\n", "")
     assert sources.split_document("x", 0.5) == ("x", "")
 
@@ -96,7 +105,7 @@ def test_split_document_properties(text, frac):
         assert len(train) >= cut
         if "\n" in text[cut:]:
             # Cut just after the first line break at or after the nominal cut.
-            assert train.endswith("\n") and "\n" not in text[cut:len(train) - 1]
+            assert train.endswith("\n") and "\n" not in text[cut : len(train) - 1]
         else:
             assert len(train) == cut
 
@@ -260,12 +269,16 @@ def test_tokenizer_load_errors(tmp_path):
 def test_token_file_is_documents_joined_by_eos(trained, tmp_path):
     docs = ["first document.\n", "ünïcödé second", "", "third one\n\n"]
     path = str(tmp_path / "tokens.bin")
-    toks = pipeline.token_file(iter(docs), trained.encode_batch, trained.eos_id, path, trained.vocab_size)
+    toks = pipeline.token_file(
+        iter(docs), trained.encode_batch, trained.eos_id, path, trained.vocab_size
+    )
     want = [i for d in docs for i in trained.encode(d) + [trained.eos_id]]
     assert toks.dtype == np.uint16
     assert toks.tolist() == want
     # Written once: a second call reads the file instead of re-tokenizing.
-    again = pipeline.token_file(iter(["other"]), trained.encode_batch, trained.eos_id, path, trained.vocab_size)
+    again = pipeline.token_file(
+        iter(["other"]), trained.encode_batch, trained.eos_id, path, trained.vocab_size
+    )
     assert again.tolist() == want
 
 
@@ -291,14 +304,19 @@ def test_windows_inputs_targets_shifted():
     np.testing.assert_array_equal(batch["targets"], batch["inputs"] + 1)
     np.testing.assert_array_equal(batch["inputs"][..., 1:], batch["targets"][..., :-1])
     # Windows tile the stream: window i covers tokens [i*SEQ, i*SEQ + SEQ].
-    np.testing.assert_array_equal(batch["inputs"] % SEQ, np.broadcast_to(np.arange(SEQ), (1, 8, SEQ)))
+    np.testing.assert_array_equal(
+        batch["inputs"] % SEQ, np.broadcast_to(np.arange(SEQ), (1, 8, SEQ))
+    )
 
 
 def test_every_window_once_per_epoch_and_reshuffled():
     n = 24
     b = LMBatches(arange_tokens(n), SEQ, 8, seed=3)
     assert b.num_windows == n
-    epochs = [np.concatenate([window_ids(b.batch(s)).ravel() for s in range(e * 3, e * 3 + 3)]) for e in range(3)]
+    epochs = [
+        np.concatenate([window_ids(b.batch(s)).ravel() for s in range(e * 3, e * 3 + 3)])
+        for e in range(3)
+    ]
     for ids in epochs:
         assert sorted(ids.tolist()) == list(range(n))
     assert epochs[0].tolist() != list(range(n))  # shuffled
@@ -307,7 +325,11 @@ def test_every_window_once_per_epoch_and_reshuffled():
 
 def test_batches_deterministic_by_seed():
     toks = arange_tokens(40)
-    a, a2, b = LMBatches(toks, SEQ, 8, seed=1), LMBatches(toks, SEQ, 8, seed=1), LMBatches(toks, SEQ, 8, seed=2)
+    a, a2, b = (
+        LMBatches(toks, SEQ, 8, seed=1),
+        LMBatches(toks, SEQ, 8, seed=1),
+        LMBatches(toks, SEQ, 8, seed=2),
+    )
     for step in (0, 1, 7, 2):  # any order: batch `step` is a pure function of step
         np.testing.assert_array_equal(a.batch(step)["inputs"], a2.batch(step)["inputs"])
     assert any(not np.array_equal(a.batch(s)["inputs"], b.batch(s)["inputs"]) for s in range(3))
@@ -319,7 +341,10 @@ def test_batches_deterministic_by_seed():
 def test_host_sharding_partitions_the_global_batch(accum):
     toks = arange_tokens(64)
     whole = LMBatches(toks, SEQ, 8, seed=5, accum=accum)
-    hosts = [LMBatches(toks, SEQ, 8, seed=5, accum=accum, process_index=p, process_count=2) for p in range(2)]
+    hosts = [
+        LMBatches(toks, SEQ, 8, seed=5, accum=accum, process_index=p, process_count=2)
+        for p in range(2)
+    ]
     for step in range(3):
         full = window_ids(whole.batch(step))  # [A, 8 / A]
         parts = [window_ids(h.batch(step)) for h in hosts]  # [A, 4 / A] each
@@ -327,7 +352,9 @@ def test_host_sharding_partitions_the_global_batch(accum):
         assert not set(parts[0].ravel()) & set(parts[1].ravel())
         # Same microbatch contents whatever the host count; host p holds its slice of each.
         for a in range(accum):
-            assert sorted(np.concatenate([parts[0][a], parts[1][a]]).tolist()) == sorted(full[a].tolist())
+            assert sorted(np.concatenate([parts[0][a], parts[1][a]]).tolist()) == sorted(
+                full[a].tolist()
+            )
             np.testing.assert_array_equal(np.concatenate([parts[0][a], parts[1][a]]), full[a])
 
 
@@ -356,7 +383,13 @@ def lm_experiment(corpus, vocab=512, data_vocab=0, seq_len=16, val_fraction=0.1)
     return Experiment(
         name="data_test",
         model=GPT2Config(vocab_size=vocab, n_positions=32, n_embd=32, n_layer=1, n_head=2),
-        data=DataConfig(corpus=corpus, tokenizer="bpe", vocab_size=data_vocab, seq_len=seq_len, val_fraction=val_fraction),
+        data=DataConfig(
+            corpus=corpus,
+            tokenizer="bpe",
+            vocab_size=data_vocab,
+            seq_len=seq_len,
+            val_fraction=val_fraction,
+        ),
         batch_size=4,
     )
 
@@ -424,8 +457,14 @@ def test_fuzz_bpe_round_trip(fuzz_bpe, text):
 
 
 @FUZZ
-@given(n=st.integers(0, 400), T=st.integers(1, 16), B=st.sampled_from([1, 2, 4, 8]), A=st.sampled_from([1, 2]),
-       seed=st.one_of(st.none(), st.integers(0, 100)), step=st.integers(0, 50))
+@given(
+    n=st.integers(0, 400),
+    T=st.integers(1, 16),
+    B=st.sampled_from([1, 2, 4, 8]),
+    A=st.sampled_from([1, 2]),
+    seed=st.one_of(st.none(), st.integers(0, 100)),
+    step=st.integers(0, 50),
+)
 def test_fuzz_lm_batches(n, T, B, A, seed, step):
     toks = np.random.default_rng(n).integers(0, 1000, n + T + 1).astype(np.uint16)
     try:
@@ -440,12 +479,16 @@ def test_fuzz_lm_batches(n, T, B, A, seed, step):
     assert ((0 <= b1["inputs"]) & (b1["inputs"] < 1000)).all()
     # Every row is a window of the token stream.
     for row in np.concatenate([b1["inputs"], b1["targets"][..., -1:]], -1).reshape(-1, T + 1):
-        assert any((toks[s:s + T + 1] == row).all() for s in range(0, len(toks) - T, T))
+        assert any((toks[s : s + T + 1] == row).all() for s in range(0, len(toks) - T, T))
 
 
 @FUZZ
-@given(n=st.integers(1, 30), B=st.sampled_from([1, 2, 4]), seed=st.one_of(st.none(), st.integers(0, 9)),
-       step=st.integers(0, 40))
+@given(
+    n=st.integers(1, 30),
+    B=st.sampled_from([1, 2, 4]),
+    seed=st.one_of(st.none(), st.integers(0, 9)),
+    step=st.integers(0, 40),
+)
 def test_fuzz_example_batches(n, B, seed, step):
     src = [{"x": np.full(3, i, np.int32), "y": np.int32(i)} for i in range(n)]
     b = pipeline.ExampleBatches(src, B, seed).batch(step)

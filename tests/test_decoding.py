@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import rel_err
+
 from jaxformers import decoding, hf, sharding
 
 # gpt2: vocabulary and heads even, widths divisible by 4: the sharding test splits them over the mesh.
@@ -35,8 +35,17 @@ def hf_gpt2(vocab, positions, width, layers, heads, init, seed=0):
 
     torch.manual_seed(seed)
     c = transformers.GPT2Config(
-        vocab_size=vocab, n_positions=positions, n_embd=width, n_layer=layers, n_head=heads, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, initializer_range=init,
+        vocab_size=vocab,
+        n_positions=positions,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        initializer_range=init,
         attn_implementation="eager",
     )
     return transformers.GPT2LMHeadModel(c).eval()
@@ -66,7 +75,9 @@ def gpt2_odd(tmp_path_factory, torch, transformers):
 @pytest.fixture(scope="module")
 def gpt2_flat(tmp_path_factory, torch, transformers):
     """Standard init (std 0.02), odd sizes: nearly uniform next-token distributions, for sampling."""
-    return saved_and_loaded(hf_gpt2(V_ODD, P_ODD, 60, 3, 5, init=0.02, seed=1), tmp_path_factory, "gpt2_flat")
+    return saved_and_loaded(
+        hf_gpt2(V_ODD, P_ODD, 60, 3, 5, init=0.02, seed=1), tmp_path_factory, "gpt2_flat"
+    )
 
 
 # v1.0: ReLU, tied and scaled head; v1.1: gated GELU, own head. (initializer_factor, out-projection
@@ -85,9 +96,21 @@ def _hf_t5(variant):
     kw, factor, out_scale, spread, seed = T5_VARIANTS[variant]
     torch.manual_seed(seed)
     c = transformers.T5Config(
-        vocab_size=V_T5, d_model=36, d_kv=8, num_heads=4, d_ff=44, num_layers=2, num_decoder_layers=2,
-        relative_attention_num_buckets=9, relative_attention_max_distance=20, dropout_rate=0.0, n_positions=P_T5,
-        decoder_start_token_id=0, initializer_factor=factor, attn_implementation="eager", **kw,
+        vocab_size=V_T5,
+        d_model=36,
+        d_kv=8,
+        num_heads=4,
+        d_ff=44,
+        num_layers=2,
+        num_decoder_layers=2,
+        relative_attention_num_buckets=9,
+        relative_attention_max_distance=20,
+        dropout_rate=0.0,
+        n_positions=P_T5,
+        decoder_start_token_id=0,
+        initializer_factor=factor,
+        attn_implementation="eager",
+        **kw,
     )
     m = transformers.T5ForConditionalGeneration(c)
     with torch.no_grad():
@@ -112,7 +135,9 @@ def t5(tmp_path_factory, torch, transformers):
         d = str(tmp_path_factory.mktemp(variant))
         m.save_pretrained(d)
         model, params = hf.from_pretrained(d)
-        assert model.config.n_positions == P_T5 and model.config.tie_word_embeddings == (variant == "v1.0")
+        assert model.config.n_positions == P_T5 and model.config.tie_word_embeddings == (
+            variant == "v1.0"
+        )
         out[variant] = (m, model, params, d)
     return out
 
@@ -151,8 +176,11 @@ def hf_generate(m, ids, mask=None, **kw):
     with torch.no_grad():
         out = m.generate(
             torch.as_tensor(ids, dtype=torch.long),
-            attention_mask=torch.as_tensor(np.ones_like(ids) if mask is None else mask, dtype=torch.long),
-            do_sample=False, **kw,
+            attention_mask=torch.as_tensor(
+                np.ones_like(ids) if mask is None else mask, dtype=torch.long
+            ),
+            do_sample=False,
+            **kw,
         )
     return out.numpy()
 
@@ -163,12 +191,12 @@ def normalize(gen, max_new_tokens, eos, pad):
     transformers stops when every row is done (shorter output) and fills finished beam hypotheses with
     ``pad_token_id or eos_token_id`` (EOS when the pad id is 0)."""
     out = np.full((gen.shape[0], max_new_tokens), pad, np.int64)
-    out[:, :gen.shape[1]] = gen
+    out[:, : gen.shape[1]] = gen
     if eos is not None:
         for row in out:
             hits = np.flatnonzero(row == eos)
             if len(hits):
-                row[hits[0] + 1:] = pad
+                row[hits[0] + 1 :] = pad
     return out
 
 
@@ -197,20 +225,32 @@ def gpt2_case(request, fixture, T, rows=3, seed=0):
 # ------------------------------------------------------------------------------------------ GPT-2
 
 
-@pytest.mark.parametrize("fixture,T,new,varied", [
-    ("gpt2", 7, 20, 4),  # left-padded prompts of lengths 7, 4 and 6
-    pytest.param("gpt2_odd", 7, 20, 5, marks=pytest.mark.slow),  # unpadded; a bucketed prompt (16 + 20 <= 37)
-    pytest.param("gpt2_odd", 10, 27, 5, marks=pytest.mark.slow),  # unpadded; exact (no room for a bucket)
-])
+@pytest.mark.parametrize(
+    "fixture,T,new,varied",
+    [
+        ("gpt2", 7, 20, 4),  # left-padded prompts of lengths 7, 4 and 6
+        pytest.param(
+            "gpt2_odd", 7, 20, 5, marks=pytest.mark.slow
+        ),  # unpadded; a bucketed prompt (16 + 20 <= 37)
+        pytest.param(
+            "gpt2_odd", 10, 27, 5, marks=pytest.mark.slow
+        ),  # unpadded; exact (no room for a bucket)
+    ],
+)
 def test_gpt2_greedy_equals_transformers(request, fixture, T, new, varied):
     m, model, params, ids, mask = gpt2_case(request, fixture, T)
-    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=new, method="greedy",
-                                        attention_mask=mask))
+    ours = np.asarray(
+        decoding.generate(
+            model, params, ids, max_new_tokens=new, method="greedy", attention_mask=mask
+        )
+    )
     assert ours.shape == (3, T + new)
     np.testing.assert_array_equal(ours[:, :T], ids)
     assert_varied(ours[:, T:], varied)  # not a degenerate repetition
     assert len(set(ours[:, T:].ravel().tolist())) >= 10
-    np.testing.assert_array_equal(ours, hf_generate(m, ids, mask, max_new_tokens=new, pad_token_id=0))
+    np.testing.assert_array_equal(
+        ours, hf_generate(m, ids, mask, max_new_tokens=new, pad_token_id=0)
+    )
 
 
 @pytest.mark.slow
@@ -240,26 +280,41 @@ def test_gpt2_kv_cache_logits_equal_full_recomputation(gpt2_odd, padded):
         mask[1, :3] = 0
     pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
 
-    full = jax.jit(lambda p, x, m, q: model.apply({"params": p}, x, attention_mask=m, position_ids=q))(
-        params, ids, mask, pos)
+    full = jax.jit(
+        lambda p, x, m, q: model.apply({"params": p}, x, attention_mask=m, position_ids=q)
+    )(params, ids, mask, pos)
 
-    cache = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((B, S), jnp.int32), decode=True))["cache"])
+    cache = jax.tree.map(
+        jnp.zeros_like,
+        jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((B, S), jnp.int32), decode=True)
+        )["cache"],
+    )
 
     @jax.jit
     def step(cache, x, q):
-        logits, v = model.apply({"params": params, "cache": cache}, x, attention_mask=mask, position_ids=q,
-                                decode=True, mutable=["cache"])
+        logits, v = model.apply(
+            {"params": params, "cache": cache},
+            x,
+            attention_mask=mask,
+            position_ids=q,
+            decode=True,
+            mutable=["cache"],
+        )
         return logits, v["cache"]
 
     logits, cache = step(cache, ids[:, :T], pos[:, :T])  # prefill
     keep = mask[:, :T].astype(bool)
     assert rel_err(np.asarray(logits)[keep], np.asarray(full)[:, :T][keep]) < 1e-5
     for t in range(T, S):
-        logits, cache = step(cache, ids[:, t:t + 1], pos[:, t:t + 1])
+        logits, cache = step(cache, ids[:, t : t + 1], pos[:, t : t + 1])
         assert logits.shape == (B, 1, V_ODD)
         assert rel_err(logits[:, 0], full[:, t]) < 1e-5, t
-    indices = [int(v) for k, v in jax.tree_util.tree_leaves_with_path(cache) if "cache_index" in jax.tree_util.keystr(k)]
+    indices = [
+        int(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(cache)
+        if "cache_index" in jax.tree_util.keystr(k)
+    ]
     assert indices == [S] * 3  # one per layer
 
 
@@ -267,27 +322,53 @@ def test_gpt2_kv_cache_logits_equal_full_recomputation(gpt2_odd, padded):
 def gpt2_eos(gpt2):
     _, model, params = gpt2
     ids, mask = gpt2_prompts()
-    free = np.asarray(decoding.generate(model, params, ids, max_new_tokens=20, method="beam", num_beams=4,
-                                        attention_mask=mask))  # compiled once for every beam test
+    free = np.asarray(
+        decoding.generate(
+            model, params, ids, max_new_tokens=20, method="beam", num_beams=4, attention_mask=mask
+        )
+    )  # compiled once for every beam test
     return first_new_token(free[0, 7:])
 
 
-@pytest.mark.parametrize("fixture,B,T,new,num_beams,use_eos,length_penalty,early_stopping", [
-    ("gpt2", 3, 7, 20, 4, False, 1.0, False),
-    ("gpt2", 3, 7, 20, 4, True, 1.0, False),
-    ("gpt2", 3, 7, 20, 4, True, 0.5, False),  # same compilation as the line above: the penalty is not baked in
-    ("gpt2", 3, 7, 20, 4, True, 2.0, True),
-    ("gpt2", 3, 7, 20, 4, True, -1.0, "never"),
-    pytest.param("gpt2_odd", 2, 5, 10, 3, False, 1.0, False, marks=pytest.mark.slow),  # unpadded prompts, 3 beams
-])
-def test_gpt2_beam_search_equals_transformers(request, fixture, B, T, new, num_beams, use_eos, length_penalty,
-                                              early_stopping):
+@pytest.mark.parametrize(
+    "fixture,B,T,new,num_beams,use_eos,length_penalty,early_stopping",
+    [
+        ("gpt2", 3, 7, 20, 4, False, 1.0, False),
+        ("gpt2", 3, 7, 20, 4, True, 1.0, False),
+        (
+            "gpt2",
+            3,
+            7,
+            20,
+            4,
+            True,
+            0.5,
+            False,
+        ),  # same compilation as the line above: the penalty is not baked in
+        ("gpt2", 3, 7, 20, 4, True, 2.0, True),
+        ("gpt2", 3, 7, 20, 4, True, -1.0, "never"),
+        pytest.param(
+            "gpt2_odd", 2, 5, 10, 3, False, 1.0, False, marks=pytest.mark.slow
+        ),  # unpadded prompts, 3 beams
+    ],
+)
+def test_gpt2_beam_search_equals_transformers(
+    request, fixture, B, T, new, num_beams, use_eos, length_penalty, early_stopping
+):
     m, model, params, ids, mask = gpt2_case(request, fixture, T, rows=B, seed=7)
     eos = request.getfixturevalue("gpt2_eos") if use_eos else None
-    kw = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos,
-              pad_token_id=PAD)
-    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=new, method="beam", attention_mask=mask,
-                                        **kw))
+    kw = dict(
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        eos_token_id=eos,
+        pad_token_id=PAD,
+    )
+    ours = np.asarray(
+        decoding.generate(
+            model, params, ids, max_new_tokens=new, method="beam", attention_mask=mask, **kw
+        )
+    )
     assert ours.shape == (B, T + new)
     np.testing.assert_array_equal(ours[:, :T], ids)
     ref = hf_generate(m, ids, mask, max_new_tokens=new, **kw)
@@ -297,13 +378,15 @@ def test_gpt2_beam_search_equals_transformers(request, fixture, B, T, new, num_b
     if not use_eos:
         assert ref.shape == ours.shape  # no EOS: transformers generates every token too
         assert len(set(gen.ravel().tolist())) >= 8
-        greedy = np.asarray(decoding.generate(model, params, ids, max_new_tokens=new, attention_mask=mask))
+        greedy = np.asarray(
+            decoding.generate(model, params, ids, max_new_tokens=new, attention_mask=mask)
+        )
         assert (ours != greedy).any()  # a case where beam search and greedy part ways
     else:
         stopped = [r for r in gen if eos in r.tolist()]
         assert stopped, "EOS never chosen: the test would not exercise finished hypotheses"
         for r in stopped:
-            assert (r[list(r).index(eos) + 1:] == PAD).all()
+            assert (r[list(r).index(eos) + 1 :] == PAD).all()
 
 
 def test_gpt2_eos_then_padding(gpt2_odd):
@@ -314,7 +397,9 @@ def test_gpt2_eos_then_padding(gpt2_odd):
     # An EOS that row 0 emits a few tokens in (its first occurrence there).
     k = next(i for i in range(2, 20) if gen[0, i] not in gen[0, :i])
     eos, pad = int(gen[0, k]), 5
-    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=20, eos_token_id=eos, pad_token_id=pad))
+    ours = np.asarray(
+        decoding.generate(model, params, ids, max_new_tokens=20, eos_token_id=eos, pad_token_id=pad)
+    )
     assert ours.shape == free.shape
     for r in range(3):
         hits = np.flatnonzero(gen[r] == eos)
@@ -322,16 +407,18 @@ def test_gpt2_eos_then_padding(gpt2_odd):
             np.testing.assert_array_equal(ours[r], free[r])
         else:
             j = 7 + hits[0]
-            np.testing.assert_array_equal(ours[r, :j + 1], free[r, :j + 1])
-            assert (ours[r, j + 1:] == pad).all()
-    assert ours[0, 7 + k] == eos and (ours[0, 7 + k + 1:] == pad).all()
+            np.testing.assert_array_equal(ours[r, : j + 1], free[r, : j + 1])
+            assert (ours[r, j + 1 :] == pad).all()
+    assert ours[0, 7 + k] == eos and (ours[0, 7 + k + 1 :] == pad).all()
     # transformers: the same, shorter when every row has stopped; pad it out to compare.
     ref = hf_generate(m, ids, max_new_tokens=20, eos_token_id=eos, pad_token_id=pad)
     ref = np.concatenate([ref, np.full((3, free.shape[1] - ref.shape[1]), pad)], axis=1)
     np.testing.assert_array_equal(ours, ref)
     # pad_token_id defaults to the EOS id.
-    dflt = np.asarray(decoding.generate(model, params, ids[:1], max_new_tokens=20, eos_token_id=eos))
-    assert (dflt[0, 7 + k:] == eos).all()
+    dflt = np.asarray(
+        decoding.generate(model, params, ids[:1], max_new_tokens=20, eos_token_id=eos)
+    )
+    assert (dflt[0, 7 + k :] == eos).all()
 
 
 @pytest.mark.slow
@@ -350,7 +437,9 @@ def test_t5_greedy_equals_transformers_and_cache_equals_recomputation(t5, varian
     m, model, params, _ = t5[variant]
     ids, mask = t5_inputs()
     M = 16
-    tokens, logits = decoding.generate(model, params, ids, max_new_tokens=M, attention_mask=mask, return_logits=True)
+    tokens, logits = decoding.generate(
+        model, params, ids, max_new_tokens=M, attention_mask=mask, return_logits=True
+    )
     tokens, logits = np.asarray(tokens), np.asarray(logits)
     assert tokens.shape == (3, M) and logits.shape == (3, M, V_T5)
     assert_varied(tokens, 4)
@@ -376,28 +465,50 @@ def t5_eos(t5):
         if variant not in out:
             _, model, params, _ = t5[variant]
             ids, mask = t5_inputs()
-            free = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, method="beam", num_beams=4,
-                                                attention_mask=mask))
+            free = np.asarray(
+                decoding.generate(
+                    model,
+                    params,
+                    ids,
+                    max_new_tokens=16,
+                    method="beam",
+                    num_beams=4,
+                    attention_mask=mask,
+                )
+            )
             out[variant] = first_new_token(free[0] if variant == "v1.0" else free[1])
         return out[variant]
 
     return get
 
 
-@pytest.mark.parametrize("variant,use_eos,length_penalty,early_stopping", [
-    pytest.param("v1.0", False, 1.0, False, marks=pytest.mark.slow),
-    pytest.param("v1.0", True, 2.0, True, marks=pytest.mark.slow),
-    ("v1.1", True, 1.0, False),
-    ("v1.1", True, 0.6, False),  # shares the compilation above
-])
-def test_t5_beam_search_equals_transformers(t5, t5_eos, variant, use_eos, length_penalty, early_stopping):
+@pytest.mark.parametrize(
+    "variant,use_eos,length_penalty,early_stopping",
+    [
+        pytest.param("v1.0", False, 1.0, False, marks=pytest.mark.slow),
+        pytest.param("v1.0", True, 2.0, True, marks=pytest.mark.slow),
+        ("v1.1", True, 1.0, False),
+        ("v1.1", True, 0.6, False),  # shares the compilation above
+    ],
+)
+def test_t5_beam_search_equals_transformers(
+    t5, t5_eos, variant, use_eos, length_penalty, early_stopping
+):
     m, model, params, _ = t5[variant]
     ids, mask = t5_inputs()
     eos = t5_eos(variant) if use_eos else None
-    kw = dict(num_beams=4, length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos,
-              pad_token_id=PAD)
-    ours = np.asarray(decoding.generate(model, params, ids, max_new_tokens=16, method="beam", attention_mask=mask,
-                                        **kw))
+    kw = dict(
+        num_beams=4,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        eos_token_id=eos,
+        pad_token_id=PAD,
+    )
+    ours = np.asarray(
+        decoding.generate(
+            model, params, ids, max_new_tokens=16, method="beam", attention_mask=mask, **kw
+        )
+    )
     assert ours.shape == (3, 16)
     ref = hf_generate(m, ids, mask, max_new_tokens=16, **kw)
     np.testing.assert_array_equal(ours, normalize(ref[:, 1:], 16, eos, PAD))
@@ -426,7 +537,9 @@ def test_top_k_1_sampling_equals_greedy(request, family):
         filters = dict(top_k=1, top_p=0.9, temperature=0.7)
         greedy = decoding.generate(model, params, ids, return_logits=True, **kw)[0]
     for seed in (0, 1):
-        s = decoding.generate(model, params, ids, method="sample", rng=jax.random.PRNGKey(seed), **kw, **filters)
+        s = decoding.generate(
+            model, params, ids, method="sample", rng=jax.random.PRNGKey(seed), **kw, **filters
+        )
         np.testing.assert_array_equal(np.asarray(s), np.asarray(greedy))
 
 
@@ -463,8 +576,18 @@ def test_sampling_follows_filtered_distribution(gpt2_odd):
     _, model, params = gpt2_odd
     n, temperature, top_k = 4000, 2.0, 12
     prompt = odd_prompts((1, 3), seed=5)
-    out = np.asarray(decoding.generate(model, params, np.repeat(prompt, n, 0), max_new_tokens=1, method="sample",
-                                       temperature=temperature, top_k=top_k, rng=jax.random.PRNGKey(0)))
+    out = np.asarray(
+        decoding.generate(
+            model,
+            params,
+            np.repeat(prompt, n, 0),
+            max_new_tokens=1,
+            method="sample",
+            temperature=temperature,
+            top_k=top_k,
+            rng=jax.random.PRNGKey(0),
+        )
+    )
     counts = np.bincount(out[:, -1], minlength=V_ODD)
     logits = np.asarray(model.apply({"params": params}, prompt))[0, -1].astype(np.float64)
     z = logits / temperature
@@ -478,15 +601,33 @@ def test_sampling_follows_filtered_distribution(gpt2_odd):
     assert (counts > 0).sum() >= 6  # it really sampled
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [
-    (1.0, None, None), (0.7, None, None), (1.0, 10, None), (1.3, None, 0.9), (0.5, 20, 0.8),
-    (2.0, 5, 0.3), (1.0, None, 0.05), (1.0, 200, None), (0.9, 1, 0.5), (1.0, 0, 1.0),
-])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [
+        (1.0, None, None),
+        (0.7, None, None),
+        (1.0, 10, None),
+        (1.3, None, 0.9),
+        (0.5, 20, 0.8),
+        (2.0, 5, 0.3),
+        (1.0, None, 0.05),
+        (1.0, 200, None),
+        (0.9, 1, 0.5),
+        (1.0, 0, 1.0),
+    ],
+)
 def test_process_logits_equals_transformers_warpers(torch, transformers, temperature, top_k, top_p):
     from transformers.generation.logits_process import (
-        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
-    logits = np.random.default_rng(int(temperature * 10) + (top_k or 0)).normal(0, 3, (4, V_ODD)).astype(np.float32)
+    logits = (
+        np.random.default_rng(int(temperature * 10) + (top_k or 0))
+        .normal(0, 3, (4, V_ODD))
+        .astype(np.float32)
+    )
     scores = torch.tensor(logits)
     dummy = torch.zeros((4, 1), dtype=torch.long)
     if temperature != 1.0:
@@ -535,30 +676,41 @@ def test_compiled_once_and_prompt_lengths_bucketed(gpt2, t5, traces):
         ids = rng.integers(2, 90, (3, T)).astype(np.int32)
         return decoding.generate(model, params, ids, **kw)
 
-    for model, params, kw in ((g_model, g_params, dict(max_new_tokens=20)),
-                              (t_model, t_params, dict(max_new_tokens=16, return_logits=True))):
+    for model, params, kw in (
+        (g_model, g_params, dict(max_new_tokens=20)),
+        (t_model, t_params, dict(max_new_tokens=16, return_logits=True)),
+    ):
         run(model, params, 5, **kw)
         n = len(traces)
         run(model, params, 5, **kw)  # same shapes, other values: no new trace
         assert len(traces) == n
         for T in (1, 9, 16):  # the same bucket
-            out = run(model, params, T, eos_token_id=7, pad_token_id=3, **kw)  # EOS and pad are not static
+            out = run(
+                model, params, T, eos_token_id=7, pad_token_id=3, **kw
+            )  # EOS and pad are not static
             out = out[0] if model is t_model else out
             assert out.shape == ((3, T + 20) if model is g_model else (3, 16))
         assert len(traces) == n
         run(model, params, 17, **kw)  # the next bucket: one new compilation ...
         assert len(traces) == n + 1
-        run(model, params, 20, **kw)  # ... shared within it (for GPT-2 capped at n_positions - 19 = 21)
+        run(
+            model, params, 20, **kw
+        )  # ... shared within it (for GPT-2 capped at n_positions - 19 = 21)
         assert len(traces) == n + 1
 
 
 # ------------------------------------------------------------------------------------------ sharding
 
 
-@pytest.mark.parametrize("family,mesh_shape", [
-    ("gpt2", (2, 2, 2)),
-    pytest.param("t5", (1, 4, 2), marks=pytest.mark.slow),  # T5 sharded: test_t5_model's logical axes test
-])
+@pytest.mark.parametrize(
+    "family,mesh_shape",
+    [
+        ("gpt2", (2, 2, 2)),
+        pytest.param(
+            "t5", (1, 4, 2), marks=pytest.mark.slow
+        ),  # T5 sharded: test_t5_model's logical axes test
+    ],
+)
 def test_sharded_equals_unsharded(gpt2, t5, family, mesh_shape):
     """Beam search (the cache is reordered every step) with params sharded over data/fsdp/tensor:
     the same tokens as unsharded (the same call as the parity tests: it shares their compilation).
@@ -570,12 +722,18 @@ def test_sharded_equals_unsharded(gpt2, t5, family, mesh_shape):
     else:
         _, ref_model, ref_params, d = t5["v1.1"]
         model, params = hf.from_pretrained(d, scan_layers=True)
-        (ids, mask), M, init_args = t5_inputs(), 16, (jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 3), jnp.int32))
+        (ids, mask), M, init_args = (
+            t5_inputs(),
+            16,
+            (jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 3), jnp.int32)),
+        )
     kw = dict(max_new_tokens=M, method="beam", num_beams=4, attention_mask=mask, pad_token_id=PAD)
     ref = np.asarray(decoding.generate(ref_model, ref_params, ids, **kw))
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *init_args))["params"]
     mesh = sharding.make_mesh(mesh_shape)
-    sharded = jax.device_put(params, sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh))
+    sharded = jax.device_put(
+        params, sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh)
+    )
     split = [x for x in jax.tree.leaves(sharded) if not x.sharding.is_fully_replicated]
     assert len(split) > len(jax.tree.leaves(sharded)) // 2
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -587,22 +745,31 @@ def test_sharded_equals_unsharded(gpt2, t5, family, mesh_shape):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(max_new_tokens=P_GPT2), "n_positions"),  # GPT-2: 4 + 40 > 40; T5: 40 is fine, see below
-    (dict(max_new_tokens=P_GPT2 - 4 + 1), "n_positions"),  # GPT-2: one more than a 4-token prompt leaves
-    (dict(method="sample", top_p=0.0), "top_p"),
-    (dict(method="sample", top_p=1.5), "top_p"),
-    (dict(method="sample", temperature=0.0), "temperature"),
-    (dict(method="sample", temperature=-0.5), "temperature"),
-    (dict(method="sample", temperature=-1.0), "temperature"),
-    (dict(method="sample", top_k=-1), "top_k"),
-    (dict(method="beam", num_beams=0), "num_beams"),
-    (dict(method="beam", early_stopping="sometimes"), "early_stopping"),
-    (dict(method="beam", return_logits=True), "return_logits"),
-    (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(method="top_k"), "method"),
-    (dict(method="nucleus"), "method"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (
+            dict(max_new_tokens=P_GPT2),
+            "n_positions",
+        ),  # GPT-2: 4 + 40 > 40; T5: 40 is fine, see below
+        (
+            dict(max_new_tokens=P_GPT2 - 4 + 1),
+            "n_positions",
+        ),  # GPT-2: one more than a 4-token prompt leaves
+        (dict(method="sample", top_p=0.0), "top_p"),
+        (dict(method="sample", top_p=1.5), "top_p"),
+        (dict(method="sample", temperature=0.0), "temperature"),
+        (dict(method="sample", temperature=-0.5), "temperature"),
+        (dict(method="sample", temperature=-1.0), "temperature"),
+        (dict(method="sample", top_k=-1), "top_k"),
+        (dict(method="beam", num_beams=0), "num_beams"),
+        (dict(method="beam", early_stopping="sometimes"), "early_stopping"),
+        (dict(method="beam", return_logits=True), "return_logits"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(method="top_k"), "method"),
+        (dict(method="nucleus"), "method"),
+    ],
+)
 def test_bad_arguments(gpt2, t5, family, kwargs, words):
     model, params = gpt2[1:] if family == "gpt2" else t5["v1.0"][1:3]
     if family == "t5" and words == "n_positions":
@@ -619,17 +786,26 @@ def test_bad_prompts(gpt2, t5, family):
     with pytest.raises(ValueError, match="non-empty"):
         decoding.generate(model, params, np.zeros((1, 0), np.int32), max_new_tokens=3)
     with pytest.raises(ValueError, match="empty"):
-        decoding.generate(model, params, np.full((2, 4), 2), max_new_tokens=3,
-                          attention_mask=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
+        decoding.generate(
+            model,
+            params,
+            np.full((2, 4), 2),
+            max_new_tokens=3,
+            attention_mask=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]),
+        )
     with pytest.raises(ValueError, match="vocab_size"):
         decoding.generate(model, params, np.array([[1, 200]]), max_new_tokens=3)
     with pytest.raises(ValueError, match="vocab_size"):  # the first id past the vocabulary
         decoding.generate(model, params, np.array([[1, model.config.vocab_size]]), max_new_tokens=3)
     with pytest.raises(ValueError, match="shape"):
-        decoding.generate(model, params, np.full((2, 4), 2), max_new_tokens=3, attention_mask=np.ones((2, 5)))
+        decoding.generate(
+            model, params, np.full((2, 4), 2), max_new_tokens=3, attention_mask=np.ones((2, 5))
+        )
     if family == "gpt2":
         with pytest.raises(ValueError, match="left-padded"):
-            decoding.generate(model, params, np.full((1, 4), 2), max_new_tokens=3, attention_mask=[[1, 1, 0, 0]])
+            decoding.generate(
+                model, params, np.full((1, 4), 2), max_new_tokens=3, attention_mask=[[1, 1, 0, 0]]
+            )
     else:
         with pytest.raises(ValueError, match="n_positions"):
             decoding.generate(model, params, np.full((1, P_T5 + 1), 2), max_new_tokens=3)

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import rel_err
+
 from jaxformers import hf
 from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
 
@@ -26,9 +26,20 @@ V, P, D, L, N = 97, 37, 60, 3, 5
 def hf_config(**kw):
     import transformers
 
-    base = dict(vocab_size=V, n_positions=P, n_embd=D, n_layer=L, n_head=N, resid_pdrop=0.0,
-                embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=V - 1, eos_token_id=V - 1,
-                initializer_range=0.2, attn_implementation="eager")
+    base = dict(
+        vocab_size=V,
+        n_positions=P,
+        n_embd=D,
+        n_layer=L,
+        n_head=N,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=V - 1,
+        eos_token_id=V - 1,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
     base.update(kw)
     return transformers.GPT2Config(**base)
 
@@ -55,15 +66,27 @@ def torch_logits(m, ids, attention_mask=None, position_ids=None):
     with torch.no_grad():
         out = m(
             input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long),
-            attention_mask=None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask)),
+            attention_mask=None
+            if attention_mask is None
+            else torch.as_tensor(np.asarray(attention_mask)),
             position_ids=None if position_ids is None else torch.tensor(np.asarray(position_ids)),
         )
     return out.logits.numpy()
 
 
 def our_config(**kw):
-    base = dict(vocab_size=V, n_positions=P, n_embd=D, n_layer=L, n_head=N, resid_pdrop=0.0,
-                embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=V - 1, eos_token_id=V - 1)
+    base = dict(
+        vocab_size=V,
+        n_positions=P,
+        n_embd=D,
+        n_layer=L,
+        n_head=N,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=V - 1,
+        eos_token_id=V - 1,
+    )
     base.update(kw)
     return GPT2Config(**base)
 
@@ -94,8 +117,13 @@ def test_from_pretrained_logits_match_transformers(hf_dir, scan):
     model, params = hf.from_pretrained(path, scan_layers=scan) if scan else hf.from_pretrained(path)
     assert isinstance(model, GPT2LMHeadModel)
     assert model.config.scan_layers is scan
-    assert (model.config.vocab_size, model.config.n_embd, model.config.n_head, model.config.n_layer,
-            model.config.n_positions) == (V, D, N, L, P)
+    assert (
+        model.config.vocab_size,
+        model.config.n_embd,
+        model.config.n_head,
+        model.config.n_layer,
+        model.config.n_positions,
+    ) == (V, D, N, L, P)
     if scan:
         assert "h" in params and params["h"]["mlp"]["wi"]["kernel"].shape == (L, D, 4 * D)
     else:
@@ -121,7 +149,14 @@ def test_from_pretrained_full_length_and_padding_mask(hf_dir):
     mask[0, :7] = 0
     mask[1, :1] = 0
     pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    ours = np.asarray(fwd(params, jnp.asarray(ids), attention_mask=jnp.asarray(mask), position_ids=jnp.asarray(pos)))
+    ours = np.asarray(
+        fwd(
+            params,
+            jnp.asarray(ids),
+            attention_mask=jnp.asarray(mask),
+            position_ids=jnp.asarray(pos),
+        )
+    )
     ref = torch_logits(m, ids, mask, pos)
     keep = mask.astype(bool)
     assert rel_err(ours[keep], ref[keep]) < 1e-5
@@ -175,7 +210,7 @@ def test_save_pretrained_with_padding_mask(our_saved, torch, transformers):
     m = transformers.GPT2LMHeadModel.from_pretrained(d, attn_implementation="eager").eval()
     ids = random_ids((3, 19), seed=6)
     mask = np.ones_like(ids)
-    mask[0, :5] = 0   # left padding
+    mask[0, :5] = 0  # left padding
     mask[1, 12:] = 0  # right padding
     mask[2, [3, 8]] = 0  # holes
     ours = np.asarray(apply_jit(model)(params, jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
@@ -188,13 +223,22 @@ def test_save_pretrained_with_padding_mask(our_saved, torch, transformers):
 def test_round_trip_unscanned_save_equals_scanned(our_saved, tmp_path):
     """Saving from per-layer params writes the same tensors as saving from scanned params."""
     model, params, d = our_saved
-    assert model.config.scan_layers and params["h"]["attn"]["qkv"]["kernel"].shape == (L, D, 3, N, D // N)
+    assert model.config.scan_layers and params["h"]["attn"]["qkv"]["kernel"].shape == (
+        L,
+        D,
+        3,
+        N,
+        D // N,
+    )
     model_u, params_u = hf.from_pretrained(d)
     assert not model_u.config.scan_layers
     hf.save_pretrained(model_u, params_u, str(tmp_path))
     from safetensors.numpy import load_file
 
-    a, b = load_file(os.path.join(d, "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
+    a, b = (
+        load_file(os.path.join(d, "model.safetensors")),
+        load_file(str(tmp_path / "model.safetensors")),
+    )
     assert sorted(a) == sorted(b)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -206,7 +250,9 @@ def test_round_trip_unscanned_save_equals_scanned(our_saved, tmp_path):
 def _loss_and_grads(model, params, ids):
     def loss(p):
         logits = model.apply({"params": p}, ids)
-        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0])
+        return jnp.mean(
+            jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0]
+        )
 
     return jax.jit(lambda p: (model.apply({"params": p}, ids), jax.grad(loss)(p)))(params)
 
@@ -252,12 +298,20 @@ def test_bfloat16_compute_close_to_float32(hf_dir):
 
 def _abstract_params(cfg, T=8):
     model = GPT2LMHeadModel(cfg)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, T), jnp.int32)))["params"]
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, T), jnp.int32)))[
+        "params"
+    ]
 
 
 def test_preset_124m_param_count_equals_transformers(torch, transformers):
     cfg = GPT2Config.preset("124m")
-    assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.vocab_size, cfg.n_positions) == (768, 12, 12, 50257, 1024)
+    assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.vocab_size, cfg.n_positions) == (
+        768,
+        12,
+        12,
+        50257,
+        1024,
+    )
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(_abstract_params(cfg))))
     with torch.device("meta"):
         ref = transformers.GPT2LMHeadModel(transformers.GPT2Config())
@@ -266,14 +320,20 @@ def test_preset_124m_param_count_equals_transformers(torch, transformers):
     assert n == n_ref
 
 
-@pytest.mark.parametrize("name,n_layer,n_embd,n_head", [("355m", 24, 1024, 16), ("774m", 36, 1280, 20),
-                                                        ("1558m", 48, 1600, 25)])
-def test_larger_presets_param_count_equals_transformers(torch, transformers, name, n_layer, n_embd, n_head):
+@pytest.mark.parametrize(
+    "name,n_layer,n_embd,n_head",
+    [("355m", 24, 1024, 16), ("774m", 36, 1280, 20), ("1558m", 48, 1600, 25)],
+)
+def test_larger_presets_param_count_equals_transformers(
+    torch, transformers, name, n_layer, n_embd, n_head
+):
     cfg = GPT2Config.preset(name, scan_layers=True)
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head) == (n_layer, n_embd, n_head)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(_abstract_params(cfg))))
     with torch.device("meta"):
-        ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+        ref = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head)
+        )
     assert n == sum(p.numel() for p in ref.parameters())
 
 
@@ -359,6 +419,8 @@ def test_truncated_safetensors_is_a_clear_error(hf_dir, tmp_path):
         hf.from_pretrained(str(tmp_path))
     assert "damaged" in str(e.value)
     # Garbage header too.
-    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    (tmp_path / "model.safetensors").write_bytes(
+        b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!"
+    )
     with pytest.raises(ValueError, match="damaged"):
         hf.from_pretrained(str(tmp_path))

@@ -18,20 +18,52 @@ transformers = pytest.importorskip("transformers")
 from jaxformers import hf, models
 from jaxformers.models import bert, gpt2, t5
 
-BERT = {"vocab_size": 101, "hidden_size": 60, "num_attention_heads": 5, "num_hidden_layers": 3,
-        "intermediate_size": 70, "max_position_embeddings": 41, "type_vocab_size": 3}
-T5 = {"vocab_size": 103, "d_model": 60, "d_kv": 12, "num_heads": 5, "d_ff": 70, "num_layers": 3,
-      "num_decoder_layers": 2, "relative_attention_num_buckets": 9, "relative_attention_max_distance": 20}
+BERT = {
+    "vocab_size": 101,
+    "hidden_size": 60,
+    "num_attention_heads": 5,
+    "num_hidden_layers": 3,
+    "intermediate_size": 70,
+    "max_position_embeddings": 41,
+    "type_vocab_size": 3,
+}
+T5 = {
+    "vocab_size": 103,
+    "d_model": 60,
+    "d_kv": 12,
+    "num_heads": 5,
+    "d_ff": 70,
+    "num_layers": 3,
+    "num_decoder_layers": 2,
+    "relative_attention_num_buckets": 9,
+    "relative_attention_max_distance": 20,
+}
 CONFIGS = {
-    "gpt2": lambda scan: gpt2.GPT2Config(vocab_size=97, n_positions=37, n_embd=60, n_layer=3, n_head=5,
-                                         bos_token_id=96, eos_token_id=96, scan_layers=scan),
+    "gpt2": lambda scan: gpt2.GPT2Config(
+        vocab_size=97,
+        n_positions=37,
+        n_embd=60,
+        n_layer=3,
+        n_head=5,
+        bos_token_id=96,
+        eos_token_id=96,
+        scan_layers=scan,
+    ),
     "BertModel": lambda scan: bert.BertConfig(**BERT, architecture="BertModel", scan_layers=scan),
-    "BertForPreTraining": lambda scan: bert.BertConfig(**BERT, architecture="BertForPreTraining", scan_layers=scan),
+    "BertForPreTraining": lambda scan: bert.BertConfig(
+        **BERT, architecture="BertForPreTraining", scan_layers=scan
+    ),
     "BertForSequenceClassification": lambda scan: bert.BertConfig(
-        **BERT, architecture="BertForSequenceClassification", num_labels=3, scan_layers=scan),
+        **BERT, architecture="BertForSequenceClassification", num_labels=3, scan_layers=scan
+    ),
     "t5-v1.0-tied": lambda scan: t5.T5Config(**T5, feed_forward_proj="relu", scan_layers=scan),
-    "t5-v1.1-untied": lambda scan: t5.T5Config(**T5, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                               scale_decoder_outputs=False, scan_layers=scan),
+    "t5-v1.1-untied": lambda scan: t5.T5Config(
+        **T5,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        scale_decoder_outputs=False,
+        scan_layers=scan,
+    ),
 }
 
 
@@ -39,7 +71,9 @@ def random_params(config, seed=0):
     """Random params of the model's shapes (abstract init: nothing compiled)."""
     fam = models.of_config(config)
     model = fam.build(config)
-    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *fam.example_inputs(config))["params"])
+    shapes = nn.meta.unbox(
+        jax.eval_shape(model.init, jax.random.key(0), *fam.example_inputs(config))["params"]
+    )
     rng = np.random.default_rng(seed)
     return model, jax.tree.map(lambda s: rng.normal(0.0, 1.0, s.shape).astype(np.float32), shapes)
 
@@ -57,8 +91,11 @@ def transformers_tensors(config):
         model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
     sd = model.state_dict()
     tied = model.get_expanded_tied_weights_keys(all_submodels=True)
-    return {k: v.numpy() for k, v in sd.items()
-            if not (k in tied and v.data_ptr() == sd[tied[k]].data_ptr())}
+    return {
+        k: v.numpy()
+        for k, v in sd.items()
+        if not (k in tied and v.data_ptr() == sd[tied[k]].data_ptr())
+    }
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan"])

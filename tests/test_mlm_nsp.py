@@ -8,10 +8,10 @@ import re
 
 import numpy as np
 import pytest
+from helpers import FUZZ
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import FUZZ
 from jaxformers.objectives import mlm_nsp
 
 SIGMAS = 4.5  # statistical bounds: chance of a false failure ~1e-5 per check
@@ -61,7 +61,9 @@ def instances(documents, vocab):
 
 @pytest.fixture(scope="module")
 def wwm_instances(documents, vocab):
-    return mlm_nsp.create_instances(documents, vocab, dupe_factor=2, seed=2, do_whole_word_mask=True)
+    return mlm_nsp.create_instances(
+        documents, vocab, dupe_factor=2, seed=2, do_whole_word_mask=True
+    )
 
 
 def _within(count, n, p, label):
@@ -84,8 +86,15 @@ def _word_groups(ids, mv):
 
 def check_instance(inst, mv, L, P, prob, whole_word, corpus_ids):
     """Structural invariants every instance must satisfy."""
-    assert set(inst) == {"input_ids", "input_mask", "segment_ids", "masked_lm_positions",
-                         "masked_lm_ids", "masked_lm_weights", "next_sentence_labels"}
+    assert set(inst) == {
+        "input_ids",
+        "input_mask",
+        "segment_ids",
+        "masked_lm_positions",
+        "masked_lm_ids",
+        "masked_lm_weights",
+        "next_sentence_labels",
+    }
     for key in ("input_ids", "input_mask", "segment_ids"):
         assert inst[key].shape == (L,) and inst[key].dtype == np.int32, key
     for key in ("masked_lm_positions", "masked_lm_ids"):
@@ -102,9 +111,9 @@ def check_instance(inst, mv, L, P, prob, whole_word, corpus_ids):
     seps = np.flatnonzero(orig[:n] == mv.sep_id)
     assert len(seps) == 2 and seps[1] == n - 1 and 1 < seps[0] < n - 2  # A, B non-empty
     expected_seg = np.zeros(L, np.int32)
-    expected_seg[seps[0] + 1:n] = 1
+    expected_seg[seps[0] + 1 : n] = 1
     assert (inst["segment_ids"] == expected_seg).all()
-    content = np.concatenate([orig[1:seps[0]], orig[seps[0] + 1:n - 1]])
+    content = np.concatenate([orig[1 : seps[0]], orig[seps[0] + 1 : n - 1]])
     assert set(content.tolist()) <= corpus_ids
 
     w = inst["masked_lm_weights"]
@@ -149,12 +158,12 @@ def test_invariants_and_provenance(instances, documents, mv):
             starts.setdefault(t, []).append((d, o))
 
     def locate(seg):
-        return [(d, o) for d, o in starts[seg[0]] if streams[d][o:o + len(seg)] == seg]
+        return [(d, o) for d, o in starts[seg[0]] if streams[d][o : o + len(seg)] == seg]
 
     assert len(instances) > 1500
     for inst in instances:
         orig, n, seps = check_instance(inst, mv, 128, 20, 0.15, False, corpus_ids)
-        a, b = orig[1:seps[0]].tolist(), orig[seps[0] + 1:n - 1].tolist()
+        a, b = orig[1 : seps[0]].tolist(), orig[seps[0] + 1 : n - 1].tolist()
         where_a, where_b = locate(a), locate(b)
         assert where_a and where_b, "A and B must each be contiguous text of one document"
         if inst["next_sentence_labels"] == 0:  # B follows A in the same document
@@ -292,15 +301,23 @@ def test_dynamic_mask_instances(instances, mv, documents):
     _within(int((cur == orig).sum()), n, 0.1, "kept (dynamic)")
     # Same seed, same masks.
     again = mlm_nsp.dynamic_mask(instances[0], mv, 42)
-    assert all(np.array_equal(again[k], mlm_nsp.dynamic_mask(instances[0], mv, 42)[k]) for k in again)
+    assert all(
+        np.array_equal(again[k], mlm_nsp.dynamic_mask(instances[0], mv, 42)[k]) for k in again
+    )
 
 
 def test_dynamic_mask_sequences(vocab, mv):
     toks = ["[CLS]", "una", "##ffa", "##ble", "hello", "[SEP]", "world", "##s", "[SEP]"]
     ids = [vocab.index(t) for t in toks] + [mv.pad_id] * 3
     for x in (toks, ids, np.array(ids)):
-        out = mlm_nsp.dynamic_mask(x, vocab, random.Random(1), max_predictions_per_seq=4,
-                                   masked_lm_prob=0.4, do_whole_word_mask=True)
+        out = mlm_nsp.dynamic_mask(
+            x,
+            vocab,
+            random.Random(1),
+            max_predictions_per_seq=4,
+            masked_lm_prob=0.4,
+            do_whole_word_mask=True,
+        )
         assert out["input_ids"].shape == (len(x),) and out["masked_lm_positions"].shape == (4,)
         k = int(out["masked_lm_weights"].sum())
         pos = out["masked_lm_positions"][:k]
@@ -332,11 +349,18 @@ def test_read_documents():
 
 
 def test_sentence_split():
-    text = ('Mr. Smith paid $3.50 for it. Was it worth it?  "Yes!" he said.\n'
-            "See Fig. 2 for details, e.g. the plot. J. R. R. Tolkien agreed. 42 is the answer.")
+    text = (
+        'Mr. Smith paid $3.50 for it. Was it worth it?  "Yes!" he said.\n'
+        "See Fig. 2 for details, e.g. the plot. J. R. R. Tolkien agreed. 42 is the answer."
+    )
     assert mlm_nsp.sentence_split(text) == [
-        "Mr. Smith paid $3.50 for it.", "Was it worth it?", '"Yes!" he said.',
-        "See Fig. 2 for details, e.g. the plot.", "J. R. R. Tolkien agreed.", "42 is the answer."]
+        "Mr. Smith paid $3.50 for it.",
+        "Was it worth it?",
+        '"Yes!" he said.',
+        "See Fig. 2 for details, e.g. the plot.",
+        "J. R. R. Tolkien agreed.",
+        "42 is the answer.",
+    ]
     assert mlm_nsp.sentence_split("") == []
     assert mlm_nsp.sentence_split("no terminal punctuation") == ["no terminal punctuation"]
 
@@ -350,40 +374,87 @@ _sentence = st.lists(st.sampled_from(_TINY_WORDS), min_size=0, max_size=6)
 _document = st.lists(_sentence, min_size=0, max_size=5)
 
 
-@settings(max_examples=80, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(docs=st.lists(_document, min_size=1, max_size=6),
-       L=st.integers(5, 24), P=st.integers(1, 8), prob=st.floats(0.05, 0.9),
-       short=st.sampled_from([0.0, 0.1, 1.0]), whole_word=st.booleans(),
-       seed=st.integers(0, 2**31), dupe=st.integers(1, 2))
+@settings(
+    max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    docs=st.lists(_document, min_size=1, max_size=6),
+    L=st.integers(5, 24),
+    P=st.integers(1, 8),
+    prob=st.floats(0.05, 0.9),
+    short=st.sampled_from([0.0, 0.1, 1.0]),
+    whole_word=st.booleans(),
+    seed=st.integers(0, 2**31),
+    dupe=st.integers(1, 2),
+)
 def test_property_invariants(docs, L, P, prob, short, whole_word, seed, dupe):
-    out = mlm_nsp.create_instances(docs, _TINY_VOCAB, max_seq_length=L, max_predictions_per_seq=P,
-                                   masked_lm_prob=prob, short_seq_prob=short, dupe_factor=dupe,
-                                   do_whole_word_mask=whole_word, seed=seed)
+    out = mlm_nsp.create_instances(
+        docs,
+        _TINY_VOCAB,
+        max_seq_length=L,
+        max_predictions_per_seq=P,
+        masked_lm_prob=prob,
+        short_seq_prob=short,
+        dupe_factor=dupe,
+        do_whole_word_mask=whole_word,
+        seed=seed,
+    )
     ids = set(range(5, len(_TINY_VOCAB)))
     has_text = any(s for d in docs for s in d)
     assert bool(out) == has_text
     for inst in out:
         check_instance(inst, _TINY_MV, L, P, prob, whole_word, ids)
     for inst in out[:3]:
-        again = mlm_nsp.dynamic_mask(inst, _TINY_MV, seed, masked_lm_prob=prob,
-                                     do_whole_word_mask=whole_word)
+        again = mlm_nsp.dynamic_mask(
+            inst, _TINY_MV, seed, masked_lm_prob=prob, do_whole_word_mask=whole_word
+        )
         check_instance(again, _TINY_MV, L, P, prob, whole_word, ids)
 
 
 # ---- fuzzing: any arguments give valid instances or a ValueError --------------------
 
-FUZZ_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "king", "##s", "lord", "##ly", "a", "is", ".", "o"]
+FUZZ_VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "king",
+    "##s",
+    "lord",
+    "##ly",
+    "a",
+    "is",
+    ".",
+    "o",
+]
 
 
 @FUZZ
-@given(docs=st.lists(st.lists(st.lists(st.sampled_from(FUZZ_VOCAB[5:]), max_size=12), max_size=6), max_size=5),
-       L=st.integers(3, 40), P=st.integers(0, 8), prob=st.floats(-0.1, 1.1), short=st.floats(0, 1),
-       wwm=st.booleans(), seed=st.integers(0, 1000))
+@given(
+    docs=st.lists(
+        st.lists(st.lists(st.sampled_from(FUZZ_VOCAB[5:]), max_size=12), max_size=6), max_size=5
+    ),
+    L=st.integers(3, 40),
+    P=st.integers(0, 8),
+    prob=st.floats(-0.1, 1.1),
+    short=st.floats(0, 1),
+    wwm=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 def test_fuzz_create_instances(docs, L, P, prob, short, wwm, seed):
     try:
-        inst = mlm_nsp.create_instances(docs, FUZZ_VOCAB, max_seq_length=L, max_predictions_per_seq=P,
-                                        masked_lm_prob=prob, short_seq_prob=short, do_whole_word_mask=wwm, seed=seed)
+        inst = mlm_nsp.create_instances(
+            docs,
+            FUZZ_VOCAB,
+            max_seq_length=L,
+            max_predictions_per_seq=P,
+            masked_lm_prob=prob,
+            short_seq_prob=short,
+            do_whole_word_mask=wwm,
+            seed=seed,
+        )
     except ValueError:
         assert L < 5 or P < 1 or not 0 < prob < 1
         return

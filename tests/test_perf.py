@@ -17,7 +17,9 @@ def test_gpt2_flops_per_example_by_hand():
     c = GPT2Config.preset("124m")
     T, D, L, V = 256, c.n_embd, c.n_layer, c.vocab_size
     matmul_params = L * (D * 3 * D + D * D + 2 * D * 4 * D) + V * D
-    assert c.flops_per_example(T) == pytest.approx(T * (6 * matmul_params + 12 * L * T * D), rel=1e-12)
+    assert c.flops_per_example(T) == pytest.approx(
+        T * (6 * matmul_params + 12 * L * T * D), rel=1e-12
+    )
 
 
 def test_peaks_override_table_and_cpu_measurement():
@@ -38,17 +40,21 @@ def test_nsp_baseline_features_by_hand():
     nb = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(nb)
     # [CLS] 5 6 [SEP] 6 7 5 [SEP] [PAD] and [CLS] 5 [SEP] 8 [SEP] [PAD] [PAD] [PAD] [PAD]
-    batch = {"input_ids": np.array([[[2, 5, 6, 3, 6, 7, 5, 3, 0], [2, 5, 3, 8, 3, 0, 0, 0, 0]]]),
-             "segment_ids": np.array([[[0, 0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0, 0]]]),
-             "input_mask": np.array([[[1] * 8 + [0], [1] * 5 + [0] * 4]]),
-             "next_sentence_labels": np.array([[0, 1]])}
+    batch = {
+        "input_ids": np.array([[[2, 5, 6, 3, 6, 7, 5, 3, 0], [2, 5, 3, 8, 3, 0, 0, 0, 0]]]),
+        "segment_ids": np.array([[[0, 0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0, 0]]]),
+        "input_mask": np.array([[[1] * 8 + [0], [1] * 5 + [0] * 4]]),
+        "next_sentence_labels": np.array([[0, 1]]),
+    }
     s = nb.segments([batch])
     assert s["input_ids"].shape == (2, 9) and list(s["next_sentence_labels"]) == [0, 1]
     x, shared = nb.features(s, 10, np.array([5, 6, 7, 8]))
     V = 10
     assert x.shape == (2, 3 * V + 1)
-    assert sorted(np.flatnonzero(x[0, :V])) == [2, 3, 5, 6] and sorted(np.flatnonzero(x[0, V:2 * V])) == [3, 5, 6, 7]
-    assert sorted(np.flatnonzero(x[0, 2 * V:3 * V])) == [3, 5, 6]  # [SEP], 5 and 6 in both
+    assert sorted(np.flatnonzero(x[0, :V])) == [2, 3, 5, 6] and sorted(
+        np.flatnonzero(x[0, V : 2 * V])
+    ) == [3, 5, 6, 7]
+    assert sorted(np.flatnonzero(x[0, 2 * V : 3 * V])) == [3, 5, 6]  # [SEP], 5 and 6 in both
     assert list(shared) == [2, 0]  # 5 and 6 are shared words; row 2 shares only [SEP]
     assert x[0, -1] == pytest.approx(4 / 8) and x[1, -1] == pytest.approx(3 / 5)
     # Separable toy data: the logistic fit gets it right.

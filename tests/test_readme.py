@@ -46,21 +46,35 @@ PYTHON_SNIPPETS = fenced(readme(), "python")
 
 # ------------------------------------------------------------------------------ the two commands
 
+
 def test_two_commands_match_ci():
     blocks = fenced(section(readme(), "## The two commands"), "bash")
-    assert len(blocks) == 2, f"'## The two commands' must hold exactly two ```bash blocks, found {len(blocks)}"
+    assert len(blocks) == 2, (
+        f"'## The two commands' must hold exactly two ```bash blocks, found {len(blocks)}"
+    )
     main_job, tests = (command_line(b) for b in blocks)
-    assert "\n" not in main_job and "\n" not in tests, "each of the two commands is one command line"
+    assert "\n" not in main_job and "\n" not in tests, (
+        "each of the two commands is one command line"
+    )
     assert "jaxformers train experiments/gpt2_shakespeare.py" in main_job
     assert "pytest" in tests
 
     with open(CI_RUN, encoding="utf-8") as f:
-        ci = [line.strip() for line in f if line.strip().startswith("pip install") and "pytest" in line]
-    assert len(ci) == 1, f".ci/run must hold one 'pip install ... && python -m pytest ...' line, found {ci}"
-    assert tests == ci[0], f"README's test command and .ci/run differ:\n  README: {tests}\n  CI:     {ci[0]}"
+        ci = [
+            line.strip()
+            for line in f
+            if line.strip().startswith("pip install") and "pytest" in line
+        ]
+    assert len(ci) == 1, (
+        f".ci/run must hold one 'pip install ... && python -m pytest ...' line, found {ci}"
+    )
+    assert tests == ci[0], (
+        f"README's test command and .ci/run differ:\n  README: {tests}\n  CI:     {ci[0]}"
+    )
 
 
 # ------------------------------------------------------------------------------ python snippets
+
 
 def _gpt2(out):
     import transformers
@@ -72,10 +86,18 @@ def _gpt2(out):
 def _bert(out):
     import transformers
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+        chr(c) for c in range(ord("a"), ord("z") + 1)
+    ]
     words += ["the", "of", "and", "to", "a", "in", "play", "king", "lord", "##s"]
-    cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=37, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     transformers.BertForPreTraining(cfg).save_pretrained(out)
     with open(os.path.join(out, "vocab.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(words) + "\n")
@@ -84,8 +106,16 @@ def _bert(out):
 def _t5(out):
     import transformers
 
-    cfg = transformers.T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    cfg = transformers.T5Config(
+        vocab_size=32128,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    )
     transformers.T5ForConditionalGeneration(cfg).save_pretrained(out)
 
 
@@ -100,8 +130,10 @@ def model_dirs(tmp_path_factory):
 
     def get(name):
         if name not in PLACEHOLDERS:
-            pytest.fail(f"README.md uses the placeholder path/to/{name}; known ones: "
-                        f"{', '.join('path/to/' + k for k in PLACEHOLDERS)} (or add a builder to tests/test_readme.py)")
+            pytest.fail(
+                f"README.md uses the placeholder path/to/{name}; known ones: "
+                f"{', '.join('path/to/' + k for k in PLACEHOLDERS)} (or add a builder to tests/test_readme.py)"
+            )
         if name not in made:
             pytest.importorskip("torch")  # the builders make transformers (PyTorch) models
             pytest.importorskip("transformers")
@@ -119,19 +151,26 @@ def test_readme_has_python_snippets():
 
 @pytest.mark.parametrize("index", range(len(PYTHON_SNIPPETS)))
 def test_python_snippet_runs(index, model_dirs, tmp_path):
-    code = PLACEHOLDER.sub(lambda m: model_dirs(m.group(1)).replace("\\", "/"), PYTHON_SNIPPETS[index])
+    code = PLACEHOLDER.sub(
+        lambda m: model_dirs(m.group(1)).replace("\\", "/"), PYTHON_SNIPPETS[index]
+    )
     script = tmp_path / f"readme_snippet_{index}.py"
     script.write_text(code, encoding="utf-8")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, \
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, (
         f"README python snippet #{index + 1} failed:\n{code}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    )
 
     # What a snippet writes in Hugging Face format must load in transformers ("loads it unchanged").
-    written = [d for d, _, files in os.walk(cwd) if "config.json" in files and "model.safetensors" in files]
+    written = [
+        d for d, _, files in os.walk(cwd) if "config.json" in files and "model.safetensors" in files
+    ]
     if written:
         pytest.importorskip("torch")
         transformers = pytest.importorskip("transformers")

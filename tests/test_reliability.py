@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import ROOT, assert_close
+
 from jaxformers import cli, sharding, train
 from jaxformers.config import CheckpointConfig, MeshConfig
 
@@ -35,19 +35,38 @@ EXPS = {n: os.path.join(ROOT, "experiments", f"{n}_shakespeare.py") for n in ("g
 
 # ---------------------------------------------------------------------------------- helpers
 
+
 def sub_env(data_dir, ndev=8):
     env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", JAXFORMERS_DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}",
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAXFORMERS_DATA_DIR=data_dir,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     if "JAXFORMERS_TEST_COMPILE_CACHE" in os.environ:
         env["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXFORMERS_TEST_COMPILE_CACHE"]
     return env
 
 
 def train_cmd(name, workdir, corpus, *sets, extra=()):
-    cmd = [sys.executable, "-m", "jaxformers", "train", EXPS[name], "--variant", "tiny", "--workdir", str(workdir),
-           "--set", "progress=false", "--set", f"data.corpus={corpus}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxformers",
+        "train",
+        EXPS[name],
+        "--variant",
+        "tiny",
+        "--workdir",
+        str(workdir),
+        "--set",
+        "progress=false",
+        "--set",
+        f"data.corpus={corpus}",
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd + list(extra)
@@ -91,8 +110,13 @@ def tiny(corpus, **kw):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     exp = mod.get_config("tiny")
-    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, corpus=corpus), progress=False,
-                               peak_tflops=1.0, **kw)
+    return dataclasses.replace(
+        exp,
+        data=dataclasses.replace(exp.data, corpus=corpus),
+        progress=False,
+        peak_tflops=1.0,
+        **kw,
+    )
 
 
 def free_port():
@@ -103,17 +127,39 @@ def free_port():
 
 # ---------------------------------------------------------------------------------- 1. multi-host
 
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, corpus, data_dir):
     one = tmp_path / "one"
-    run_ok(train_cmd("gpt2", one, corpus, "steps=5"), sub_env(data_dir, 8))  # also prepares the corpus
+    run_ok(
+        train_cmd("gpt2", one, corpus, "steps=5"), sub_env(data_dir, 8)
+    )  # also prepares the corpus
     two = tmp_path / "two"
     port = free_port()
-    procs = [subprocess.Popen(
-        train_cmd("gpt2", two, corpus, "steps=5",
-                  extra=("--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))),
-        env={k: v for k, v in sub_env(data_dir, 4).items() if k != "JAX_COMPILATION_CACHE_DIR"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            train_cmd(
+                "gpt2",
+                two,
+                corpus,
+                "steps=5",
+                extra=(
+                    "--coordinator",
+                    f"127.0.0.1:{port}",
+                    "--num-processes",
+                    "2",
+                    "--process-id",
+                    str(i),
+                ),
+            ),
+            env={k: v for k, v in sub_env(data_dir, 4).items() if k != "JAX_COMPILATION_CACHE_DIR"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=150)[0] for p in procs]
     except subprocess.TimeoutExpired:
@@ -132,9 +178,15 @@ def test_two_processes_match_one(tmp_path, corpus, data_dir):
 
 # ---------------------------------------------------------------------------------- 2. other meshes
 
+
 @pytest.mark.slow
 def test_restore_onto_other_meshes(tmp_path, corpus):
-    exp = tiny(corpus, steps=6, mesh=MeshConfig((8, 1, 1)), optim=dataclasses.replace(tiny(corpus).optim, warmup_steps=2))
+    exp = tiny(
+        corpus,
+        steps=6,
+        mesh=MeshConfig((8, 1, 1)),
+        optim=dataclasses.replace(tiny(corpus).optim, warmup_steps=2),
+    )
     full = train.Trainer(exp, str(tmp_path / "full")).run()
     assert sorted(full.train_losses) == [1, 2, 3, 4, 5, 6]
     wa, wb = str(tmp_path / "a"), str(tmp_path / "b")
@@ -144,7 +196,9 @@ def test_restore_onto_other_meshes(tmp_path, corpus):
         assert first.train_losses[s] == full.train_losses[s]
     shutil.copytree(wa, wb)
     r222 = train.Trainer(dataclasses.replace(exp, mesh=MeshConfig((2, 2, 2))), wa).run()
-    r111 = train.Trainer(dataclasses.replace(exp, mesh=MeshConfig((1, 1, 1))), wb, devices=jax.devices()[:1]).run()
+    r111 = train.Trainer(
+        dataclasses.replace(exp, mesh=MeshConfig((1, 1, 1))), wb, devices=jax.devices()[:1]
+    ).run()
     want = {s: full.train_losses[s] for s in (4, 5, 6)}
     for r in (r222, r111):
         assert r.steps_run == 3 and r.final_step == 6
@@ -154,12 +208,19 @@ def test_restore_onto_other_meshes(tmp_path, corpus):
 
 # ---------------------------------------------------------------------------------- 3. preemption
 
+
 @pytest.mark.slow
 def test_sigterm_saves_and_resumes(tmp_path, corpus, data_dir):
     wd = tmp_path / "wd"
     env = sub_env(data_dir)
-    p = subprocess.Popen(train_cmd("gpt2", wd, corpus, "steps=400", "checkpoint.every=1000"), env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    p = subprocess.Popen(
+        train_cmd("gpt2", wd, corpus, "steps=400", "checkpoint.every=1000"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         wait_for(lambda: len(records(wd)) >= 3, p)
         p.send_signal(signal.SIGTERM)
@@ -180,6 +241,7 @@ def test_sigterm_saves_and_resumes(tmp_path, corpus, data_dir):
 
 # ---------------------------------------------------------------------------------- 4. kill -9
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "bert", "t5"])
 def test_exact_resume_after_sigkill(tmp_path, corpus, data_dir, name):
@@ -194,8 +256,14 @@ def test_exact_resume_after_sigkill(tmp_path, corpus, data_dir, name):
     for d in ("tokenizer", "data"):
         if (a / d).is_dir():
             shutil.copytree(a / d, b / d)
-    p = subprocess.Popen(train_cmd(name, b, corpus, *sets), env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    p = subprocess.Popen(
+        train_cmd(name, b, corpus, *sets),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         wait_for(lambda: any(r["step"] >= 3 for r in records(b)), p)
         p.send_signal(signal.SIGKILL)
@@ -217,14 +285,22 @@ def test_exact_resume_after_sigkill(tmp_path, corpus, data_dir, name):
 
 # ---------------------------------------------------------------------------------- 5. damaged / unwritable
 
+
 @pytest.mark.slow
 def test_damaged_checkpoint_falls_back(tmp_path, corpus, caplog):
     wd = str(tmp_path / "wd")
     exp = tiny(corpus, steps=3, checkpoint=CheckpointConfig(every=1, keep=3))
     train.Trainer(exp, wd).run()
-    assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit()) == [1, 2, 3]
-    files = [f for f in glob.glob(os.path.join(wd, "checkpoints", "3", "state", "**"), recursive=True)
-             if os.path.isfile(f)]
+    assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit()) == [
+        1,
+        2,
+        3,
+    ]
+    files = [
+        f
+        for f in glob.glob(os.path.join(wd, "checkpoints", "3", "state", "**"), recursive=True)
+        if os.path.isfile(f)
+    ]
     biggest = max(files, key=os.path.getsize)
     size = os.path.getsize(biggest)
     with open(biggest, "r+b") as f:
@@ -241,7 +317,18 @@ def test_unwritable_workdir(tmp_path, corpus, capsys):
     bad = str(blocker / "wd")
     with pytest.raises(RuntimeError, match="not writable"):
         train.Trainer(tiny(corpus), bad)
-    rc = cli.main(["train", EXPS["gpt2"], "--variant", "tiny", "--workdir", bad, "--set", f"data.corpus={corpus}"])
+    rc = cli.main(
+        [
+            "train",
+            EXPS["gpt2"],
+            "--variant",
+            "tiny",
+            "--workdir",
+            bad,
+            "--set",
+            f"data.corpus={corpus}",
+        ]
+    )
     assert rc == 2
     assert "not writable" in capsys.readouterr().err
     assert not os.path.exists(bad)
@@ -249,19 +336,26 @@ def test_unwritable_workdir(tmp_path, corpus, capsys):
 
 # ---------------------------------------------------------------------------------- 6. numerics
 
+
 @pytest.mark.slow
 def test_nan_stop_names_step_and_checkpoint(tmp_path, corpus):
     wd = str(tmp_path)
     exp = tiny(corpus, steps=6, checkpoint=CheckpointConfig(every=1, keep=3))
-    exp = dataclasses.replace(exp, optim=dataclasses.replace(exp.optim, lr=1e30, clip_norm=0.0, warmup_steps=1))
+    exp = dataclasses.replace(
+        exp, optim=dataclasses.replace(exp.optim, lr=1e30, clip_norm=0.0, warmup_steps=1)
+    )
     with pytest.raises(FloatingPointError) as e:
         train.Trainer(exp, wd).run()
     msg = str(e.value)
-    m = re.search(r"loss is (nan|inf|-inf) at step (\d+); the last good checkpoint: step (\d+)", msg)
+    m = re.search(
+        r"loss is (nan|inf|-inf) at step (\d+); the last good checkpoint: step (\d+)", msg
+    )
     assert m, msg
     bad, good = int(m.group(2)), int(m.group(3))
     assert good == bad - 1 and os.path.isdir(os.path.join(wd, "checkpoints", str(good)))
-    assert not os.path.exists(os.path.join(wd, "checkpoints", str(bad)))  # never saves a non-finite state
+    assert not os.path.exists(
+        os.path.join(wd, "checkpoints", str(bad))
+    )  # never saves a non-finite state
 
 
 class _PoisonedData:
@@ -276,7 +370,7 @@ class _PoisonedData:
     def train_batch(self, step):
         b = self.inner.train_batch(step)
         if step in self.bad:
-            b = dict(b, inputs=np.full_like(b["inputs"], 10 ** 6))
+            b = dict(b, inputs=np.full_like(b["inputs"], 10**6))
         return b
 
 
@@ -292,6 +386,7 @@ def test_nan_skip_keeps_params_finite(tmp_path, corpus):
     assert [recs[s]["skipped"] for s in range(1, 6)] == [0.0, 1.0, 0.0, 1.0, 0.0]
     assert not math.isfinite(recs[2]["loss"]) and math.isfinite(recs[5]["loss"])
     from jaxformers import checkpoint
+
     params = checkpoint.load_params(os.path.join(wd, "params"))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
@@ -303,18 +398,31 @@ def test_bf16_loss_is_float32(tmp_path, corpus):
     state = tr.init_state()
     step_fn, _ = tr.compiled_steps()
     with tr.mesh_context():
-        _, m = step_fn(state, sharding.host_to_global(tr.data.train_batch(0), tr.mesh, leading=1), jax.random.PRNGKey(1))
+        _, m = step_fn(
+            state,
+            sharding.host_to_global(tr.data.train_batch(0), tr.mesh, leading=1),
+            jax.random.PRNGKey(1),
+        )
     assert m["loss"].dtype == jnp.float32 and math.isfinite(float(m["loss"]))
 
 
 # ---------------------------------------------------------------------------------- 7. the lock
 
+
 def test_workdir_in_use(tmp_path, corpus):
     wd = tmp_path / "wd"
     wd.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); time.sleep(120)", str(wd / ".lock")], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(120)",
+            str(wd / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         tr = train.Trainer(tiny(corpus), str(wd))

@@ -17,9 +17,13 @@ def make_texts(n_docs, seed):
     rng = np.random.default_rng(seed)
     onsets = list("bcdfghjklmnprstvwz") + ["th", "ch", "sh", "st", "tr", "pl"]
     vowels = list("aeiou") + ["ea", "ou", "ai"]
-    words = sorted({
-        "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.integers(1, 4)))
-        + rng.choice(["", "s", "ed", "ing", "n"]) for _ in range(3000)})
+    words = sorted(
+        {
+            "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.integers(1, 4)))
+            + rng.choice(["", "s", "ed", "ing", "n"])
+            for _ in range(3000)
+        }
+    )
     words = ["the", "a", "of", "and", "to", "in", "is", "it"] + words
     p = 1.0 / np.arange(1, len(words) + 1)
     p /= p.sum()
@@ -63,8 +67,10 @@ def test_sentinel_ids_count_down_from_the_top(vocab):
     assert vocab.decode([vocab.sentinel_id(7)]) == "<extra_id_7>"
     text = "The dog <extra_id_0> over the <extra_id_12>."
     ids = vocab.encode(text)
-    assert [i for i in ids if i >= vocab.base_vocab_size] == [vocab.sentinel_id(0),
-                                                             vocab.sentinel_id(12)]
+    assert [i for i in ids if i >= vocab.base_vocab_size] == [
+        vocab.sentinel_id(0),
+        vocab.sentinel_id(12),
+    ]
     assert vocab.decode(ids) == text
 
 
@@ -82,8 +88,11 @@ def test_load_from_bytes_path_and_pickle(vocab, tmp_path):
     path = tmp_path / "copy.model"
     path.write_bytes(proto)
     text = make_texts(1, seed=4)[0]
-    for other in (SentencePieceVocab(proto), SentencePieceVocab(path),
-                  pickle.loads(pickle.dumps(vocab))):
+    for other in (
+        SentencePieceVocab(proto),
+        SentencePieceVocab(path),
+        pickle.loads(pickle.dumps(vocab)),
+    ):
         assert other.vocab_size == vocab.vocab_size
         assert other.encode(text) == vocab.encode(text)
 
@@ -100,8 +109,15 @@ def test_span_corruption_output_decodes_with_sentinels(vocab):
 def test_rejects_non_t5_special_ids(tmp_path):
     # SentencePiece's own defaults: unk=0, bos=1, eos=2, no pad.
     with pytest.raises(ValueError, match="pad=0 and eos=1"):
-        train_sentencepiece(make_texts(100, seed=1), tmp_path / "m", vocab_size=200,
-                            pad_id=-1, unk_id=0, bos_id=1, eos_id=2)
+        train_sentencepiece(
+            make_texts(100, seed=1),
+            tmp_path / "m",
+            vocab_size=200,
+            pad_id=-1,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+        )
 
 
 def test_rejects_bad_models_and_arguments(vocab, tmp_path):

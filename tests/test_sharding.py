@@ -7,17 +7,16 @@ divide the tensor axis of (2, 2, 2), so uneven shards are exercised too.
 
 import os
 
+import jax
 import numpy as np
 import pytest
-
-import jax
+from helpers import without_key_bias
 from jax.sharding import PartitionSpec as P
 
-from helpers import without_key_bias
 from jaxformers import checkpoint, sharding, train
 from jaxformers.config import CheckpointConfig, Experiment, MeshConfig, OptimConfig
-from jaxformers.tasks.causal_lm import lm_data
 from jaxformers.models.gpt2 import GPT2Config
+from jaxformers.tasks.causal_lm import lm_data
 
 SEQ, BATCH = 16, 8
 # ODD: 5 heads and 97 tokens do not divide a tensor axis of 2 (GPT-2's real vocabulary, 50257,
@@ -29,12 +28,23 @@ EVEN = dict(vocab_size=98, n_head=6)
 def experiment(mesh_shape, dims=ODD, **kw):
     base = dict(
         name="sharding_test",
-        model=GPT2Config(n_positions=37, n_embd=60, n_layer=1, resid_pdrop=0.1, embd_pdrop=0.1,
-                         attn_pdrop=0.1, **dims),
+        model=GPT2Config(
+            n_positions=37,
+            n_embd=60,
+            n_layer=1,
+            resid_pdrop=0.1,
+            embd_pdrop=0.1,
+            attn_pdrop=0.1,
+            **dims,
+        ),
         optim=OptimConfig(lr=3e-3, warmup_steps=1, weight_decay=0.1, clip_norm=1.0),
         mesh=MeshConfig(tuple(mesh_shape)),
         checkpoint=CheckpointConfig(every=1000, keep=1, async_save=False),
-        batch_size=BATCH, steps=3, eval_every=0, eval_batches=2, log_every=1,
+        batch_size=BATCH,
+        steps=3,
+        eval_every=0,
+        eval_batches=2,
+        log_every=1,
         peak_tflops=1.0,  # no matmul benchmark per run
         progress=False,
     )
@@ -116,7 +126,9 @@ def test_tensor_parallel_training_equals_single_device(single_even, even_2x2x2):
 
 
 def test_trainer_devices_subset_builds_one_device_mesh(tmp_path):
-    tr = train.Trainer(experiment((1, 1, 1)), str(tmp_path), data=synthetic_data(), devices=jax.devices()[:1])
+    tr = train.Trainer(
+        experiment((1, 1, 1)), str(tmp_path), data=synthetic_data(), devices=jax.devices()[:1]
+    )
     assert dict(tr.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
     assert list(tr.mesh.devices.flat) == [jax.devices()[0]]
 
@@ -144,8 +156,11 @@ def test_parameter_shardings_follow_rules(even_2x2x2):
     assert _spec(b["attn"]["out"]["kernel"]) == ("tensor", None, "fsdp")
     assert _spec(b["ln_1"]["scale"]) == ()
     # Optimizer moments are sharded like their parameters (ZeRO): find adam's mu for wi.
-    mu = [s for s in jax.tree.leaves(tr.state_shardings.opt_state)
-          if isinstance(s, jax.sharding.NamedSharding) and _spec(s) == ("fsdp", "tensor")]
+    mu = [
+        s
+        for s in jax.tree.leaves(tr.state_shardings.opt_state)
+        if isinstance(s, jax.sharding.NamedSharding) and _spec(s) == ("fsdp", "tensor")
+    ]
     assert len(mu) >= 2  # mu and nu of wi
 
     # The initialised arrays really carry these shardings, and an fsdp x tensor kernel is split 4 ways.
@@ -167,20 +182,25 @@ def test_batch_sharding_is_over_data_and_fsdp():
     assert {sh.data.shape for sh in g.addressable_shards} == {(2, 2, 3)}
 
 
-@pytest.mark.parametrize("shape,expected", [((-1, 1, 1), (8, 1, 1)), ((2, -1, 2), (2, 2, 2)), ((1, 8, 1), (1, 8, 1))])
+@pytest.mark.parametrize(
+    "shape,expected", [((-1, 1, 1), (8, 1, 1)), ((2, -1, 2), (2, 2, 2)), ((1, 8, 1), (1, 8, 1))]
+)
 def test_mesh_shape_resolution(shape, expected):
     mesh = sharding.make_mesh(shape)
     assert tuple(mesh.shape.values()) == expected
     assert mesh.axis_names == ("data", "fsdp", "tensor")
 
 
-@pytest.mark.parametrize("shape,words", [
-    ((3, 1, 1), ["(3, 1, 1)", "8"]),
-    ((-1, -1, 1), ["at most one -1"]),
-    ((3, -1, 1), ["does not divide", "8"]),
-    ((2, 2), ["3 entries"]),
-    ((0, 8, 1), ["positive"]),
-])
+@pytest.mark.parametrize(
+    "shape,words",
+    [
+        ((3, 1, 1), ["(3, 1, 1)", "8"]),
+        ((-1, -1, 1), ["at most one -1"]),
+        ((3, -1, 1), ["does not divide", "8"]),
+        ((2, 2), ["3 entries"]),
+        ((0, 8, 1), ["positive"]),
+    ],
+)
 def test_mesh_shape_errors(shape, words):
     with pytest.raises(ValueError) as e:
         sharding.make_mesh(shape)
@@ -190,10 +210,17 @@ def test_mesh_shape_errors(shape, words):
 
 def test_batch_not_divisible_by_data_shards(tmp_path):
     with pytest.raises(ValueError, match=r"batch_size=6 .*4 data-parallel shards"):
-        train.Trainer(experiment((4, 1, 2), batch_size=6), str(tmp_path), data=synthetic_data(batch=6))
+        train.Trainer(
+            experiment((4, 1, 2), batch_size=6), str(tmp_path), data=synthetic_data(batch=6)
+        )
     with pytest.raises(ValueError, match="batch_size=12"):
-        train.Trainer(experiment((1, 8, 1), batch_size=12), str(tmp_path), data=synthetic_data(batch=12))
+        train.Trainer(
+            experiment((1, 8, 1), batch_size=12), str(tmp_path), data=synthetic_data(batch=12)
+        )
     # grad_accum splits the batch: 8 / 2 = 4 rows per microbatch cannot cover 8 shards.
     with pytest.raises(ValueError, match="grad_accum=2"):
-        train.Trainer(experiment((8, 1, 1), batch_size=8, optim=OptimConfig(grad_accum=2)), str(tmp_path),
-                      data=synthetic_data(accum=2))
+        train.Trainer(
+            experiment((8, 1, 1), batch_size=8, optim=OptimConfig(grad_accum=2)),
+            str(tmp_path),
+            data=synthetic_data(accum=2),
+        )

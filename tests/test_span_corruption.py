@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from helpers import FUZZ
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import FUZZ
 from jaxformers.objectives import span_corruption as sc
 
 VOCAB = 1031  # odd size on purpose; content ids must stay below VOCAB - 100
@@ -52,14 +52,20 @@ def tokens_for(length, seed=0):
     return np.random.default_rng(seed).integers(2, VOCAB - 100, size=length)
 
 
-@pytest.mark.parametrize("length,noise,spans", [
-    (2, 1, 1), (3, 1, 1), (10, 2, 1),
-    (30, 4, 1),     # 4.5 rounds half-to-even down to 4
-    (50, 8, 3),     # 7.5 -> 8; 8 / 3 -> 3
-    (70, 10, 3),    # 10.5 -> 10
-    (190, 29, 10),  # float32: 190 * 0.15f rounds to 28.5000... -> 29 (float64 gives 28)
-    (141, 21, 7), (568, 85, 28),
-])
+@pytest.mark.parametrize(
+    "length,noise,spans",
+    [
+        (2, 1, 1),
+        (3, 1, 1),
+        (10, 2, 1),
+        (30, 4, 1),  # 4.5 rounds half-to-even down to 4
+        (50, 8, 3),  # 7.5 -> 8; 8 / 3 -> 3
+        (70, 10, 3),  # 10.5 -> 10
+        (190, 29, 10),  # float32: 190 * 0.15f rounds to 28.5000... -> 29 (float64 gives 28)
+        (141, 21, 7),
+        (568, 85, 28),
+    ],
+)
 def test_counts_follow_t5_float32_rounding(length, noise, spans):
     assert expected_counts(length) == (noise, spans)
     for seed in range(3):
@@ -140,8 +146,10 @@ def test_random_spans_helper_density_half_keeps_targets_within_inputs():
 
 
 def make_examples(lengths, seed=0):
-    return [sc.span_corrupt(tokens_for(n, seed + i), VOCAB, seed=seed + i)
-            for i, n in enumerate(lengths)]
+    return [
+        sc.span_corrupt(tokens_for(n, seed + i), VOCAB, seed=seed + i)
+        for i, n in enumerate(lengths)
+    ]
 
 
 def test_packing_invariants():
@@ -154,8 +162,10 @@ def test_packing_invariants():
         assert v.shape == (n_rows, 37 if k.startswith("encoder") else 13), k
     recovered = []
     for r in range(n_rows):
-        for side, tok_key in (("encoder", "encoder_input_tokens"),
-                              ("decoder", "decoder_target_tokens")):
+        for side, tok_key in (
+            ("encoder", "encoder_input_tokens"),
+            ("decoder", "decoder_target_tokens"),
+        ):
             seg, pos = p[f"{side}_segment_ids"][r], p[f"{side}_positions"][r]
             real = seg > 0
             n = real.sum()
@@ -192,8 +202,13 @@ def test_corrupt_and_pack_is_deterministic_and_lossless():
     for r in range(a["encoder_input_tokens"].shape[0]):
         es, ds = a["encoder_segment_ids"][r], a["decoder_segment_ids"][r]
         for s in np.unique(es[es > 0]):
-            pieces.append(reconstruct(a["encoder_input_tokens"][r][es == s],
-                                      a["decoder_target_tokens"][r][ds == s], VOCAB))
+            pieces.append(
+                reconstruct(
+                    a["encoder_input_tokens"][r][es == s],
+                    a["decoder_target_tokens"][r][ds == s],
+                    VOCAB,
+                )
+            )
     # 300 -> chunks of 141, 141, 18; the 1-token document is dropped.
     expected = [docs[0][:141], docs[0][141:282], docs[0][282:], docs[3], docs[4]]
     assert pieces == [e.tolist() for e in expected]
@@ -212,19 +227,22 @@ def test_corrupt_and_pack_covers_helper_float64_rounding_gap():
     assert p["encoder_input_tokens"].shape[1] == 8
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(tokens=[5, 6, VOCAB - 1]), "collide"),
-    (dict(tokens=[5, -1, 7]), "collide"),
-    (dict(vocab_size=100, tokens=[5, 6, 7]), "must be > 100"),
-    (dict(tokens=[]), "at least 2"),
-    (dict(tokens=[7]), "at least 2"),
-    (dict(tokens=[[5, 6], [7, 8]]), "1-D"),
-    (dict(tokens=[5.0, 6.0]), "integer"),
-    (dict(tokens=[5, 6, EOS]), "without EOS"),
-    (dict(noise_density=0.0), "noise_density"),
-    (dict(noise_density=1.0), "noise_density"),
-    (dict(mean_noise_span_length=0.5), "mean_noise_span_length"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(tokens=[5, 6, VOCAB - 1]), "collide"),
+        (dict(tokens=[5, -1, 7]), "collide"),
+        (dict(vocab_size=100, tokens=[5, 6, 7]), "must be > 100"),
+        (dict(tokens=[]), "at least 2"),
+        (dict(tokens=[7]), "at least 2"),
+        (dict(tokens=[[5, 6], [7, 8]]), "1-D"),
+        (dict(tokens=[5.0, 6.0]), "integer"),
+        (dict(tokens=[5, 6, EOS]), "without EOS"),
+        (dict(noise_density=0.0), "noise_density"),
+        (dict(noise_density=1.0), "noise_density"),
+        (dict(mean_noise_span_length=0.5), "mean_noise_span_length"),
+    ],
+)
 def test_span_corrupt_errors(kwargs, match):
     args = dict(tokens=[5, 6, 7, 8], vocab_size=VOCAB) | kwargs
     with pytest.raises(ValueError, match=match):
@@ -242,8 +260,12 @@ def test_overlap_check_uses_number_of_spans():
 
 
 @settings(max_examples=150, deadline=None, database=None)
-@given(length=st.integers(2, 600), density=st.floats(0.01, 0.95),
-       mean=st.floats(1.0, 10.0), seed=st.integers(0, 2**31 - 1))
+@given(
+    length=st.integers(2, 600),
+    density=st.floats(0.01, 0.95),
+    mean=st.floats(1.0, 10.0),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_property_invariants_and_reconstruction(length, density, mean, seed):
     mask = sc.noise_mask(length, density, mean, seed=seed)
     noise, spans = expected_counts(length, density, mean)
@@ -264,7 +286,12 @@ def test_property_invariants_and_reconstruction(length, density, mean, seed):
 
 
 @FUZZ
-@given(length=st.integers(0, 300), density=st.floats(0.01, 0.99), span=st.floats(1.0, 10.0), seed=st.integers(0, 2**31))
+@given(
+    length=st.integers(0, 300),
+    density=st.floats(0.01, 0.99),
+    span=st.floats(1.0, 10.0),
+    seed=st.integers(0, 2**31),
+)
 def test_fuzz_noise_mask(length, density, span, seed):
     m = sc.noise_mask(length, density, span, seed)
     assert m.dtype == bool and m.shape == (length,)
@@ -273,8 +300,12 @@ def test_fuzz_noise_mask(length, density, span, seed):
 
 
 @FUZZ
-@given(toks=st.lists(st.integers(2, 350), min_size=0, max_size=300), density=st.floats(-0.5, 1.5),
-       span=st.floats(0.0, 10.0), seed=st.integers(0, 2**31))
+@given(
+    toks=st.lists(st.integers(2, 350), min_size=0, max_size=300),
+    density=st.floats(-0.5, 1.5),
+    span=st.floats(0.0, 10.0),
+    seed=st.integers(0, 2**31),
+)
 def test_fuzz_span_corrupt(toks, density, span, seed):
     V = 512
     try:

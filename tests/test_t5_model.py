@@ -13,15 +13,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import rel_err
+
 from jaxformers import hf
 from jaxformers.models import layers, t5
 from jaxformers.models.t5 import T5Config, T5ForConditionalGeneration
 
 # Prime-ish sizes catch transposes; inner width N * H = 60 = d_model only by accident of 5 * 12.
-ODD = dict(vocab_size=103, d_model=60, d_kv=12, num_heads=5, d_ff=70, num_layers=3, num_decoder_layers=2,
-           relative_attention_num_buckets=9, relative_attention_max_distance=20)
+ODD = dict(
+    vocab_size=103,
+    d_model=60,
+    d_kv=12,
+    num_heads=5,
+    d_ff=70,
+    num_layers=3,
+    num_decoder_layers=2,
+    relative_attention_num_buckets=9,
+    relative_attention_max_distance=20,
+)
 VARIANTS = {
     "v1.0": dict(feed_forward_proj="relu"),  # tied head, scaled output
     "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),  # own head, no scaling
@@ -59,9 +68,12 @@ def torch_logits(model, ids, mask, dec, dmask=None):
     import torch
 
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                    decoder_input_ids=torch.tensor(dec, dtype=torch.long),
-                    decoder_attention_mask=None if dmask is None else torch.tensor(dmask))
+        out = model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask),
+            decoder_input_ids=torch.tensor(dec, dtype=torch.long),
+            decoder_attention_mask=None if dmask is None else torch.tensor(dmask),
+        )
     return out.logits.numpy()
 
 
@@ -76,8 +88,12 @@ def make_hf_model(variant, seed=0):
         for name, p in model.named_parameters():
             if "layer_norm" in name:  # init is all ones: make the norm scales matter
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
-        if variant == "v1.1":  # transformers 5 always ties on init; v1.1 checkpoints hold their own head
-            model.lm_head.weight = torch.nn.Parameter(torch.randn(ODD["vocab_size"], ODD["d_model"]))
+        if (
+            variant == "v1.1"
+        ):  # transformers 5 always ties on init; v1.1 checkpoints hold their own head
+            model.lm_head.weight = torch.nn.Parameter(
+                torch.randn(ODD["vocab_size"], ODD["d_model"])
+            )
     return model.eval()
 
 
@@ -89,7 +105,10 @@ def hf_dirs(tmp_path_factory, torch, transformers):
         d = str(tmp_path_factory.mktemp(variant))
         model = make_hf_model(variant)
         model.save_pretrained(d)
-        out[variant] = (d, transformers.T5ForConditionalGeneration.from_pretrained(d, attn_implementation="eager"))
+        out[variant] = (
+            d,
+            transformers.T5ForConditionalGeneration.from_pretrained(d, attn_implementation="eager"),
+        )
     return out
 
 
@@ -99,8 +118,14 @@ def test_relative_position_bucket_matches_transformers(torch, transformers):
     for num_buckets, max_distance in ((32, 128), (9, 20), (16, 64), (33, 100)):
         for bidirectional in (True, False):
             ref = bucket(torch.tensor(rp), bidirectional, num_buckets, max_distance).numpy()
-            got = np.asarray(t5.relative_position_bucket(jnp.asarray(rp), bidirectional, num_buckets, max_distance))
-            np.testing.assert_array_equal(got, ref, err_msg=f"{num_buckets=} {max_distance=} {bidirectional=}")
+            got = np.asarray(
+                t5.relative_position_bucket(
+                    jnp.asarray(rp), bidirectional, num_buckets, max_distance
+                )
+            )
+            np.testing.assert_array_equal(
+                got, ref, err_msg=f"{num_buckets=} {max_distance=} {bidirectional=}"
+            )
 
 
 def test_rms_norm_matches_t5_layer_norm(torch, transformers):
@@ -119,17 +144,22 @@ def test_rms_norm_matches_t5_layer_norm(torch, transformers):
         assert rel_err(got, ref) < 1e-6, (eps, scale, rel_err(got, ref))
 
 
-@pytest.mark.parametrize("variant,scan", [  # the fast loop: each variant and each layout once
-    pytest.param("v1.0", False, id="v1.0-loop"),
-    pytest.param("v1.0", True, id="v1.0-scan", marks=pytest.mark.slow),
-    pytest.param("v1.1", False, id="v1.1-loop", marks=pytest.mark.slow),
-    pytest.param("v1.1", True, id="v1.1-scan"),
-])
+@pytest.mark.parametrize(
+    "variant,scan",
+    [  # the fast loop: each variant and each layout once
+        pytest.param("v1.0", False, id="v1.0-loop"),
+        pytest.param("v1.0", True, id="v1.0-scan", marks=pytest.mark.slow),
+        pytest.param("v1.1", False, id="v1.1-loop", marks=pytest.mark.slow),
+        pytest.param("v1.1", True, id="v1.1-scan"),
+    ],
+)
 def test_parity_from_transformers(hf_dirs, variant, scan):
     d, ref_model = hf_dirs[variant]
     model, params = hf.from_pretrained(d, scan_layers=scan)
     c = model.config
-    assert c.tie_word_embeddings == (variant == "v1.0") and c.scale_decoder_outputs == (variant == "v1.0")
+    assert c.tie_word_embeddings == (variant == "v1.0") and c.scale_decoder_outputs == (
+        variant == "v1.0"
+    )
     assert ("lm_head" in params) == (variant == "v1.1")
     ids, mask, dec, dmask = make_inputs()
     ref = torch_logits(ref_model, ids, mask, dec, dmask)
@@ -146,8 +176,12 @@ def test_save_pretrained_loads_in_transformers(hf_dirs, transformers, variant, t
     with open(tmp_path / "config.json") as f:
         written = json.load(f)
     assert written["scale_decoder_outputs"] == (variant == "v1.0")
-    assert written["tie_word_embeddings"] == (variant == "v1.0")  # what 4.x needs for tying and scaling
-    back = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path), attn_implementation="eager")
+    assert written["tie_word_embeddings"] == (
+        variant == "v1.0"
+    )  # what 4.x needs for tying and scaling
+    back = transformers.T5ForConditionalGeneration.from_pretrained(
+        str(tmp_path), attn_implementation="eager"
+    )
     assert back.config.scale_decoder_outputs == (variant == "v1.0")
     tied = back.lm_head.weight.data_ptr() == back.shared.weight.data_ptr()
     assert tied == (variant == "v1.0")
@@ -169,7 +203,9 @@ def test_encode_then_decode_equals_full_call(hf_dirs, variant):
     full = forward(model, params, ids, dec, mask, dmask)
     enc, logits = encode_decode(model, params, ids, dec, mask, dmask)
     assert enc.shape == (B, T_ENC, ODD["d_model"])
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(full), rtol=0, atol=1e-6 * np.abs(full).max())
+    np.testing.assert_allclose(
+        np.asarray(logits), np.asarray(full), rtol=0, atol=1e-6 * np.abs(full).max()
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -182,37 +218,56 @@ def cached_decoding(model, max_len, prefix, explicit_positions, params, ids, mas
     cache = t5.init_decode_cache(model, params, enc, max_len, mask)
 
     def step(cache, tok, pos):
-        logits, out = model.apply({"params": params, "cache": cache}, tok, enc, mask, decode=True,
-                                  decoder_positions=jnp.broadcast_to(pos, tok.shape) if explicit_positions else None,
-                                  method=model.decode, mutable=["cache"])
+        logits, out = model.apply(
+            {"params": params, "cache": cache},
+            tok,
+            enc,
+            mask,
+            decode=True,
+            decoder_positions=jnp.broadcast_to(pos, tok.shape) if explicit_positions else None,
+            method=model.decode,
+            mutable=["cache"],
+        )
         return out["cache"], logits
 
     first = []
     if prefix:
         cache, logits = step(cache, dec[:, :prefix], jnp.arange(prefix))
         first = [logits]
-    cache, rest = jax.lax.scan(lambda c, x: step(c, x[0][:, None], x[1][None]),
-                               cache, (dec[:, prefix:].T, jnp.arange(prefix, dec.shape[1])))
+    cache, rest = jax.lax.scan(
+        lambda c, x: step(c, x[0][:, None], x[1][None]),
+        cache,
+        (dec[:, prefix:].T, jnp.arange(prefix, dec.shape[1])),
+    )
     return jnp.concatenate(first + [jnp.moveaxis(rest[:, :, 0], 0, 1)], axis=1)
 
 
-@pytest.mark.parametrize("variant,scan,remat,prefix,explicit", [
-    pytest.param("v1.0", False, "none", 0, False, marks=pytest.mark.slow),
-    ("v1.1", True, "none", 0, False),
-    # a 5-token prefix in one call, then steps; positions given
-    pytest.param("v1.1", False, "none", 5, True, marks=pytest.mark.slow),
-    pytest.param("v1.0", True, "full", 3, False, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "variant,scan,remat,prefix,explicit",
+    [
+        pytest.param("v1.0", False, "none", 0, False, marks=pytest.mark.slow),
+        ("v1.1", True, "none", 0, False),
+        # a 5-token prefix in one call, then steps; positions given
+        pytest.param("v1.1", False, "none", 5, True, marks=pytest.mark.slow),
+        pytest.param("v1.0", True, "full", 3, False, marks=pytest.mark.slow),
+    ],
+)
 def test_kv_cache_decoding_matches_full_decoder(hf_dirs, variant, scan, remat, prefix, explicit):
     d, ref_model = hf_dirs[variant]
     model, params = hf.from_pretrained(d, scan_layers=scan, remat=remat)
     ids, mask, dec, _ = make_inputs()
-    full = forward(model, params, ids, dec, mask, np.ones_like(dec))  # all ones: shares parity's compile
-    assert rel_err(full, torch_logits(ref_model, ids, mask, dec)) < 1e-5  # transformers with no decoder mask
+    full = forward(
+        model, params, ids, dec, mask, np.ones_like(dec)
+    )  # all ones: shares parity's compile
+    assert (
+        rel_err(full, torch_logits(ref_model, ids, mask, dec)) < 1e-5
+    )  # transformers with no decoder mask
     # A cache longer than what is fed: the empty slots must stay invisible.
     got = cached_decoding(model, T_DEC + 4, prefix, explicit, params, ids, mask, dec)
     assert got.shape == full.shape
-    err = np.abs(np.asarray(got) - np.asarray(full)).max(axis=(0, 2)) / np.abs(np.asarray(full)).max()
+    err = (
+        np.abs(np.asarray(got) - np.asarray(full)).max(axis=(0, 2)) / np.abs(np.asarray(full)).max()
+    )
     assert (err < 1e-5).all(), err  # at every step
 
 
@@ -220,25 +275,45 @@ def _write_dir(path, config: dict, tensors: dict):
     from safetensors.numpy import save_file
 
     os.makedirs(path, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(path, "model.safetensors"))
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+        os.path.join(path, "model.safetensors"),
+    )
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
 
 
 @pytest.mark.parametrize("style", ["4.x", "5.x"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_hand_written_configs_load_with_the_right_head(hf_dirs, transformers, variant, style, tmp_path):
+def test_hand_written_configs_load_with_the_right_head(
+    hf_dirs, transformers, variant, style, tmp_path
+):
     d, ref_model = hf_dirs[variant]
     from safetensors.numpy import load_file
 
     tensors = load_file(os.path.join(d, "model.safetensors"))
     v11 = variant == "v1.1"
     assert ("lm_head.weight" in tensors) == v11
-    cfg = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 60, "d_kv": 12,
-           "d_ff": 70, "num_layers": 3, "num_decoder_layers": 2, "num_heads": 5, "vocab_size": 103,
-           "relative_attention_num_buckets": 9, "relative_attention_max_distance": 20, "dropout_rate": 0.1,
-           "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu" if v11 else "relu",
-           "is_encoder_decoder": True, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+    cfg = {
+        "model_type": "t5",
+        "architectures": ["T5ForConditionalGeneration"],
+        "d_model": 60,
+        "d_kv": 12,
+        "d_ff": 70,
+        "num_layers": 3,
+        "num_decoder_layers": 2,
+        "num_heads": 5,
+        "vocab_size": 103,
+        "relative_attention_num_buckets": 9,
+        "relative_attention_max_distance": 20,
+        "dropout_rate": 0.1,
+        "layer_norm_epsilon": 1e-6,
+        "feed_forward_proj": "gated-gelu" if v11 else "relu",
+        "is_encoder_decoder": True,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
     if style == "4.x":  # v1.1 Hub configs: tie_word_embeddings false; v1.0 ones leave it out
         if v11:
             cfg["tie_word_embeddings"] = False
@@ -252,7 +327,9 @@ def test_hand_written_configs_load_with_the_right_head(hf_dirs, transformers, va
     ref = torch_logits(ref_model, ids, mask, dec, dmask)
     assert rel_err(forward(model, params, ids, dec, mask, dmask), ref) < 1e-5
     # transformers reads the same directory to the same function
-    theirs = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path), attn_implementation="eager")
+    theirs = transformers.T5ForConditionalGeneration.from_pretrained(
+        str(tmp_path), attn_implementation="eager"
+    )
     assert rel_err(torch_logits(theirs, ids, mask, dec, dmask), ref) < 1e-6
 
 
@@ -260,15 +337,25 @@ def test_config_from_hf_reading_rules(transformers):
     base = {"model_type": "t5", "feed_forward_proj": "gated-gelu"}
     c = t5.config_from_hf({**base, "tie_word_embeddings": False})
     assert (c.tie_word_embeddings, c.scale_decoder_outputs, c.dense_act_fn, c.is_gated_act) == (
-        False, False, "gelu_new", True)
+        False,
+        False,
+        "gelu_new",
+        True,
+    )
     c = t5.config_from_hf({**base, "tie_word_embeddings": True, "scale_decoder_outputs": False})
     assert (c.tie_word_embeddings, c.scale_decoder_outputs) == (True, False)
     c = t5.config_from_hf({"model_type": "t5", "num_layers": 4, "eos_token_id": [1]})
-    assert (c.tie_word_embeddings, c.scale_decoder_outputs, c.num_decoder_layers, c.eos_token_id) == (
-        True, True, 4, 1)
+    assert (
+        c.tie_word_embeddings,
+        c.scale_decoder_outputs,
+        c.num_decoder_layers,
+        c.eos_token_id,
+    ) == (True, True, 4, 1)
     # model_from_config: the weights decide the tie
     assert not t5.model_from_config(c, tensors={"lm_head.weight": None}).config.tie_word_embeddings
-    assert t5.model_from_config(dataclasses.replace(c, tie_word_embeddings=False), tensors={}).config.tie_word_embeddings
+    assert t5.model_from_config(
+        dataclasses.replace(c, tie_word_embeddings=False), tensors={}
+    ).config.tie_word_embeddings
     assert t5.parse_feed_forward_proj("gated-silu") == ("silu", True)
     assert t5.parse_feed_forward_proj("gelu") == ("gelu", False)
     # what transformers itself derives from the same strings
@@ -279,8 +366,11 @@ def test_config_from_hf_reading_rules(transformers):
 
 def _n_params(config):
     model = T5ForConditionalGeneration(config)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32),
-                                               jnp.zeros((1, 3), jnp.int32)))
+    shapes = jax.eval_shape(
+        lambda: model.init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 3), jnp.int32)
+        )
+    )
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
 
 
@@ -288,8 +378,18 @@ def _n_params(config):
 def test_preset_param_counts(torch, transformers, name, expected):
     c = T5Config.preset(name)
     assert _n_params(c) == expected
-    fields = {f: getattr(c, f) for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
-                                         "feed_forward_proj")}
+    fields = {
+        f: getattr(c, f)
+        for f in (
+            "vocab_size",
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_layers",
+            "num_heads",
+            "feed_forward_proj",
+        )
+    }
     with torch.device("meta"):
         ref = transformers.T5ForConditionalGeneration(transformers.T5Config(**fields))
         if not c.tie_word_embeddings:  # as transformers loads a v1.1 checkpoint: its own head
@@ -298,10 +398,21 @@ def test_preset_param_counts(torch, transformers, name, expected):
 
 
 def test_presets_sizes():
-    for name, (d, f, n, h) in {"t5.1.1-base": (768, 2048, 12, 12), "t5.1.1-large": (1024, 2816, 24, 16),
-                               "t5-base": (768, 3072, 12, 12), "t5-large": (1024, 4096, 24, 16)}.items():
+    for name, (d, f, n, h) in {
+        "t5.1.1-base": (768, 2048, 12, 12),
+        "t5.1.1-large": (1024, 2816, 24, 16),
+        "t5-base": (768, 3072, 12, 12),
+        "t5-large": (1024, 4096, 24, 16),
+    }.items():
         c = T5Config.preset(name)
-        assert (c.d_model, c.d_ff, c.num_layers, c.num_decoder_layers, c.num_heads, c.vocab_size) == (d, f, n, n, h, 32128)
+        assert (
+            c.d_model,
+            c.d_ff,
+            c.num_layers,
+            c.num_decoder_layers,
+            c.num_heads,
+            c.vocab_size,
+        ) == (d, f, n, n, h, 32128)
         assert c.tie_word_embeddings == c.scale_decoder_outputs == name.startswith("t5-")
 
 
@@ -311,11 +422,16 @@ def test_flops_matmul_term_counts_the_kernels():
     for variant in VARIANTS:
         c = T5Config(**ODD, **VARIANTS[variant])
         model = T5ForConditionalGeneration(c)
-        shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32),
-                                                   jnp.zeros((1, 2), jnp.int32)))["params"]
+        shapes = jax.eval_shape(
+            lambda: model.init(
+                jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32)
+            )
+        )["params"]
         flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
         kernels = sum(int(np.prod(x.shape)) for p, x in flat if "kernel" in jax.tree_util.keystr(p))
-        head = 0 if "lm_head" in shapes else c.vocab_size * c.d_model  # tied: the embedding is the head
+        head = (
+            0 if "lm_head" in shapes else c.vocab_size * c.d_model
+        )  # tied: the embedding is the head
         inner = c.num_heads * c.d_kv
         attention = 12 * inner * (c.num_layers + 2 * c.num_decoder_layers)
         assert c.flops_per_example(1, 1) == 6 * (kernels + head) + attention
@@ -330,18 +446,26 @@ def test_logical_axes_and_sharded_forward():
         model = T5ForConditionalGeneration(c)
         ids = jnp.ones((8, 6), jnp.int32)
         abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids[:, :4]))
-        specs = jax.tree.leaves(nn.get_partition_spec(abstract["params"]),
-                                is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+        specs = jax.tree.leaves(
+            nn.get_partition_spec(abstract["params"]),
+            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+        )
         assert all(a in rule_names for spec in specs for a in spec if a is not None)
         table = abstract["params"]["encoder"]["relative_attention_bias"]["embedding"]
         assert table.names == ("relpos_buckets", "heads")
         if scan:
             assert abstract["params"]["decoder"]["block"]["self_attn"]["query"]["kernel"].names == (
-                "layers", "embed", "heads", "kv")
+                "layers",
+                "embed",
+                "heads",
+                "kv",
+            )
     mesh = sharding.make_mesh((2, 2, 2))
     shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), ids, ids[:, :4]), out_shardings=shardings)()
+        variables = jax.jit(
+            lambda: model.init(jax.random.PRNGKey(0), ids, ids[:, :4]), out_shardings=shardings
+        )()
         logits = jax.jit(model.apply)(variables, ids, ids[:, :4])
     ref = jax.jit(model.apply)(jax.device_get(variables), ids, ids[:, :4])
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=1e-5, atol=1e-5)
@@ -359,8 +483,12 @@ def test_dropout_is_active_only_when_not_deterministic():
     model = T5ForConditionalGeneration(c)
     ids = jnp.arange(12, dtype=jnp.int32).reshape(2, 6)
     params = random_params(model, ids, ids[:, :4])
-    run = jax.jit(lambda rng, det: model.apply({"params": params}, ids, deterministic=det, rngs={"dropout": rng},
-                                              method=model.encode), static_argnums=1)
+    run = jax.jit(
+        lambda rng, det: model.apply(
+            {"params": params}, ids, deterministic=det, rngs={"dropout": rng}, method=model.encode
+        ),
+        static_argnums=1,
+    )
     det = run(jax.random.PRNGKey(1), True)
     np.testing.assert_array_equal(det, run(jax.random.PRNGKey(2), True))
     a, b = run(jax.random.PRNGKey(1), False), run(jax.random.PRNGKey(2), False)
@@ -427,9 +555,19 @@ def test_packed_examples_equal_each_alone(v11):
     """Two examples packed in one row (segment ids 1, 2, then padding 0) give, position for position,
     the logits each gives alone: the segment mask keeps them apart in encoder self-, decoder self- and
     cross-attention, and relative positions need no per-example offsets."""
-    c = t5.T5Config.preset("tiny", vocab_size=101, d_model=24, d_kv=5, d_ff=37, num_heads=3, num_layers=2,
-                           feed_forward_proj="gated-gelu" if v11 else "relu", tie_word_embeddings=not v11,
-                           scale_decoder_outputs=not v11, dropout_rate=0.0)
+    c = t5.T5Config.preset(
+        "tiny",
+        vocab_size=101,
+        d_model=24,
+        d_kv=5,
+        d_ff=37,
+        num_heads=3,
+        num_layers=2,
+        feed_forward_proj="gated-gelu" if v11 else "relu",
+        tie_word_embeddings=not v11,
+        scale_decoder_outputs=not v11,
+        dropout_rate=0.0,
+    )
     model = t5.T5ForConditionalGeneration(c)
     rng = np.random.default_rng(3)
     enc = [rng.integers(2, 101, n).astype(np.int32) for n in (5, 7)]
@@ -439,17 +577,25 @@ def test_packed_examples_equal_each_alone(v11):
 
     def packed(parts, pad):
         ids = np.concatenate(parts + [np.zeros(pad, np.int32)])
-        seg = np.concatenate([np.full(len(p), i + 1, np.int32) for i, p in enumerate(parts)] + [np.zeros(pad, np.int32)])
+        seg = np.concatenate(
+            [np.full(len(p), i + 1, np.int32) for i, p in enumerate(parts)]
+            + [np.zeros(pad, np.int32)]
+        )
         return ids[None], seg[None]
 
     (e_ids, e_seg), (d_ids, d_seg) = packed(enc, pad_e), packed(dec, pad_d)
-    together = np.asarray(model.apply({"params": params}, e_ids, d_ids, encoder_segment_ids=e_seg,
-                                      decoder_segment_ids=d_seg))[0]
+    together = np.asarray(
+        model.apply(
+            {"params": params}, e_ids, d_ids, encoder_segment_ids=e_seg, decoder_segment_ids=d_seg
+        )
+    )[0]
     start = 0
     for e, d in zip(enc, dec):
         alone = np.asarray(model.apply({"params": params}, e[None], d[None]))[0]
-        got = together[start:start + len(d)]
-        assert np.max(np.abs(got - alone)) <= 1e-5 * np.max(np.abs(alone)), np.max(np.abs(got - alone))
+        got = together[start : start + len(d)]
+        assert np.max(np.abs(got - alone)) <= 1e-5 * np.max(np.abs(alone)), np.max(
+            np.abs(got - alone)
+        )
         start += len(d)
     # The mask is what keeps them apart: without segment ids the second example sees the first.
     mixed = np.asarray(model.apply({"params": params}, e_ids, d_ids))[0]

@@ -19,17 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from helpers import ROOT, assert_close, without_key_bias
+
 from jaxformers import checkpoint, train
 from jaxformers.config import CheckpointConfig, Experiment, MeshConfig, OptimConfig, apply_overrides
-from jaxformers.tasks.causal_lm import lm_data
 from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
-
+from jaxformers.tasks.causal_lm import lm_data
 
 
 def tiny_experiment(**kw) -> Experiment:
-    spec = importlib.util.spec_from_file_location("gpt2_shakespeare_exp", os.path.join(ROOT, "experiments", "gpt2_shakespeare.py"))
+    spec = importlib.util.spec_from_file_location(
+        "gpt2_shakespeare_exp", os.path.join(ROOT, "experiments", "gpt2_shakespeare.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     exp = mod.get_config("tiny")
@@ -43,7 +44,11 @@ def resume_experiment(corpus, **kw):
         model=dataclasses.replace(exp.model, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1),
         data=dataclasses.replace(exp.data, corpus=corpus),
         optim=dataclasses.replace(exp.optim, warmup_steps=2),
-        steps=6, log_every=1, peak_tflops=1.0, progress=False, **kw,
+        steps=6,
+        log_every=1,
+        peak_tflops=1.0,
+        progress=False,
+        **kw,
     )
 
 
@@ -125,13 +130,18 @@ def test_checkpoints_keep_and_params_export(straight):
         ck.close()
     assert step == 6 and int(state.step) == 6
     exported = checkpoint.load_params(os.path.join(wd, "params"))
-    flat_a, flat_b = jax.tree_util.tree_leaves_with_path(exported), jax.tree_util.tree_leaves_with_path(state.params)
+    flat_a, flat_b = (
+        jax.tree_util.tree_leaves_with_path(exported),
+        jax.tree_util.tree_leaves_with_path(state.params),
+    )
     assert [k for k, _ in flat_a] == [k for k, _ in flat_b]
     for (k, a), (_, b) in zip(flat_a, flat_b):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(k))
     # The export is what training produced, not the initialisation.
     init = tr.init_state().params
-    assert not np.array_equal(np.asarray(init["wte"]["embedding"]), np.asarray(exported["wte"]["embedding"]))
+    assert not np.array_equal(
+        np.asarray(init["wte"]["embedding"]), np.asarray(exported["wte"]["embedding"])
+    )
     assert os.path.isfile(os.path.join(wd, "model.json"))
 
 
@@ -146,12 +156,26 @@ def test_load_params_missing_dir(tmp_path):
 def small_experiment(**kw):
     base = dict(
         name="train_test",
-        model=GPT2Config(vocab_size=97, n_positions=37, n_embd=60, n_layer=1, n_head=5,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+        model=GPT2Config(
+            vocab_size=97,
+            n_positions=37,
+            n_embd=60,
+            n_layer=1,
+            n_head=5,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        ),
         optim=OptimConfig(lr=3e-3, warmup_steps=1),
         mesh=MeshConfig((1, 1, 1)),
         checkpoint=CheckpointConfig(every=1000, keep=1, async_save=False),
-        batch_size=8, steps=3, eval_every=0, eval_batches=1, log_every=1, peak_tflops=1.0, progress=False,
+        batch_size=8,
+        steps=3,
+        eval_every=0,
+        eval_batches=1,
+        log_every=1,
+        peak_tflops=1.0,
+        progress=False,
     )
     base.update(kw)
     return Experiment(**base)
@@ -159,8 +183,15 @@ def small_experiment(**kw):
 
 def synthetic_data(batch=8, accum=1):
     rng = np.random.default_rng(99)
-    return lm_data(None, rng.integers(0, 97, 3000).astype(np.uint16), rng.integers(0, 97, 300).astype(np.uint16),
-                  16, batch, accum, 0)
+    return lm_data(
+        None,
+        rng.integers(0, 97, 3000).astype(np.uint16),
+        rng.integers(0, 97, 300).astype(np.uint16),
+        16,
+        batch,
+        accum,
+        0,
+    )
 
 
 @pytest.mark.slow
@@ -168,14 +199,18 @@ def test_grad_accumulation_equals_full_batch(tmp_path):
     one = jax.devices()[:1]
     results, params = [], []
     for accum in (1, 2):
-        exp = small_experiment(optim=OptimConfig(lr=3e-3, warmup_steps=1, grad_accum=accum), log_every=2)
+        exp = small_experiment(
+            optim=OptimConfig(lr=3e-3, warmup_steps=1, grad_accum=accum), log_every=2
+        )
         wd = str(tmp_path / f"accum{accum}")
         data = synthetic_data(accum=accum)
         assert data.train_batch(0)["inputs"].shape == (accum, 8 // accum, 16)
         results.append(train.Trainer(exp, wd, data=data, devices=one).run())
         params.append(checkpoint.load_params(os.path.join(wd, "params")))
     a, b = results
-    assert sorted(a.train_losses) == sorted(b.train_losses) == [2, 3]  # log_every=2, and the last step
+    assert (
+        sorted(a.train_losses) == sorted(b.train_losses) == [2, 3]
+    )  # log_every=2, and the last step
     assert_close(b.train_losses, a.train_losses, rel=1e-5)
     flat_a = jax.tree_util.tree_leaves_with_path(without_key_bias(params[0]))
     flat_b = jax.tree_util.tree_leaves_with_path(without_key_bias(params[1]))
@@ -203,7 +238,9 @@ def test_warmup_cosine_schedule_by_hand():
 
 
 def test_linear_and_constant_schedules_by_hand():
-    lin = train.make_schedule(OptimConfig(lr=1e-3, warmup_steps=4, schedule="linear", end_lr_ratio=0.0), 14)
+    lin = train.make_schedule(
+        OptimConfig(lr=1e-3, warmup_steps=4, schedule="linear", end_lr_ratio=0.0), 14
+    )
     for s, want in [(0, 0.0), (2, 5e-4), (4, 1e-3), (9, 5e-4), (14, 0.0)]:
         assert float(lin(s)) == pytest.approx(want, abs=1e-9), s
     const = train.make_schedule(OptimConfig(lr=1e-3, warmup_steps=4, schedule="constant"), 14)
@@ -215,8 +252,12 @@ def test_linear_and_constant_schedules_by_hand():
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_decay_mask_excludes_biases_and_norms(scan):
-    cfg = GPT2Config(vocab_size=97, n_positions=37, n_embd=60, n_layer=2, n_head=5, scan_layers=scan)
-    abstract = jax.eval_shape(lambda: GPT2LMHeadModel(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))
+    cfg = GPT2Config(
+        vocab_size=97, n_positions=37, n_embd=60, n_layer=2, n_head=5, scan_layers=scan
+    )
+    abstract = jax.eval_shape(
+        lambda: GPT2LMHeadModel(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+    )
     import flax.linen as nn
 
     params = nn.meta.unbox(abstract)["params"]
@@ -239,15 +280,23 @@ def test_weight_decay_applied_to_decayed_leaves_only():
     """Zero gradients: AdamW's step is then decoupled decay alone, lr * wd * p, on the mask."""
     o = OptimConfig(lr=0.5, warmup_steps=0, schedule="constant", weight_decay=0.1, clip_norm=1.0)
     tx = train.make_optimizer(o, train.make_schedule(o, 10))
-    params = {"h_0": {"mlp": {"wi": {"kernel": jnp.full((3, 5), 2.0), "bias": jnp.full((5,), 2.0)}},
-                      "ln_1": {"scale": jnp.full((3,), 2.0), "bias": jnp.full((3,), 2.0)}},
-              "wte": {"embedding": jnp.full((7, 3), 2.0)}}
+    params = {
+        "h_0": {
+            "mlp": {"wi": {"kernel": jnp.full((3, 5), 2.0), "bias": jnp.full((5,), 2.0)}},
+            "ln_1": {"scale": jnp.full((3,), 2.0), "bias": jnp.full((3,), 2.0)},
+        },
+        "wte": {"embedding": jnp.full((7, 3), 2.0)},
+    }
     grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
     assert np.allclose(new["h_0"]["mlp"]["wi"]["kernel"], 2.0 - 0.5 * 0.1 * 2.0)
     assert np.allclose(new["wte"]["embedding"], 2.0 - 0.5 * 0.1 * 2.0)
-    for leaf in (new["h_0"]["mlp"]["wi"]["bias"], new["h_0"]["ln_1"]["scale"], new["h_0"]["ln_1"]["bias"]):
+    for leaf in (
+        new["h_0"]["mlp"]["wi"]["bias"],
+        new["h_0"]["ln_1"]["scale"],
+        new["h_0"]["ln_1"]["bias"],
+    ):
         assert np.array_equal(leaf, jnp.full(leaf.shape, 2.0))
 
 
@@ -256,8 +305,15 @@ def test_weight_decay_applied_to_decayed_leaves_only():
 
 def test_overrides_apply_and_unknown_keys_list_valid_ones():
     exp = small_experiment()
-    out = apply_overrides(exp, ["optim.lr=1e-2", "steps=7", "mesh.shape=(2,2,2)", "progress=false", "model.n_layer=3"])
-    assert out.optim.lr == 1e-2 and out.steps == 7 and out.mesh.shape == (2, 2, 2) and out.progress is False
+    out = apply_overrides(
+        exp, ["optim.lr=1e-2", "steps=7", "mesh.shape=(2,2,2)", "progress=false", "model.n_layer=3"]
+    )
+    assert (
+        out.optim.lr == 1e-2
+        and out.steps == 7
+        and out.mesh.shape == (2, 2, 2)
+        and out.progress is False
+    )
     assert out.model.n_layer == 3
     with pytest.raises(ValueError) as e:
         apply_overrides(exp, ["optim.lrr=1e-3"])
@@ -272,7 +328,9 @@ def test_overrides_apply_and_unknown_keys_list_valid_ones():
 
 
 def test_workdir_lock_held_elsewhere(tmp_path):
-    tr = train.Trainer(small_experiment(), str(tmp_path), data=synthetic_data(), devices=jax.devices()[:1])
+    tr = train.Trainer(
+        small_experiment(), str(tmp_path), data=synthetic_data(), devices=jax.devices()[:1]
+    )
     with open(tmp_path / ".lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RuntimeError, match="in use"):

@@ -5,10 +5,10 @@ import os
 import random
 
 import pytest
+from helpers import FUZZ, play_excerpt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import FUZZ, play_excerpt
 from jaxformers.data.wordpiece import WordPieceTokenizer, train_wordpiece, word_starts
 
 SENTENCES = [
@@ -68,7 +68,8 @@ def test_matches_transformers(vocab_path, transformers, lowercase):
         ids = ours.encode(text, add_special_tokens=True)
         for skip in (False, True):
             assert ours.decode(ids, skip) == refs[0].decode(
-                ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+                ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False
+            )
     pair = ("First segment here.", "And the second, Ünïcödé one.")
     for ref in refs:
         assert ours.encode(*pair, add_special_tokens=True) == ref.encode(*pair)

@@ -16,16 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import grain
-
 import numpy as np
 
 from jaxformers.data.sources import record_text
 
 
-def token_file(texts: Iterable[str], encode_batch: Callable, eos_id: int, path: str, vocab_size: int) -> np.ndarray:
+def token_file(
+    texts: Iterable[str], encode_batch: Callable, eos_id: int, path: str, vocab_size: int
+) -> np.ndarray:
     """Tokenizes ``texts`` into ``path`` (written once, atomically) and memory-maps it."""
     dtype = np.uint16 if vocab_size <= 65536 else np.uint32
     if not os.path.exists(path):
@@ -73,10 +74,12 @@ class Windows:
 
     def __getitem__(self, i: int) -> np.ndarray:
         s = int(i) * self.seq_len
-        return np.asarray(self.tokens[s:s + self.seq_len + 1], dtype=np.int32)
+        return np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int32)
 
 
-def step_rows(step: int, global_batch: int, accum: int, process_index: int, process_count: int) -> np.ndarray:
+def step_rows(
+    step: int, global_batch: int, accum: int, process_index: int, process_count: int
+) -> np.ndarray:
     """Global example indices one host reads at ``step``, shaped [A, b_local] (module docstring)."""
     mb = global_batch // accum
     mb_local = mb // process_count
@@ -100,8 +103,16 @@ class ExampleBatches:
     (e.g. dynamic masking draws fresh masks each epoch from a seed derived from the index).
     """
 
-    def __init__(self, source, global_batch: int, seed: int | None = 0, accum: int = 1,
-                 process_index: int = 0, process_count: int = 1, transform=None):
+    def __init__(
+        self,
+        source,
+        global_batch: int,
+        seed: int | None = 0,
+        accum: int = 1,
+        process_index: int = 0,
+        process_count: int = 1,
+        transform=None,
+    ):
         check_divisible(global_batch, accum, process_count)
         if len(source) == 0:
             raise ValueError("the dataset split is empty; use a larger corpus")
@@ -121,10 +132,14 @@ class ExampleBatches:
         return self.transform(ex, int(i)) if self.transform else ex
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        rows = step_rows(step, self.global_batch, self.accum, self.process_index, self.process_count)
+        rows = step_rows(
+            step, self.global_batch, self.accum, self.process_index, self.process_count
+        )
         exs = [self.example(i) for i in rows.reshape(-1)]
-        return {k: np.stack([np.asarray(e[k]) for e in exs]).reshape(rows.shape + np.shape(exs[0][k]))
-                for k in exs[0]}
+        return {
+            k: np.stack([np.asarray(e[k]) for e in exs]).reshape(rows.shape + np.shape(exs[0][k]))
+            for k in exs[0]
+        }
 
 
 class LMBatches:
@@ -139,8 +154,16 @@ class LMBatches:
       process_index, process_count: this host and the host count.
     """
 
-    def __init__(self, tokens, seq_len: int, global_batch: int, seed: int | None = 0, accum: int = 1,
-                 process_index: int = 0, process_count: int = 1):
+    def __init__(
+        self,
+        tokens,
+        seq_len: int,
+        global_batch: int,
+        seed: int | None = 0,
+        accum: int = 1,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         check_divisible(global_batch, accum, process_count)
         self.windows = Windows(tokens, seq_len)
         ds = grain.MapDataset.source(self.windows)
@@ -156,7 +179,9 @@ class LMBatches:
 
     def rows(self, step: int) -> np.ndarray:
         """Global example indices this host reads at ``step``, shaped [A, b_local]."""
-        return step_rows(step, self.global_batch, self.accum, self.process_index, self.process_count)
+        return step_rows(
+            step, self.global_batch, self.accum, self.process_index, self.process_count
+        )
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         rows = self.rows(step)

@@ -10,8 +10,8 @@ The public T5 ``spiece.model`` has 32000 pieces, so ``vocab_size`` is 32100.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import sentencepiece as spm
 from google.protobuf.message import DecodeError
@@ -67,14 +67,19 @@ class SentencePieceVocab:
             raise ValueError(
                 f"T5 vocabularies need pad=0 and eos=1, this model has pad={base.pad_id()} "
                 f"eos={base.eos_id()}; retrain with pad_id=0 eos_id=1 unk_id=2 bos_id=-1 "
-                "(train_sentencepiece does this).")
+                "(train_sentencepiece does this)."
+            )
         if extra_ids and any("<extra_id_" in p.piece for p in model.pieces):
             raise ValueError(
                 "the model already contains <extra_id_N> pieces; load it with extra_ids=0 "
-                "or use the original spiece.model.")
+                "or use the original spiece.model."
+            )
         for n in reversed(range(extra_ids)):
-            model.pieces.add(piece=f"\u2581<extra_id_{n}>", score=0.0,
-                             type=sp_pb2.ModelProto.SentencePiece.USER_DEFINED)
+            model.pieces.add(
+                piece=f"\u2581<extra_id_{n}>",
+                score=0.0,
+                type=sp_pb2.ModelProto.SentencePiece.USER_DEFINED,
+            )
         sp = spm.SentencePieceProcessor()
         sp.LoadFromSerializedProto(model.SerializeToString())
         self._proto = proto
@@ -193,17 +198,29 @@ def train_sentencepiece(
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     options = dict(
-        model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
-        character_coverage=character_coverage, input_sentence_size=input_sentence_size,
-        shuffle_input_sentence=True, num_threads=num_threads or min(16, os.cpu_count() or 1),
-        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=1)
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True,
+        num_threads=num_threads or min(16, os.cpu_count() or 1),
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        bos_id=-1,
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
+        minloglevel=1,
+    )
     options.update(trainer_kwargs)
     if isinstance(texts_or_path, (str, os.PathLike)):
         if not Path(texts_or_path).is_file():
             raise ValueError(
                 f"training file not found: {texts_or_path} (pass a list of strings to train "
-                "on texts directly).")
+                "on texts directly)."
+            )
         options["input"] = str(texts_or_path)
     else:
         lines = list(_iter_lines(texts_or_path))
@@ -215,7 +232,8 @@ def train_sentencepiece(
     except RuntimeError as e:
         hint = ""
         if "too high" in str(e):
-            hint = (" The corpus is too small for it: lower vocab_size or pass "
-                    "hard_vocab_limit=False.")
+            hint = (
+                " The corpus is too small for it: lower vocab_size or pass hard_vocab_limit=False."
+            )
         raise ValueError(f"SentencePiece training failed: {e}{hint}") from e
     return SentencePieceVocab(f"{prefix}.model", extra_ids=extra_ids)

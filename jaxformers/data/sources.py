@@ -20,7 +20,7 @@ import hashlib
 import importlib.util
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
@@ -68,7 +68,11 @@ def play_markdown_to_text(md: str) -> str:
 def resolve_paths(spec: str) -> list[str]:
     """A file, a folder (all .txt/.md below it) or a glob -> sorted list of files."""
     if os.path.isdir(spec):
-        files = [p for ext in ("txt", "md") for p in glob.glob(os.path.join(spec, "**", f"*.{ext}"), recursive=True)]
+        files = [
+            p
+            for ext in ("txt", "md")
+            for p in glob.glob(os.path.join(spec, "**", f"*.{ext}"), recursive=True)
+        ]
     elif any(ch in spec for ch in "*?["):
         files = glob.glob(spec, recursive=True)
     elif os.path.isfile(spec):
@@ -94,9 +98,10 @@ def split_document(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builder_class():
     """Defined once per process: TFDS registers every builder class under its name."""
+
     class JaxformersText(tfds.core.GeneratorBasedBuilder):
         """Local text files as a TFDS dataset: one example per document, train/validation."""
 
@@ -108,7 +113,9 @@ def _builder_class():
 
         def _info(self):
             return self.dataset_info_from_configs(
-                features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "id": tfds.features.Text()}),
+                features=tfds.features.FeaturesDict(
+                    {"text": tfds.features.Text(), "id": tfds.features.Text()}
+                ),
                 description="Local text documents prepared by jaxformers.",
             )
 
@@ -134,8 +141,14 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
     Each source is a random-access ``tfds`` ArrayRecord data source of ``{"text", "id"}`` records.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction={val_fraction}: a local corpus needs a held-out share in (0, 1), e.g. 0.05")
-    files, fmt = (shakespeare_files(), "play_markdown") if spec == EMBEDDED else (resolve_paths(spec), "plain")
+        raise ValueError(
+            f"data.val_fraction={val_fraction}: a local corpus needs a held-out share in (0, 1), e.g. 0.05"
+        )
+    files, fmt = (
+        (shakespeare_files(), "play_markdown")
+        if spec == EMBEDDED
+        else (resolve_paths(spec), "plain")
+    )
     # The config name fingerprints the files (path, size, mtime) and the split, so a changed
     # corpus is prepared afresh instead of silently reusing stale records.
     h = hashlib.sha256(repr((fmt, val_fraction)).encode())
@@ -145,9 +158,12 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
     name = ("shakespeare_" if spec == EMBEDDED else "local_") + h.hexdigest()[:12]
     tfds.disable_progress_bar()
     builder = _builder_class()(
-        files=files, fmt=fmt, val_fraction=val_fraction,
+        files=files,
+        fmt=fmt,
+        val_fraction=val_fraction,
         config=tfds.core.BuilderConfig(name=name, description=spec),
-        data_dir=data_dir or default_data_dir(), file_format="array_record",
+        data_dir=data_dir or default_data_dir(),
+        file_format="array_record",
     )
     _prepare(builder, f"corpus {spec!r}")
     return builder.as_data_source()
@@ -157,11 +173,13 @@ def _prepare(builder, what: str) -> None:
     try:
         builder.download_and_prepare()
     except AssertionError as e:  # TFDS asserts when a split yields nothing
-        raise ValueError(f"cannot prepare {what}: {e}; the corpus is too small for a train and a validation "
-                         "split (add text or raise data.val_fraction)") from e
+        raise ValueError(
+            f"cannot prepare {what}: {e}; the corpus is too small for a train and a validation "
+            "split (add text or raise data.val_fraction)"
+        ) from e
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _examples_builder_class():
     class JaxformersExamples(tfds.core.GeneratorBasedBuilder):
         """Fixed-shape training examples (BERT instances, T5 packed rows) as a TFDS dataset."""
@@ -173,7 +191,10 @@ def _examples_builder_class():
             super().__init__(**kwargs)
 
         def _info(self):
-            feats = {k: tfds.features.Tensor(shape=tuple(shape), dtype=dtype) for k, (shape, dtype) in self._spec.items()}
+            feats = {
+                k: tfds.features.Tensor(shape=tuple(shape), dtype=dtype)
+                for k, (shape, dtype) in self._spec.items()
+            }
             return self.dataset_info_from_configs(
                 features=tfds.features.FeaturesDict(feats),
                 description="Training examples built by a jaxformers objective.",
@@ -199,9 +220,11 @@ def prepare_examples(name: str, generators: dict, spec: dict, data_dir: str | No
     """
     tfds.disable_progress_bar()
     builder = _examples_builder_class()(
-        generators=generators, spec=spec,
+        generators=generators,
+        spec=spec,
         config=tfds.core.BuilderConfig(name=name, description=name),
-        data_dir=data_dir or default_data_dir(), file_format="array_record",
+        data_dir=data_dir or default_data_dir(),
+        file_format="array_record",
     )
     _prepare(builder, name)
     return builder.as_data_source()
@@ -226,7 +249,7 @@ def catalog_source(name: str, data_dir: str | None = None, val_split: str = "val
 def text_sources(spec: str, val_fraction: float = 0.05, data_dir: str | None = None):
     """``{"train": source, "validation": source}`` for any corpus spec (see module docstring)."""
     if spec.startswith("tfds:"):
-        return catalog_source(spec[len("tfds:"):], data_dir)
+        return catalog_source(spec[len("tfds:") :], data_dir)
     return prepare_local(spec, val_fraction, data_dir)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -48,7 +48,7 @@ class BPETokenizer:
         return path
 
     @classmethod
-    def load(cls, path: str) -> "BPETokenizer":
+    def load(cls, path: str) -> BPETokenizer:
         """From a tokenizer.json, a vocab.json + merges.txt pair, or a directory with either."""
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, "tokenizer.json")):
@@ -56,13 +56,17 @@ class BPETokenizer:
             elif os.path.isfile(os.path.join(path, "vocab.json")):
                 path = os.path.join(path, "vocab.json")
             else:
-                raise FileNotFoundError(f"{path} holds neither tokenizer.json nor vocab.json + merges.txt")
+                raise FileNotFoundError(
+                    f"{path} holds neither tokenizer.json nor vocab.json + merges.txt"
+                )
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer file {path} does not exist")
         if path.endswith("vocab.json"):
             merges = os.path.join(os.path.dirname(path), "merges.txt")
             if not os.path.isfile(merges):
-                raise FileNotFoundError(f"{merges} is missing: GPT-2's BPE needs vocab.json and merges.txt")
+                raise FileNotFoundError(
+                    f"{merges} is missing: GPT-2's BPE needs vocab.json and merges.txt"
+                )
             tok = Tokenizer(models.BPE.from_file(path, merges))
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
@@ -75,7 +79,9 @@ class BPETokenizer:
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     """Trains a byte-level BPE tokenizer (GPT-2 style) on ``texts``; about a second for 5 MB."""
     if vocab_size < 257 + 1:
-        raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: it needs 256 bytes + {EOS_TOKEN}")
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small for byte-level BPE: it needs 256 bytes + {EOS_TOKEN}"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -116,18 +122,28 @@ def load_tokenizer(kind: str, directory: str, lowercase: bool | None = None):
                     lowercase = json.load(f).get("do_lower_case", True)
         path = os.path.join(directory, "vocab.txt") if os.path.isdir(directory) else directory
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no vocab.txt in {directory}: BERT needs its WordPiece vocabulary")
+            raise FileNotFoundError(
+                f"no vocab.txt in {directory}: BERT needs its WordPiece vocabulary"
+            )
         return WordPieceTokenizer.from_vocab_file(path, lowercase=lowercase)
     if kind == "sentencepiece":
         path = os.path.join(directory, "spiece.model") if os.path.isdir(directory) else directory
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no spiece.model in {directory}: T5 needs its SentencePiece model")
+            raise FileNotFoundError(
+                f"no spiece.model in {directory}: T5 needs its SentencePiece model"
+            )
         return SentencePieceVocab(path)
     raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {KINDS}")
 
 
-def load_or_train(kind: str, setting: str, tok_dir: str, texts: Callable[[], Iterable[str]],
-                  vocab_size: int, lowercase: bool = True):
+def load_or_train(
+    kind: str,
+    setting: str,
+    tok_dir: str,
+    texts: Callable[[], Iterable[str]],
+    vocab_size: int,
+    lowercase: bool = True,
+):
     """The run's tokenizer, kept in ``tok_dir`` so that a resumed run uses the very same one.
 
     Args:
@@ -150,13 +166,19 @@ def load_or_train(kind: str, setting: str, tok_dir: str, texts: Callable[[], Ite
         elif kind == "wordpiece":
             tok = train_wordpiece(texts(), vocab_size=vocab_size, lowercase=lowercase)
         else:
-            return train_sentencepiece(texts(), os.path.join(tok_dir, "spiece"), vocab_size=vocab_size - SENTINELS)
+            return train_sentencepiece(
+                texts(), os.path.join(tok_dir, "spiece"), vocab_size=vocab_size - SENTINELS
+            )
     elif setting in KINDS:
-        raise ValueError(f"data.tokenizer={setting!r}, but this model uses a {kind} tokenizer: "
-                         f"set data.tokenizer=train (or {kind}) or a path to a {kind} tokenizer")
+        raise ValueError(
+            f"data.tokenizer={setting!r}, but this model uses a {kind} tokenizer: "
+            f"set data.tokenizer=train (or {kind}) or a path to a {kind} tokenizer"
+        )
     elif not os.path.exists(setting):
-        raise FileNotFoundError(f"tokenizer {setting} does not exist; give a path to a {kind} tokenizer "
-                                f"(a directory or its {_FILES[kind]}) or data.tokenizer=train to train one")
+        raise FileNotFoundError(
+            f"tokenizer {setting} does not exist; give a path to a {kind} tokenizer "
+            f"(a directory or its {_FILES[kind]}) or data.tokenizer=train to train one"
+        )
     elif kind == "sentencepiece":  # the model file is the tokenizer: keep a copy
         src = os.path.join(setting, _FILES[kind]) if os.path.isdir(setting) else setting
         with open(src, "rb") as f, open(os.path.join(tok_dir, _FILES[kind]), "wb") as g:

@@ -12,7 +12,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")
 CONTINUATION_PREFIX = "##"
@@ -43,24 +51,39 @@ class WordPieceTokenizer:
         ValueError: if a required special token is missing.
     """
 
-    def __init__(self, vocab: Sequence[str], lowercase: bool = True,
-                 strip_accents: bool | None = None, max_input_chars_per_word: int = 100):
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        max_input_chars_per_word: int = 100,
+    ):
         self.vocab: list[str] = list(vocab)
         token_to_id: dict[str, int] = {}
         for i, tok in enumerate(self.vocab):
             token_to_id.setdefault(tok, i)  # duplicate lines: first id wins
         missing = [t for t in REQUIRED_TOKENS if t not in token_to_id]
         if missing:
-            raise ValueError(f"vocab lacks the special token(s) {', '.join(missing)}; a BERT "
-                             f"WordPiece vocab needs all of {', '.join(REQUIRED_TOKENS)}")
+            raise ValueError(
+                f"vocab lacks the special token(s) {', '.join(missing)}; a BERT "
+                f"WordPiece vocab needs all of {', '.join(REQUIRED_TOKENS)}"
+            )
         self._token_to_id = token_to_id
         self.lowercase = lowercase
-        tok = Tokenizer(models.WordPiece(token_to_id, unk_token="[UNK]",
-                                         continuing_subword_prefix=CONTINUATION_PREFIX,
-                                         max_input_chars_per_word=max_input_chars_per_word))
+        tok = Tokenizer(
+            models.WordPiece(
+                token_to_id,
+                unk_token="[UNK]",
+                continuing_subword_prefix=CONTINUATION_PREFIX,
+                max_input_chars_per_word=max_input_chars_per_word,
+            )
+        )
         tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents,
-            lowercase=lowercase)
+            clean_text=True,
+            handle_chinese_chars=True,
+            strip_accents=strip_accents,
+            lowercase=lowercase,
+        )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
         # Registered as special so a literal "[MASK]" in text stays one token,
@@ -68,13 +91,14 @@ class WordPieceTokenizer:
         tok.add_special_tokens(list(REQUIRED_TOKENS))
         cls_, sep = ("[CLS]", self.cls_id), ("[SEP]", self.sep_id)
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[cls_, sep])
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[cls_, sep]
+        )
         self._tok = tok
 
     @classmethod
-    def from_vocab_file(cls, path: str | os.PathLike, lowercase: bool = True,
-                        strip_accents: bool | None = None) -> WordPieceTokenizer:
+    def from_vocab_file(
+        cls, path: str | os.PathLike, lowercase: bool = True, strip_accents: bool | None = None
+    ) -> WordPieceTokenizer:
         """Loads a BERT ``vocab.txt`` (one token per line, line number = id)."""
         with open(path, encoding="utf-8") as f:
             vocab = [line.rstrip("\r\n") for line in f]
@@ -113,17 +137,22 @@ class WordPieceTokenizer:
         """Text -> WordPiece tokens (no [CLS]/[SEP])."""
         return self._tok.encode(text, add_special_tokens=False).tokens
 
-    def encode(self, text: str, pair: str | None = None,
-               add_special_tokens: bool = False) -> list[int]:
+    def encode(
+        self, text: str, pair: str | None = None, add_special_tokens: bool = False
+    ) -> list[int]:
         """Text -> ids. By default just the pieces, so that
         ``encode(t) == convert_tokens_to_ids(tokenize(t))``; with
         ``add_special_tokens`` it gives ``[CLS] A [SEP]`` or ``[CLS] A [SEP] B [SEP]``."""
         return self._tok.encode(text, pair, add_special_tokens=add_special_tokens).ids
 
-    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+    def encode_batch(
+        self, texts: Sequence[str], add_special_tokens: bool = False
+    ) -> list[list[int]]:
         """Batched `encode` (parallel in the Rust backend)."""
-        return [e.ids for e in self._tok.encode_batch(list(texts),
-                                                      add_special_tokens=add_special_tokens)]
+        return [
+            e.ids
+            for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        ]
 
     def word_ids(self, text: str) -> list[int | None]:
         """Index of the pre-tokenized word (whitespace/punctuation split) of each
@@ -157,11 +186,15 @@ class WordPieceTokenizer:
         return path
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int = 30522, lowercase: bool = True,
-                    save_dir: str | os.PathLike | None = None, min_frequency: int = 2,
-                    limit_alphabet: int = 1000,
-                    special_tokens: Sequence[str] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
-                    ) -> WordPieceTokenizer:
+def train_wordpiece(
+    texts: Iterable[str],
+    vocab_size: int = 30522,
+    lowercase: bool = True,
+    save_dir: str | os.PathLike | None = None,
+    min_frequency: int = 2,
+    limit_alphabet: int = 1000,
+    special_tokens: Sequence[str] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+) -> WordPieceTokenizer:
     """Learns a WordPiece vocabulary with HF `tokenizers` (fast, offline).
 
     Uses the same normalization and pre-tokenization as `WordPieceTokenizer`, so
@@ -183,15 +216,21 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 30522, lowercase: bo
     missing = [t for t in REQUIRED_TOKENS if t not in special_tokens]
     if missing:
         raise ValueError(f"special_tokens lacks {', '.join(missing)}")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]",
-                                     continuing_subword_prefix=CONTINUATION_PREFIX))
+    tok = Tokenizer(
+        models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)
+    )
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-        special_tokens=list(special_tokens), limit_alphabet=limit_alphabet,
-        continuing_subword_prefix=CONTINUATION_PREFIX)
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=False,
+        special_tokens=list(special_tokens),
+        limit_alphabet=limit_alphabet,
+        continuing_subword_prefix=CONTINUATION_PREFIX,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     by_id = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
     if [i for _, i in by_id] != list(range(len(by_id))):

@@ -9,8 +9,9 @@ run writes into ``model.json``; never from class names. Adding a family or a hea
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,9 @@ class Family:
         ``default_head``."""
         arch = architecture or getattr(config, "architecture", None) or self.default_head
         if arch not in self.heads:
-            raise ValueError(f"{self.name} has no head {arch!r}; choose one of {sorted(self.heads)}")
+            raise ValueError(
+                f"{self.name} has no head {arch!r}; choose one of {sorted(self.heads)}"
+            )
         return self.heads[arch](config)
 
     def max_positions(self, config: Any) -> int:
@@ -69,15 +72,43 @@ def _ids(n: int) -> Callable[[Any], tuple]:
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("gpt2", gpt2.GPT2Config, {"GPT2LMHeadModel": gpt2.GPT2LMHeadModel}, "GPT2LMHeadModel",
-               gpt2, tokenizer="bpe", decoder="causal", default_task="causal_lm",
-               max_length="n_positions", example_inputs=_ids(1)),
-        Family("bert", bert.BertConfig, dict(bert.MODEL_CLASSES), "BertForPreTraining", bert,
-               tokenizer="wordpiece", decoder=None, default_task="mlm_nsp",
-               max_length="max_position_embeddings", example_inputs=_ids(1), base="bert"),
-        Family("t5", t5.T5Config, {"T5ForConditionalGeneration": t5.T5ForConditionalGeneration},
-               "T5ForConditionalGeneration", t5, tokenizer="sentencepiece", decoder="seq2seq",
-               default_task="span_corruption", max_length="n_positions", example_inputs=_ids(2)),
+        Family(
+            "gpt2",
+            gpt2.GPT2Config,
+            {"GPT2LMHeadModel": gpt2.GPT2LMHeadModel},
+            "GPT2LMHeadModel",
+            gpt2,
+            tokenizer="bpe",
+            decoder="causal",
+            default_task="causal_lm",
+            max_length="n_positions",
+            example_inputs=_ids(1),
+        ),
+        Family(
+            "bert",
+            bert.BertConfig,
+            dict(bert.MODEL_CLASSES),
+            "BertForPreTraining",
+            bert,
+            tokenizer="wordpiece",
+            decoder=None,
+            default_task="mlm_nsp",
+            max_length="max_position_embeddings",
+            example_inputs=_ids(1),
+            base="bert",
+        ),
+        Family(
+            "t5",
+            t5.T5Config,
+            {"T5ForConditionalGeneration": t5.T5ForConditionalGeneration},
+            "T5ForConditionalGeneration",
+            t5,
+            tokenizer="sentencepiece",
+            decoder="seq2seq",
+            default_task="span_corruption",
+            max_length="n_positions",
+            example_inputs=_ids(2),
+        ),
     )
 }
 
@@ -85,7 +116,9 @@ FAMILIES: dict[str, Family] = {
 def get(name: str) -> Family:
     """The family named ``name`` (a ``model_type`` / ``family`` string)."""
     if name not in FAMILIES:
-        raise ValueError(f"model family {name!r} is not supported; jaxformers implements {sorted(FAMILIES)}")
+        raise ValueError(
+            f"model family {name!r} is not supported; jaxformers implements {sorted(FAMILIES)}"
+        )
     return FAMILIES[name]
 
 

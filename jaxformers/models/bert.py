@@ -68,7 +68,7 @@ class BertConfig(layers.ModelConfig):
     }
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "BertConfig":
+    def preset(cls, name: str, **overrides: Any) -> BertConfig:
         """A named size; intermediate_size is 4 * hidden_size unless overridden."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown BERT preset {name!r}; choose one of {sorted(cls.PRESETS)}")
@@ -77,8 +77,17 @@ class BertConfig(layers.ModelConfig):
         return cls(**{**kwargs, **overrides})
 
     def __post_init__(self):
-        layers.check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                              "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels")
+        layers.check_positive(
+            self,
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "num_labels",
+        )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
@@ -102,7 +111,13 @@ class BertConfig(layers.ModelConfig):
         the ungathered ``[B, T, V]`` forward; 0: no MLM head, e.g. classification), and the pooler +
         NSP head (D*D + 2*D) once per example.
         """
-        D, L, F, V, T = self.hidden_size, self.num_hidden_layers, self.intermediate_size, self.vocab_size, seq_len
+        D, L, F, V, T = (
+            self.hidden_size,
+            self.num_hidden_layers,
+            self.intermediate_size,
+            self.vocab_size,
+            seq_len,
+        )
         P = T if num_predictions is None else num_predictions
         encoder = L * (4 * D * D + 2 * D * F) * T
         return 6.0 * (encoder + (D * D + D * V) * P + (D * D + 2 * D)) + 12.0 * L * T * D * T
@@ -168,19 +183,34 @@ class BertLayer(nn.Module):
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
         init = nn.initializers.normal(c.initializer_range)
         h = layers.Attention(
-            num_heads=c.num_attention_heads, head_dim=c.head_dim, use_bias=True, fused_qkv=False,
-            dropout_rate=c.attention_probs_dropout_prob, dtype=dtype, param_dtype=pdtype,
-            kernel_init=init, out_init=init, impl=c.attention_impl, name="attention",
+            num_heads=c.num_attention_heads,
+            head_dim=c.head_dim,
+            use_bias=True,
+            fused_qkv=False,
+            dropout_rate=c.attention_probs_dropout_prob,
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=init,
+            out_init=init,
+            impl=c.attention_impl,
+            name="attention",
         )(x, mask=mask, deterministic=self.deterministic)
         h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=self.deterministic)
         x = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, "attention_ln")(x + h)
         h = layers.MLP(
-            d_ff=c.intermediate_size, act=c.hidden_act, dtype=dtype, param_dtype=pdtype,
-            kernel_init=init, out_init=init, name="mlp",
+            d_ff=c.intermediate_size,
+            act=c.hidden_act,
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=init,
+            out_init=init,
+            name="mlp",
         )(x, deterministic=self.deterministic)
         h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=self.deterministic)
         x = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, "output_ln")(x + h)
-        return layers.constrain(x, ("activation_batch", "activation_length", "activation_embed")), None
+        return layers.constrain(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        ), None
 
 
 class BertModel(nn.Module):
@@ -200,7 +230,9 @@ class BertModel(nn.Module):
         # The word embeddings are a setup attribute so that the MLM head can call ``attend``.
         c = self.config
         self.word_embeddings = layers.Embed(
-            c.vocab_size, c.hidden_size, dtype=layers.dtype_of(c.dtype),
+            c.vocab_size,
+            c.hidden_size,
+            dtype=layers.dtype_of(c.dtype),
             param_dtype=layers.dtype_of(c.param_dtype),
             embedding_init=_embedding_init(c.initializer_range, c.pad_token_id),
         )
@@ -227,14 +259,27 @@ class BertModel(nn.Module):
         B, T = input_ids.shape
         layers.check_length(T, c.max_position_embeddings, "input_ids", "max_position_embeddings")
         layers.check_token_ids(input_ids, c.vocab_size)
-        for name, x in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask),
-                        ("position_ids", position_ids)):
+        for name, x in (
+            ("token_type_ids", token_type_ids),
+            ("attention_mask", attention_mask),
+            ("position_ids", position_ids),
+        ):
             if x is not None and tuple(x.shape) != (B, T):
-                raise ValueError(f"{name} must have the shape of input_ids {(B, T)}, got {tuple(x.shape)}")
-        _check_range(token_type_ids, c.type_vocab_size, "token_type_ids",
-                     f"the model has type_vocab_size={c.type_vocab_size} segment types")
-        _check_range(position_ids, c.max_position_embeddings, "position_ids",
-                     f"the model has max_position_embeddings={c.max_position_embeddings}")
+                raise ValueError(
+                    f"{name} must have the shape of input_ids {(B, T)}, got {tuple(x.shape)}"
+                )
+        _check_range(
+            token_type_ids,
+            c.type_vocab_size,
+            "token_type_ids",
+            f"the model has type_vocab_size={c.type_vocab_size} segment types",
+        )
+        _check_range(
+            position_ids,
+            c.max_position_embeddings,
+            "position_ids",
+            f"the model has max_position_embeddings={c.max_position_embeddings}",
+        )
 
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
         init = nn.initializers.normal(c.initializer_range)
@@ -243,12 +288,19 @@ class BertModel(nn.Module):
         if position_ids is None:
             position_ids = jnp.arange(T)[None, :]
         embed = lambda n, name: layers.Embed(  # noqa: E731
-            n, c.hidden_size, axes=(None, "embed"), dtype=dtype, param_dtype=pdtype,
-            embedding_init=init, name=name,
+            n,
+            c.hidden_size,
+            axes=(None, "embed"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            embedding_init=init,
+            name=name,
         )
-        x = (self.word_embeddings(input_ids)
-             + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
-             + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids))
+        x = (
+            self.word_embeddings(input_ids)
+            + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
+            + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        )
         x = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, "embeddings_ln")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
         x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -257,7 +309,12 @@ class BertModel(nn.Module):
             dict(config=c, deterministic=deterministic), x, mask
         )
         pooled = layers.Dense(
-            c.hidden_size, ("embed", "mlp"), dtype=dtype, param_dtype=pdtype, kernel_init=init, name="pooler",
+            c.hidden_size,
+            ("embed", "mlp"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=init,
+            name="pooler",
         )(x[:, 0])
         pooled = layers.constrain(jnp.tanh(pooled), ("activation_batch", "activation_embed"))
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
@@ -278,9 +335,15 @@ class BertForPreTraining(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
-                 position_ids: Array | None = None, deterministic: bool = True,
-                 masked_lm_positions: Array | None = None) -> BertForPreTrainingOutput:  # as BertModel; [B, P]
+    def __call__(
+        self,
+        input_ids: Array,
+        token_type_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        position_ids: Array | None = None,
+        deterministic: bool = True,
+        masked_lm_positions: Array | None = None,
+    ) -> BertForPreTrainingOutput:  # as BertModel; [B, P]
         c = self.config
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
         init = nn.initializers.normal(c.initializer_range)
@@ -292,19 +355,42 @@ class BertForPreTraining(nn.Module):
                 raise ValueError(
                     f"masked_lm_positions must be [batch, num_predictions], got shape {masked_lm_positions.shape}"
                 )
-            _check_range(masked_lm_positions, h.shape[1], "masked_lm_positions",
-                         f"positions index the input's {h.shape[1]} tokens")
-            h = jnp.take_along_axis(h, masked_lm_positions[:, :, None].astype(jnp.int32), axis=1)  # [B, P, D]
+            _check_range(
+                masked_lm_positions,
+                h.shape[1],
+                "masked_lm_positions",
+                f"positions index the input's {h.shape[1]} tokens",
+            )
+            h = jnp.take_along_axis(
+                h, masked_lm_positions[:, :, None].astype(jnp.int32), axis=1
+            )  # [B, P, D]
         h = layers.Dense(
-            c.hidden_size, ("embed", "mlp"), dtype=dtype, param_dtype=pdtype, kernel_init=init, name="mlm_dense",
+            c.hidden_size,
+            ("embed", "mlp"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=init,
+            name="mlm_dense",
         )(h)
         h = layers.activation(c.hidden_act)(h)
         h = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, "mlm_ln")(h)
-        bias = self.param("mlm_bias", layers.partitioned(nn.initializers.zeros, ("vocab",)), (c.vocab_size,), pdtype)
+        bias = self.param(
+            "mlm_bias",
+            layers.partitioned(nn.initializers.zeros, ("vocab",)),
+            (c.vocab_size,),
+            pdtype,
+        )
         logits = bert.attend(h) + bias.astype(dtype)
-        logits = layers.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        logits = layers.constrain(
+            logits, ("activation_batch", "activation_length", "activation_vocab")
+        )
         nsp = layers.Dense(
-            2, ("embed", None), dtype=dtype, param_dtype=pdtype, kernel_init=init, name="nsp",
+            2,
+            ("embed", None),
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=init,
+            name="nsp",
         )(out.pooler_output)
         return BertForPreTrainingOutput(mlm_logits=logits, nsp_logits=nsp)
 
@@ -320,24 +406,38 @@ class BertForSequenceClassification(nn.Module):
     num_labels: int | None = None
 
     def __post_init__(self):
-        _with_architecture(self, "BertForSequenceClassification",
-                           num_labels=self.num_labels or self.config.num_labels)
+        _with_architecture(
+            self,
+            "BertForSequenceClassification",
+            num_labels=self.num_labels or self.config.num_labels,
+        )
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
-                 position_ids: Array | None = None, deterministic: bool = True,
-                 masked_lm_positions: Array | None = None) -> BertForSequenceClassificationOutput:  # as BertModel
+    def __call__(
+        self,
+        input_ids: Array,
+        token_type_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        position_ids: Array | None = None,
+        deterministic: bool = True,
+        masked_lm_positions: Array | None = None,
+    ) -> BertForSequenceClassificationOutput:  # as BertModel
         c = self.config
         if masked_lm_positions is not None:
             raise ValueError("masked_lm_positions needs the MLM head: use BertForPreTraining")
-        out = BertModel(c, name="bert")(input_ids, token_type_ids, attention_mask, position_ids, deterministic)
+        out = BertModel(c, name="bert")(
+            input_ids, token_type_ids, attention_mask, position_ids, deterministic
+        )
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
         h = nn.Dropout(rate)(out.pooler_output, deterministic=deterministic)
         logits = layers.Dense(
-            c.num_labels, ("embed", None), dtype=layers.dtype_of(c.dtype),
+            c.num_labels,
+            ("embed", None),
+            dtype=layers.dtype_of(c.dtype),
             param_dtype=layers.dtype_of(c.param_dtype),
-            kernel_init=nn.initializers.normal(c.initializer_range), name="classifier",
+            kernel_init=nn.initializers.normal(c.initializer_range),
+            name="classifier",
         )(h)
         return BertForSequenceClassificationOutput(logits=logits)
 
@@ -354,26 +454,45 @@ MODEL_CLASSES = {
 
 # The fields transformers' BertConfig shares with ours (the rest are jaxformers' run settings).
 _HF_CONFIG_FIELDS = [
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-    "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id", "classifier_dropout",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+    "classifier_dropout",
 ]
 
 
 def config_from_hf(hf: dict, **overrides: Any) -> BertConfig:
     """transformers' config.json dict -> BertConfig. The head comes from ``architectures`` when it
     names one of ours; without it the weights decide (``model_from_config``)."""
-    for flag, ok in (("is_decoder", False), ("add_cross_attention", False),
-                     ("position_embedding_type", "absolute"), ("tie_word_embeddings", True)):
+    for flag, ok in (
+        ("is_decoder", False),
+        ("add_cross_attention", False),
+        ("position_embedding_type", "absolute"),
+        ("tie_word_embeddings", True),
+    ):
         if hf.get(flag, ok) != ok:
-            raise ValueError(f"BERT config sets {flag}={hf[flag]!r}, which jaxformers does not implement")
+            raise ValueError(
+                f"BERT config sets {flag}={hf[flag]!r}, which jaxformers does not implement"
+            )
     kwargs = {k: hf[k] for k in _HF_CONFIG_FIELDS if hf.get(k) is not None}
     archs = hf.get("architectures") or []
     known = [a for a in archs if a in ARCHITECTURES]
     # Google's checkpoints on the Hub (bert-base-uncased ...) say BertForMaskedLM but hold the NSP
     # head and pooler too: for those the weights decide.
     if archs and not known and "BertForMaskedLM" not in archs:
-        raise ValueError(f"architectures {archs} holds no BERT head jaxformers implements; supported: {ARCHITECTURES}")
+        raise ValueError(
+            f"architectures {archs} holds no BERT head jaxformers implements; supported: {ARCHITECTURES}"
+        )
     if known:
         kwargs["architecture"] = known[0]
     if hf.get("num_labels") is not None:
@@ -402,8 +521,10 @@ def _architecture_of(c: BertConfig, tensors: dict | None) -> str:
         return "BertForPreTraining"
     if any(k.startswith("cls.predictions.") for k in tensors):
         if not any(k.startswith("cls.seq_relationship.") for k in tensors):
-            raise ValueError("the weights hold an MLM head without the NSP head (a BertForMaskedLM "
-                             "checkpoint), which jaxformers does not implement")
+            raise ValueError(
+                "the weights hold an MLM head without the NSP head (a BertForMaskedLM "
+                "checkpoint), which jaxformers does not implement"
+            )
         return "BertForPreTraining"
     if any(k.startswith("classifier.") for k in tensors):
         return "BertForSequenceClassification"
@@ -423,7 +544,10 @@ def _spellings(name: str, encoder: bool) -> list[str]:
     the ``bert.`` prefix (a bare BertModel and the heads differ); a LayerNorm's TF-era
     ``gamma``/``beta`` for ``weight``/``bias``."""
     names = [name, f"bert.{name}"] if encoder else [name]
-    for suffix, tf in ((".LayerNorm.weight", ".LayerNorm.gamma"), (".LayerNorm.bias", ".LayerNorm.beta")):
+    for suffix, tf in (
+        (".LayerNorm.weight", ".LayerNorm.gamma"),
+        (".LayerNorm.bias", ".LayerNorm.beta"),
+    ):
         names += [n.removesuffix(suffix) + tf for n in names if n.endswith(suffix)]
     return names
 
@@ -443,12 +567,16 @@ def hf_weights(c: BertConfig) -> list[HFWeight]:
         return HFWeight(full, tuple(path), layout, tuple(aliases) + tuple(extra))
 
     def ln(name, path, encoder=True):
-        return [w(f"{name}.weight", (*path, "scale"), encoder=encoder),
-                w(f"{name}.bias", (*path, "bias"), encoder=encoder)]
+        return [
+            w(f"{name}.weight", (*path, "scale"), encoder=encoder),
+            w(f"{name}.bias", (*path, "bias"), encoder=encoder),
+        ]
 
     def linear(name, path, k=1, bias="same", encoder=True):  # torch Linear stores [out, in]
-        return [w(f"{name}.weight", (*path, "kernel"), f"linear {k}", encoder),
-                w(f"{name}.bias", (*path, "bias"), bias, encoder)]
+        return [
+            w(f"{name}.weight", (*path, "kernel"), f"linear {k}", encoder),
+            w(f"{name}.bias", (*path, "bias"), bias, encoder),
+        ]
 
     out = [
         w("embeddings.word_embeddings.weight", (*enc, "word_embeddings", "embedding")),
@@ -460,8 +588,13 @@ def hf_weights(c: BertConfig) -> list[HFWeight]:
     for i in range(c.num_hidden_layers):
         p, layer = f"encoder.layer.{i}.", (*enc, "layer", i)
         out += [
-            *[x for proj in ("query", "key", "value")  # our kernel [D, N, H], bias [N, H]
-              for x in linear(f"{p}attention.self.{proj}", (*layer, "attention", proj), bias="flat")],
+            *[
+                x
+                for proj in ("query", "key", "value")  # our kernel [D, N, H], bias [N, H]
+                for x in linear(
+                    f"{p}attention.self.{proj}", (*layer, "attention", proj), bias="flat"
+                )
+            ],
             *linear(p + "attention.output.dense", (*layer, "attention", "out"), k=2),  # [N, H, D]
             *ln(p + "attention.output.LayerNorm", (*layer, "attention_ln")),
             *linear(p + "intermediate.dense", (*layer, "mlp", "wi")),
@@ -472,7 +605,12 @@ def hf_weights(c: BertConfig) -> list[HFWeight]:
         out += [
             *linear("cls.predictions.transform.dense", ("mlm_dense",), encoder=False),
             *ln("cls.predictions.transform.LayerNorm", ("mlm_ln",), encoder=False),
-            w("cls.predictions.bias", ("mlm_bias",), encoder=False, extra=("cls.predictions.decoder.bias",)),
+            w(
+                "cls.predictions.bias",
+                ("mlm_bias",),
+                encoder=False,
+                extra=("cls.predictions.decoder.bias",),
+            ),
             *linear("cls.seq_relationship", ("nsp",), encoder=False),
         ]
     if arch == "BertForSequenceClassification":

@@ -87,18 +87,32 @@ class GPT2Block(nn.Module):
         proj_init = nn.initializers.normal(c.initializer_range / math.sqrt(2 * c.n_layer))
         h = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_1")(x)
         h = layers.Attention(
-            num_heads=c.n_head, head_dim=c.n_embd // c.n_head, fused_qkv=True,
-            dropout_rate=c.attn_pdrop, dtype=dtype, param_dtype=pdtype, kernel_init=init,
-            out_init=proj_init, impl=c.attention_impl, name="attn",
+            num_heads=c.n_head,
+            head_dim=c.n_embd // c.n_head,
+            fused_qkv=True,
+            dropout_rate=c.attn_pdrop,
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=init,
+            out_init=proj_init,
+            impl=c.attention_impl,
+            name="attn",
         )(h, mask=mask, deterministic=self.deterministic, decode=self.decode, causal=True)
         x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=self.deterministic)
         h = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_2")(x)
         h = layers.MLP(
-            d_ff=c.d_ff, act=c.activation_function, dtype=dtype, param_dtype=pdtype,
-            kernel_init=init, out_init=proj_init, name="mlp",
+            d_ff=c.d_ff,
+            act=c.activation_function,
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=init,
+            out_init=proj_init,
+            name="mlp",
         )(h, deterministic=self.deterministic)
         x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=self.deterministic)
-        return layers.constrain(x, ("activation_batch", "activation_length", "activation_embed")), None
+        return layers.constrain(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        ), None
 
 
 class GPT2LMHeadModel(nn.Module):
@@ -110,7 +124,8 @@ class GPT2LMHeadModel(nn.Module):
     def __call__(
         self,
         input_ids: Array,  # [B, T] int
-        attention_mask: Array | None = None,  # [B, T] 1 = token, 0 = padding ([B, S_max] when decoding)
+        attention_mask: Array
+        | None = None,  # [B, T] 1 = token, 0 = padding ([B, S_max] when decoding)
         position_ids: Array | None = None,  # [B, T]
         deterministic: bool = True,
         decode: bool = False,
@@ -123,12 +138,23 @@ class GPT2LMHeadModel(nn.Module):
         layers.check_token_ids(input_ids, c.vocab_size)
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
         init = nn.initializers.normal(c.initializer_range)
-        wte = layers.Embed(c.vocab_size, c.n_embd, dtype=dtype, param_dtype=pdtype, embedding_init=init, name="wte")
-        wpe = layers.Embed(c.n_positions, c.n_embd, axes=(None, "embed"), dtype=dtype, param_dtype=pdtype,
-                           embedding_init=init, name="wpe")
+        wte = layers.Embed(
+            c.vocab_size, c.n_embd, dtype=dtype, param_dtype=pdtype, embedding_init=init, name="wte"
+        )
+        wpe = layers.Embed(
+            c.n_positions,
+            c.n_embd,
+            axes=(None, "embed"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            embedding_init=init,
+            name="wpe",
+        )
         if position_ids is None:
             if decode and not self.is_initializing():
-                raise ValueError("decoding needs explicit position_ids (the cache position of each token)")
+                raise ValueError(
+                    "decoding needs explicit position_ids (the cache position of each token)"
+                )
             position_ids = jnp.arange(T)[None, :]
         x = wte(input_ids) + wpe(position_ids)
         x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
@@ -139,7 +165,9 @@ class GPT2LMHeadModel(nn.Module):
         )
         x = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_f")(x)
         logits = wte.attend(x)
-        return layers.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        return layers.constrain(
+            logits, ("activation_batch", "activation_length", "activation_vocab")
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,17 +175,34 @@ class GPT2LMHeadModel(nn.Module):
 
 # The fields transformers' GPT2Config shares with ours (the rest are jaxformers' run settings).
 _HF_CONFIG_FIELDS = [
-    "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
-    "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
-    "bos_token_id", "eos_token_id",
+    "vocab_size",
+    "n_positions",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_inner",
+    "activation_function",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "layer_norm_epsilon",
+    "initializer_range",
+    "bos_token_id",
+    "eos_token_id",
 ]
 
 
 def config_from_hf(hf: dict, **overrides: Any) -> GPT2Config:
-    for flag, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                     ("reorder_and_upcast_attn", False), ("add_cross_attention", False)):
+    for flag, ok in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("reorder_and_upcast_attn", False),
+        ("add_cross_attention", False),
+    ):
         if hf.get(flag, ok) != ok:
-            raise ValueError(f"GPT-2 config sets {flag}={hf[flag]}, which jaxformers does not implement")
+            raise ValueError(
+                f"GPT-2 config sets {flag}={hf[flag]}, which jaxformers does not implement"
+            )
     kwargs = {k: hf[k] for k in _HF_CONFIG_FIELDS if hf.get(k) is not None}
     return GPT2Config(**{**kwargs, **overrides})
 
@@ -179,9 +224,16 @@ def hf_weights(c: GPT2Config) -> list[HFWeight]:
         return [w(f"{name}.weight", (*path, "scale")), w(f"{name}.bias", (*path, "bias"))]
 
     def conv1d(name, path, k=1, bias="same"):  # Conv1D stores [in, out]
-        return [w(f"{name}.weight", (*path, "kernel"), f"conv1d {k}"), w(f"{name}.bias", (*path, "bias"), bias)]
+        return [
+            w(f"{name}.weight", (*path, "kernel"), f"conv1d {k}"),
+            w(f"{name}.bias", (*path, "bias"), bias),
+        ]
 
-    out = [w("wte.weight", ("wte", "embedding")), w("wpe.weight", ("wpe", "embedding")), *ln("ln_f", ("ln_f",))]
+    out = [
+        w("wte.weight", ("wte", "embedding")),
+        w("wpe.weight", ("wpe", "embedding")),
+        *ln("ln_f", ("ln_f",)),
+    ]
     for i in range(c.n_layer):
         p, h = f"h.{i}.", ("h", i)
         out += [

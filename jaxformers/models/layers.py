@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -132,15 +133,20 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-        in_shape = x.shape[-self.contract:]
+        in_shape = x.shape[-self.contract :]
         kernel = self.param(
-            "kernel", partitioned(self.kernel_init, self.axes), in_shape + features, self.param_dtype
+            "kernel",
+            partitioned(self.kernel_init, self.axes),
+            in_shape + features,
+            self.param_dtype,
         )
         dims = (tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract)))
         y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (dims, ((), ())))
         if self.use_bias:
             bias = self.param(
-                "bias", partitioned(nn.initializers.zeros, self.axes[self.contract:]), features,
+                "bias",
+                partitioned(nn.initializers.zeros, self.axes[self.contract :]),
+                features,
                 self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
@@ -209,7 +215,12 @@ class MLP(nn.Module):
             Dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype
         )
         h = activation(self.act)(
-            dense(self.d_ff, ("embed", "mlp"), kernel_init=self.kernel_init, name="wi_0" if self.gated else "wi")(x)
+            dense(
+                self.d_ff,
+                ("embed", "mlp"),
+                kernel_init=self.kernel_init,
+                name="wi_0" if self.gated else "wi",
+            )(x)
         )
         if self.gated:
             h = h * dense(self.d_ff, ("embed", "mlp"), kernel_init=self.kernel_init, name="wi_1")(x)
@@ -275,7 +286,13 @@ def dot_product_attention(
         if mask is not None:  # cuDNN wants the sequence dims of a mask spelled out
             mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
         return jax.nn.dot_product_attention(
-            q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
+            q,
+            k,
+            v,
+            bias=bias,
+            mask=mask,
+            scale=scale,
+            is_causal=is_causal,
             implementation=None if impl == "auto" else impl,
         ).astype(dtype)
     kv = "BNSH" if heads_first else "BSNH"
@@ -344,15 +361,25 @@ class Attention(nn.Module):
     ) -> Array:  # [B, T, D]
         N, H = self.num_heads, self.head_dim
         dense = functools.partial(
-            Dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+            Dense,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             kernel_init=self.kernel_init,
         )
         cross = kv is not None
         if self.fused_qkv and not cross:
-            qkv = dense((3, N, H), ("embed", "qkv", "heads", "kv"), name="qkv")(x)  # [B, T, 3, N, H]
+            qkv = dense((3, N, H), ("embed", "qkv", "heads", "kv"), name="qkv")(
+                x
+            )  # [B, T, 3, N, H]
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
-            q = dense((N, H), ("embed", "heads", "kv"), kernel_init=self.q_init or self.kernel_init, name="query")(x)
+            q = dense(
+                (N, H),
+                ("embed", "heads", "kv"),
+                kernel_init=self.q_init or self.kernel_init,
+                name="query",
+            )(x)
             if cross and decode and self.has_variable("cache", "cross_key"):
                 # Encoder keys/values do not change while decoding: project them once.
                 k = self.get_variable("cache", "cross_key")
@@ -365,7 +392,9 @@ class Attention(nn.Module):
                     k, v = _heads_first(k), _heads_first(v)
                     self.variable("cache", "cross_key", lambda: k)
                     self.variable("cache", "cross_value", lambda: v)
-        q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        q = constrain(
+            q, ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+        )
 
         if decode and not cross:
             # The cache's own mask is causal already.
@@ -377,13 +406,31 @@ class Attention(nn.Module):
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
         out = dot_product_attention(
-            q, k, v, mask, bias, scale, self.dropout_rate, dropout_rng, self.dtype, self.impl,
-            is_causal=causal, heads_first=decode,
+            q,
+            k,
+            v,
+            mask,
+            bias,
+            scale,
+            self.dropout_rate,
+            dropout_rng,
+            self.dtype,
+            self.impl,
+            is_causal=causal,
+            heads_first=decode,
         )
-        out = constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        out = constrain(
+            out, ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+        )
         return Dense(
-            x.shape[-1], ("heads", "kv", "embed"), contract=2, use_bias=self.use_bias,
-            dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.out_init, name="out",
+            x.shape[-1],
+            ("heads", "kv", "embed"),
+            contract=2,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.out_init,
+            name="out",
         )(out)
 
     def _update_cache(self, k: Array, v: Array, mask: Array | None):
@@ -399,8 +446,12 @@ class Attention(nn.Module):
         T = k.shape[2]
         S = cached_k.value.shape[2]
         i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, 0, i, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, 0, i, 0))
+        cached_k.value = jax.lax.dynamic_update_slice(
+            cached_k.value, k.astype(cached_k.value.dtype), (0, 0, i, 0)
+        )
+        cached_v.value = jax.lax.dynamic_update_slice(
+            cached_v.value, v.astype(cached_v.value.dtype), (0, 0, i, 0)
+        )
         index.value = i + T
         # Query t (at cache position i + t) sees cached keys at positions <= i + t.
         q_pos = i + jnp.arange(T)[:, None]
@@ -439,20 +490,26 @@ class ModelConfig:
 
     PRESETS: ClassVar[dict] = {}
     FAMILY: ClassVar[str] = "model"  # for messages: "GPT-2", "BERT", "T5"
-    family: ClassVar[str] = ""  # the registry's key (jaxformers.models.FAMILIES): "gpt2", "bert", "t5"
+    family: ClassVar[str] = (
+        ""  # the registry's key (jaxformers.models.FAMILIES): "gpt2", "bert", "t5"
+    )
 
     @classmethod
     def preset(cls, name: str, **overrides: Any):
         """A named size (``cls.PRESETS``) with field overrides."""
         if name not in cls.PRESETS:
-            raise ValueError(f"unknown {cls.FAMILY} preset {name!r}; choose one of {sorted(cls.PRESETS)}")
+            raise ValueError(
+                f"unknown {cls.FAMILY} preset {name!r}; choose one of {sorted(cls.PRESETS)}"
+            )
         return cls(**{**cls.PRESETS[name], **overrides})
 
     def check_run_fields(self) -> None:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}")
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}"
+            )
         for f in ("dtype", "param_dtype"):
             if getattr(self, f) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{f}={getattr(self, f)!r}; choose float32, bfloat16 or float16")
@@ -497,6 +554,7 @@ def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
 
 # ---- the params layout ``block_stack`` creates, for code that reads or writes params by layer ----
 
+
 def layer_name(name: str, i: int) -> str:
     """The params key of layer ``i`` of an unscanned stack (scanned: one ``name``, layers stacked)."""
     return f"{name}_{i}"
@@ -514,8 +572,10 @@ def layer_path(path: Sequence[str | int], scan: bool) -> tuple[tuple[str, ...], 
             if j == 0:
                 raise ValueError(f"{tuple(path)}: a layer index must follow the stack's name")
             if scan:
-                return tuple(path[:j]) + tuple(path[j + 1:]), key
-            return tuple(path[:j - 1]) + (layer_name(path[j - 1], key),) + tuple(path[j + 1:]), None
+                return tuple(path[:j]) + tuple(path[j + 1 :]), key
+            return tuple(path[: j - 1]) + (layer_name(path[j - 1], key),) + tuple(
+                path[j + 1 :]
+            ), None
     return tuple(path), None
 
 
@@ -550,7 +610,9 @@ def params_from_leaves(leaves: Iterable[tuple[Sequence[str | int], Any]], scan: 
             layers_of[index] = x
     for keys, layers_of in stacks.items():
         if sorted(layers_of) != list(range(len(layers_of))):
-            raise ValueError(f"params path {keys} has layers {sorted(layers_of)}, not 0 .. {len(layers_of) - 1}")
+            raise ValueError(
+                f"params path {keys} has layers {sorted(layers_of)}, not 0 .. {len(layers_of) - 1}"
+            )
         put(keys, np.stack([np.asarray(layers_of[i]) for i in range(len(layers_of))]))
     return tree
 

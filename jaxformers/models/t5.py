@@ -23,7 +23,6 @@ from jaxformers.models import layers
 from jaxformers.models.layers import Array, HFWeight, block_stack
 
 
-
 def parse_feed_forward_proj(proj: str) -> tuple[str, bool]:
     """``feed_forward_proj`` -> (activation name, gated) exactly as transformers' T5Config reads it.
 
@@ -40,8 +39,15 @@ def parse_feed_forward_proj(proj: str) -> tuple[str, bool]:
 
 
 # v1.0 (the T5 paper): ReLU MLP, tied head, scaled decoder output. v1.1: gated GELU, separate head, no scaling.
-_V10 = dict(vocab_size=32128, feed_forward_proj="relu", tie_word_embeddings=True, scale_decoder_outputs=True)
-_V11 = dict(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False, scale_decoder_outputs=False)
+_V10 = dict(
+    vocab_size=32128, feed_forward_proj="relu", tie_word_embeddings=True, scale_decoder_outputs=True
+)
+_V11 = dict(
+    vocab_size=32128,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    scale_decoder_outputs=False,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +85,15 @@ class T5Config(layers.ModelConfig):
     FAMILY = "T5"
     family = "t5"
     PRESETS = {
-        "tiny": dict(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, n_positions=128),
+        "tiny": dict(
+            vocab_size=512,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            n_positions=128,
+        ),
         "t5-small": dict(_V10, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
         "t5-base": dict(_V10, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
         "t5-large": dict(_V10, d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
@@ -91,9 +105,19 @@ class T5Config(layers.ModelConfig):
     def __post_init__(self):
         if self.num_decoder_layers is None:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
-        layers.check_positive(self, "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
-                              "num_heads", "relative_attention_num_buckets", "relative_attention_max_distance",
-                              "n_positions")
+        layers.check_positive(
+            self,
+            "vocab_size",
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_layers",
+            "num_decoder_layers",
+            "num_heads",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+            "n_positions",
+        )
         layers.activation(parse_feed_forward_proj(self.feed_forward_proj)[0])
         self.check_run_fields()
 
@@ -125,8 +149,9 @@ class T5Config(layers.ModelConfig):
         return matmuls + attention
 
 
-def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
     """Key position minus query position -> bucket id in [0, num_buckets), as Mesh TensorFlow/transformers.
 
     Half the buckets (per direction when bidirectional) hold exact distances, the rest logarithmic
@@ -145,7 +170,8 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
     # float32 as transformers; the max() only keeps log(0) out of the branch that is discarded.
     large = max_exact + (
         jnp.log(jnp.maximum(rp, 1).astype(jnp.float32) / max_exact)
-        / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
     ).astype(jnp.int32)
     large = jnp.minimum(large, num_buckets - 1)
     return buckets + jnp.where(is_small, rp, large)
@@ -172,27 +198,57 @@ class T5Block(nn.Module):
         drop = nn.Dropout(c.dropout_rate)
         # transformers' initialisation: q std (D H)^-1/2 (the folded 1/sqrt(H)), k/v D^-1/2, o (N H)^-1/2.
         attention = functools.partial(
-            layers.Attention, num_heads=N, head_dim=H, use_bias=False, scale=1.0, dropout_rate=c.dropout_rate,
-            dtype=dtype, param_dtype=pdtype, kernel_init=_normal(f * D**-0.5), q_init=_normal(f * (D * H) ** -0.5),
-            out_init=_normal(f * (N * H) ** -0.5), impl=c.attention_impl,
+            layers.Attention,
+            num_heads=N,
+            head_dim=H,
+            use_bias=False,
+            scale=1.0,
+            dropout_rate=c.dropout_rate,
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=_normal(f * D**-0.5),
+            q_init=_normal(f * (D * H) ** -0.5),
+            out_init=_normal(f * (N * H) ** -0.5),
+            impl=c.attention_impl,
         )
         h = norm(name="self_attn_norm")(x)
-        h = attention(name="self_attn")(h, mask=mask, bias=bias, deterministic=self.deterministic,
-                                        decode=self.decode, causal=self.is_decoder)
+        h = attention(name="self_attn")(
+            h,
+            mask=mask,
+            bias=bias,
+            deterministic=self.deterministic,
+            decode=self.decode,
+            causal=self.is_decoder,
+        )
         x = x + drop(h, deterministic=self.deterministic)
         if self.is_decoder:
             h = norm(name="cross_attn_norm")(x)
-            h = attention(name="cross_attn")(h, kv=encoded, mask=encoded_mask, deterministic=self.deterministic,
-                                             decode=self.decode)
+            h = attention(name="cross_attn")(
+                h,
+                kv=encoded,
+                mask=encoded_mask,
+                deterministic=self.deterministic,
+                decode=self.decode,
+            )
             x = x + drop(h, deterministic=self.deterministic)
         h = norm(name="mlp_norm")(x)
         act, gated = parse_feed_forward_proj(c.feed_forward_proj)
         h = layers.MLP(
-            d_ff=c.d_ff, act=act, gated=gated, use_bias=False, inner_dropout=c.dropout_rate, dtype=dtype,
-            param_dtype=pdtype, kernel_init=_normal(f * D**-0.5), out_init=_normal(f * c.d_ff**-0.5), name="mlp",
+            d_ff=c.d_ff,
+            act=act,
+            gated=gated,
+            use_bias=False,
+            inner_dropout=c.dropout_rate,
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=_normal(f * D**-0.5),
+            out_init=_normal(f * c.d_ff**-0.5),
+            name="mlp",
         )(h, deterministic=self.deterministic)
         x = x + drop(h, deterministic=self.deterministic)
-        return layers.constrain(x, ("activation_batch", "activation_length", "activation_embed")), None
+        return layers.constrain(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        ), None
 
 
 class T5Stack(nn.Module):
@@ -209,7 +265,8 @@ class T5Stack(nn.Module):
     def __call__(
         self,
         x: Array,  # [B, T, D] embedded tokens
-        mask: Array | None,  # bool [B, 1, 1, T] (self-attention padding; [B, 1, 1, S_max] when decoding)
+        mask: Array
+        | None,  # bool [B, 1, 1, T] (self-attention padding; [B, 1, 1, S_max] when decoding)
         encoded: Array | None = None,  # [B, S, D] encoder output (decoder only)
         encoded_mask: Array | None = None,  # bool [B, 1, 1, S]
         positions: Array | None = None,  # [T] or [B, T] absolute decoder positions
@@ -229,11 +286,21 @@ class T5Stack(nn.Module):
                 k_pos = jnp.arange(cache_len)
                 q_pos = index + jnp.arange(T) if positions is None else positions
         rel = k_pos[..., None, :] - q_pos[..., :, None]  # [T, S] or [B, T, S]
-        buckets = relative_position_bucket(rel, not self.is_decoder, c.relative_attention_num_buckets,
-                                           c.relative_attention_max_distance)
-        table = layers.Embed(c.relative_attention_num_buckets, c.num_heads, axes=("relpos_buckets", "heads"),
-                             dtype=dtype, param_dtype=pdtype, embedding_init=_normal(c.initializer_factor
-                             * c.d_model**-0.5), name="relative_attention_bias")
+        buckets = relative_position_bucket(
+            rel,
+            not self.is_decoder,
+            c.relative_attention_num_buckets,
+            c.relative_attention_max_distance,
+        )
+        table = layers.Embed(
+            c.relative_attention_num_buckets,
+            c.num_heads,
+            axes=("relpos_buckets", "heads"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            embedding_init=_normal(c.initializer_factor * c.d_model**-0.5),
+            name="relative_attention_bias",
+        )
         bias = jnp.moveaxis(table(buckets), -1, -3)  # [..., N, T, S]
         if bias.ndim == 3:
             bias = bias[None]
@@ -241,7 +308,11 @@ class T5Stack(nn.Module):
         x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         x = block_stack(T5Block, n_layers, c.scan_layers, c.remat, name)(
             dict(config=c, is_decoder=self.is_decoder, deterministic=deterministic, decode=decode),
-            x, bias, mask, encoded, encoded_mask,
+            x,
+            bias,
+            mask,
+            encoded,
+            encoded_mask,
         )
         x = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "final_layer_norm", rms=True)(x)
         return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -271,13 +342,24 @@ class T5ForConditionalGeneration(nn.Module):
     def setup(self):
         c = self.config
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
-        self.shared = layers.Embed(c.vocab_size, c.d_model, dtype=dtype, param_dtype=pdtype,
-                                   embedding_init=_normal(c.initializer_factor))
+        self.shared = layers.Embed(
+            c.vocab_size,
+            c.d_model,
+            dtype=dtype,
+            param_dtype=pdtype,
+            embedding_init=_normal(c.initializer_factor),
+        )
         self.encoder = T5Stack(c, is_decoder=False)
         self.decoder = T5Stack(c, is_decoder=True)
         if not c.tie_word_embeddings:
-            self.lm_head = layers.Dense(c.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dtype,
-                                        param_dtype=pdtype, kernel_init=_normal(c.initializer_factor))
+            self.lm_head = layers.Dense(
+                c.vocab_size,
+                ("embed", "vocab"),
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=pdtype,
+                kernel_init=_normal(c.initializer_factor),
+            )
 
     def encode(
         self,
@@ -320,29 +402,56 @@ class T5ForConditionalGeneration(nn.Module):
         """
         c = self.config
         if encoder_outputs.ndim != 3 or encoder_outputs.shape[-1] != c.d_model:
-            raise ValueError(f"encoder_outputs must be [batch, length, d_model={c.d_model}], "
-                             f"got shape {encoder_outputs.shape}")
+            raise ValueError(
+                f"encoder_outputs must be [batch, length, d_model={c.d_model}], "
+                f"got shape {encoder_outputs.shape}"
+            )
         _check_ids(decoder_input_ids, "decoder_input_ids", c)
         if encoder_outputs.shape[0] != decoder_input_ids.shape[0]:
-            raise ValueError(f"encoder_outputs has batch {encoder_outputs.shape[0]} but decoder_input_ids "
-                             f"has batch {decoder_input_ids.shape[0]}")
-        _check_mask(attention_mask, encoder_outputs.shape[:2], "attention_mask", "the encoder input")
+            raise ValueError(
+                f"encoder_outputs has batch {encoder_outputs.shape[0]} but decoder_input_ids "
+                f"has batch {decoder_input_ids.shape[0]}"
+            )
+        _check_mask(
+            attention_mask, encoder_outputs.shape[:2], "attention_mask", "the encoder input"
+        )
         if not decode:
-            _check_mask(decoder_attention_mask, decoder_input_ids.shape, "decoder_attention_mask",
-                        "decoder_input_ids")
-        self_mask = None if decoder_attention_mask is None else layers.padding_mask(decoder_attention_mask)
+            _check_mask(
+                decoder_attention_mask,
+                decoder_input_ids.shape,
+                "decoder_attention_mask",
+                "decoder_input_ids",
+            )
+        self_mask = (
+            None if decoder_attention_mask is None else layers.padding_mask(decoder_attention_mask)
+        )
         cross_mask = None if attention_mask is None else layers.padding_mask(attention_mask)
         if decoder_segment_ids is not None:
             if encoder_segment_ids is None:
-                raise ValueError("packed decoding needs encoder_segment_ids with decoder_segment_ids")
-            self_mask = layers.combine_masks(self_mask, layers.segment_mask(decoder_segment_ids, decoder_segment_ids))
-            cross_mask = layers.combine_masks(cross_mask, layers.segment_mask(decoder_segment_ids, encoder_segment_ids))
-        h = self.decoder(self.shared(decoder_input_ids), self_mask, encoder_outputs, cross_mask,
-                         positions=decoder_positions, deterministic=deterministic, decode=decode)
+                raise ValueError(
+                    "packed decoding needs encoder_segment_ids with decoder_segment_ids"
+                )
+            self_mask = layers.combine_masks(
+                self_mask, layers.segment_mask(decoder_segment_ids, decoder_segment_ids)
+            )
+            cross_mask = layers.combine_masks(
+                cross_mask, layers.segment_mask(decoder_segment_ids, encoder_segment_ids)
+            )
+        h = self.decoder(
+            self.shared(decoder_input_ids),
+            self_mask,
+            encoder_outputs,
+            cross_mask,
+            positions=decoder_positions,
+            deterministic=deterministic,
+            decode=decode,
+        )
         if c.scale_decoder_outputs:
             h = h * (c.d_model**-0.5)
         logits = self.shared.attend(h) if c.tie_word_embeddings else self.lm_head(h)
-        return layers.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        return layers.constrain(
+            logits, ("activation_batch", "activation_length", "activation_vocab")
+        )
 
     def __call__(
         self,
@@ -356,10 +465,19 @@ class T5ForConditionalGeneration(nn.Module):
         decoder_segment_ids: Array | None = None,  # [B, S]
     ) -> Array:  # [B, S, V]
         _check_ids(decoder_input_ids, "decoder_input_ids", self.config)  # fail before encoding
-        encoded = self.encode(input_ids, attention_mask, deterministic=deterministic, segment_ids=encoder_segment_ids)
-        return self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
-                           deterministic=deterministic, decode=decode,
-                           decoder_segment_ids=decoder_segment_ids, encoder_segment_ids=encoder_segment_ids)
+        encoded = self.encode(
+            input_ids, attention_mask, deterministic=deterministic, segment_ids=encoder_segment_ids
+        )
+        return self.decode(
+            decoder_input_ids,
+            encoded,
+            attention_mask,
+            decoder_attention_mask,
+            deterministic=deterministic,
+            decode=decode,
+            decoder_segment_ids=decoder_segment_ids,
+            encoder_segment_ids=encoder_segment_ids,
+        )
 
 
 def _check_ids(ids: Any, name: str, c: T5Config) -> None:
@@ -374,8 +492,13 @@ def _check_mask(mask: Any, shape: tuple, name: str, of: str) -> None:
         raise ValueError(f"{name} has shape {tuple(mask.shape)} but {of} has shape {tuple(shape)}")
 
 
-def init_decode_cache(model: T5ForConditionalGeneration, params: Any, encoder_outputs: Array, max_length: int,
-                      attention_mask: Array | None = None) -> Any:
+def init_decode_cache(
+    model: T5ForConditionalGeneration,
+    params: Any,
+    encoder_outputs: Array,
+    max_length: int,
+    attention_mask: Array | None = None,
+) -> Any:
     """The decoder's ``cache`` collection for ``max_length`` decoder tokens, empty (index 0), with the
     cross-attention keys/values of ``encoder_outputs`` [B, S, D] already projected by ``params``.
 
@@ -384,8 +507,15 @@ def init_decode_cache(model: T5ForConditionalGeneration, params: Any, encoder_ou
     """
     B = encoder_outputs.shape[0]
     dummy = jnp.full((B, max_length), model.config.decoder_start_token_id, jnp.int32)
-    _, variables = model.apply({"params": params}, dummy, encoder_outputs, attention_mask, decode=True,
-                               method=model.decode, mutable=["cache"])
+    _, variables = model.apply(
+        {"params": params},
+        dummy,
+        encoder_outputs,
+        attention_mask,
+        decode=True,
+        method=model.decode,
+        mutable=["cache"],
+    )
     return variables["cache"]
 
 
@@ -394,9 +524,22 @@ def init_decode_cache(model: T5ForConditionalGeneration, params: Any, encoder_ou
 
 # The fields transformers' T5Config shares with ours (the rest are jaxformers' run settings).
 _HF_CONFIG_FIELDS = [
-    "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-    "relative_attention_num_buckets", "relative_attention_max_distance", "dropout_rate", "layer_norm_epsilon",
-    "initializer_factor", "feed_forward_proj", "n_positions", "pad_token_id", "eos_token_id",
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "dropout_rate",
+    "layer_norm_epsilon",
+    "initializer_factor",
+    "feed_forward_proj",
+    "n_positions",
+    "pad_token_id",
+    "eos_token_id",
     "decoder_start_token_id",
 ]
 _ARCHITECTURES = ("T5ForConditionalGeneration", "T5WithLMHeadModel", "T5Model")
@@ -412,20 +555,26 @@ def config_from_hf(hf: dict, **overrides: Any) -> T5Config:
     they hold ``lm_head.weight``.
     """
     if hf.get("is_decoder") or hf.get("is_encoder_decoder") is False:
-        raise ValueError("this T5 config describes a decoder-only or encoder-only model; jaxformers "
-                         "implements T5ForConditionalGeneration (encoder and decoder)")
+        raise ValueError(
+            "this T5 config describes a decoder-only or encoder-only model; jaxformers "
+            "implements T5ForConditionalGeneration (encoder and decoder)"
+        )
     kwargs = {k: hf[k] for k in _HF_CONFIG_FIELDS if hf.get(k) is not None}
     if isinstance(kwargs.get("eos_token_id"), (list, tuple)):
         kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
     act, gated = parse_feed_forward_proj(kwargs.get("feed_forward_proj", "relu"))
     for key, implied in (("dense_act_fn", act), ("is_gated_act", gated)):
         if hf.get(key) is not None and hf[key] != implied:
-            raise ValueError(f"T5 config sets {key}={hf[key]!r}, but feed_forward_proj="
-                             f"{kwargs.get('feed_forward_proj', 'relu')!r} implies {implied!r}")
+            raise ValueError(
+                f"T5 config sets {key}={hf[key]!r}, but feed_forward_proj="
+                f"{kwargs.get('feed_forward_proj', 'relu')!r} implies {implied!r}"
+            )
     tie = hf.get("tie_word_embeddings")
     tie = True if tie is None else bool(tie)
     scale = hf.get("scale_decoder_outputs")
-    kwargs.update(tie_word_embeddings=tie, scale_decoder_outputs=tie if scale is None else bool(scale))
+    kwargs.update(
+        tie_word_embeddings=tie, scale_decoder_outputs=tie if scale is None else bool(scale)
+    )
     return T5Config(**{**kwargs, **overrides})
 
 
@@ -433,9 +582,15 @@ def config_to_hf(c: T5Config) -> dict:
     """Both spellings of the head: 5.x reads ``scale_decoder_outputs`` (and ties or not from the
     weights), 4.x reads ``tie_word_embeddings`` for both tying and scaling, right for v1.0 and v1.1."""
     out = {k: getattr(c, k) for k in _HF_CONFIG_FIELDS}
-    out.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
-               tie_word_embeddings=c.tie_word_embeddings, scale_decoder_outputs=c.scale_decoder_outputs,
-               dense_act_fn=c.dense_act_fn, is_gated_act=c.is_gated_act)
+    out.update(
+        model_type="t5",
+        architectures=["T5ForConditionalGeneration"],
+        is_encoder_decoder=True,
+        tie_word_embeddings=c.tie_word_embeddings,
+        scale_decoder_outputs=c.scale_decoder_outputs,
+        dense_act_fn=c.dense_act_fn,
+        is_gated_act=c.is_gated_act,
+    )
     return out
 
 
@@ -444,26 +599,43 @@ def hf_weights(c: T5Config) -> list[HFWeight]:
     untied; the embedding copies tied to ``shared`` are not saved (some exports keep only
     ``encoder.embed_tokens.weight``: accepted on load). The relative position bias table, which
     transformers keeps in block 0, is each stack's own here."""
-    out = [HFWeight("shared.weight", ("shared", "embedding"), aliases=("encoder.embed_tokens.weight",))]
+    out = [
+        HFWeight("shared.weight", ("shared", "embedding"), aliases=("encoder.embed_tokens.weight",))
+    ]
     if not c.tie_word_embeddings:
         out.append(HFWeight("lm_head.weight", ("lm_head", "kernel"), "linear 1"))
     for stack, n in (("encoder", c.num_layers), ("decoder", c.num_decoder_layers)):
-        out += [HFWeight(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                         (stack, "relative_attention_bias", "embedding")),
-                HFWeight(f"{stack}.final_layer_norm.weight", (stack, "final_layer_norm", "scale"))]
-        attns = [("self_attn", "SelfAttention")] + ([("cross_attn", "EncDecAttention")] if stack == "decoder" else [])
+        out += [
+            HFWeight(
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                (stack, "relative_attention_bias", "embedding"),
+            ),
+            HFWeight(f"{stack}.final_layer_norm.weight", (stack, "final_layer_norm", "scale")),
+        ]
+        attns = [("self_attn", "SelfAttention")] + (
+            [("cross_attn", "EncDecAttention")] if stack == "decoder" else []
+        )
         for i in range(n):
             p, block = f"{stack}.block.{i}.layer.", (stack, "block", i)
             for j, (ours, theirs) in enumerate(attns):
                 out.append(HFWeight(f"{p}{j}.layer_norm.weight", (*block, f"{ours}_norm", "scale")))
                 # torch Linear [out, in]; our q/k/v kernels [D, N, H], the output's [N, H, D].
-                out += [HFWeight(f"{p}{j}.{theirs}.{w}.weight", (*block, ours, name, "kernel"),
-                                 "linear 2" if w == "o" else "linear 1")
-                        for w, name in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))]
+                out += [
+                    HFWeight(
+                        f"{p}{j}.{theirs}.{w}.weight",
+                        (*block, ours, name, "kernel"),
+                        "linear 2" if w == "o" else "linear 1",
+                    )
+                    for w, name in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))
+                ]
             f = len(attns)
             out.append(HFWeight(f"{p}{f}.layer_norm.weight", (*block, "mlp_norm", "scale")))
-            out += [HFWeight(f"{p}{f}.DenseReluDense.{w}.weight", (*block, "mlp", w, "kernel"), "linear 1")
-                    for w in (("wi_0", "wi_1", "wo") if c.is_gated_act else ("wi", "wo"))]
+            out += [
+                HFWeight(
+                    f"{p}{f}.DenseReluDense.{w}.weight", (*block, "mlp", w, "kernel"), "linear 1"
+                )
+                for w in (("wi_0", "wi_1", "wo") if c.is_gated_act else ("wi", "wo"))
+            ]
     return out
 
 
@@ -472,8 +644,10 @@ def model_from_config(c: T5Config, architectures=None, tensors=None) -> T5ForCon
     they hold ``lm_head.weight`` (whatever config.json said about tying)."""
     for arch in architectures or ():
         if arch not in _ARCHITECTURES:
-            raise ValueError(f"T5 architecture {arch!r} is not supported; jaxformers implements "
-                             "T5ForConditionalGeneration (T5Model weights load with the tied head)")
+            raise ValueError(
+                f"T5 architecture {arch!r} is not supported; jaxformers implements "
+                "T5ForConditionalGeneration (T5Model weights load with the tied head)"
+            )
     if tensors is not None:
         c = dataclasses.replace(c, tie_word_embeddings="lm_head.weight" not in tensors)
     return T5ForConditionalGeneration(c)

@@ -57,10 +57,18 @@ class MaskingVocab:
         if missing:
             raise ValueError(
                 f"vocab lacks the special token(s) {', '.join(missing)}; BERT pretraining "
-                f"needs all of {', '.join(SPECIAL_TOKENS)} (a BERT vocab.txt has them)")
+                f"needs all of {', '.join(SPECIAL_TOKENS)} (a BERT vocab.txt has them)"
+            )
         cont = frozenset(i for i, t in enumerate(tokens) if t.startswith("##"))
-        return cls(tokens, token_to_id, cont, token_to_id["[CLS]"], token_to_id["[SEP]"],
-                   token_to_id["[MASK]"], token_to_id["[PAD]"])
+        return cls(
+            tokens,
+            token_to_id,
+            cont,
+            token_to_id["[CLS]"],
+            token_to_id["[SEP]"],
+            token_to_id["[MASK]"],
+            token_to_id["[PAD]"],
+        )
 
 
 class _NumpyRandom:
@@ -86,8 +94,14 @@ def _check_masking_args(max_predictions_per_seq: int, masked_lm_prob: float) -> 
         raise ValueError(f"max_predictions_per_seq must be >= 1, got {max_predictions_per_seq}")
 
 
-def _mask_sequence(ids: list[int], mv: MaskingVocab, masked_lm_prob: float,
-                   max_predictions_per_seq: int, do_whole_word_mask: bool, rng):
+def _mask_sequence(
+    ids: list[int],
+    mv: MaskingVocab,
+    masked_lm_prob: float,
+    max_predictions_per_seq: int,
+    do_whole_word_mask: bool,
+    rng,
+):
     """BERT's create_masked_lm_predictions on ids; returns (masked ids, positions, labels)."""
     # Candidate groups: one position each, or a whole word when do_whole_word_mask.
     # As in the reference, [CLS]/[SEP] are skipped without closing the current
@@ -127,25 +141,40 @@ def _mask_sequence(ids: list[int], mv: MaskingVocab, masked_lm_prob: float,
 
 def _pad_predictions(positions, labels, max_predictions_per_seq) -> dict[str, np.ndarray]:
     k, p = len(positions), max_predictions_per_seq
-    out = {"masked_lm_positions": np.zeros(p, np.int32), "masked_lm_ids": np.zeros(p, np.int32),
-           "masked_lm_weights": np.zeros(p, np.float32)}
+    out = {
+        "masked_lm_positions": np.zeros(p, np.int32),
+        "masked_lm_ids": np.zeros(p, np.int32),
+        "masked_lm_weights": np.zeros(p, np.float32),
+    }
     out["masked_lm_positions"][:k] = positions
     out["masked_lm_ids"][:k] = labels
     out["masked_lm_weights"][:k] = 1.0
     return out
 
 
-def _pack(ids, segment_ids, positions, labels, is_random_next, max_seq_length,
-          max_predictions_per_seq, pad_id) -> dict[str, np.ndarray]:
+def _pack(
+    ids,
+    segment_ids,
+    positions,
+    labels,
+    is_random_next,
+    max_seq_length,
+    max_predictions_per_seq,
+    pad_id,
+) -> dict[str, np.ndarray]:
     n = len(ids)
     input_ids = np.full(max_seq_length, pad_id, np.int32)
     input_ids[:n] = ids
     input_mask = (np.arange(max_seq_length) < n).astype(np.int32)
     seg = np.zeros(max_seq_length, np.int32)
     seg[:n] = segment_ids
-    return {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": seg,
-            **_pad_predictions(positions, labels, max_predictions_per_seq),
-            "next_sentence_labels": np.asarray(int(is_random_next), np.int32)}
+    return {
+        "input_ids": input_ids,
+        "input_mask": input_mask,
+        "segment_ids": seg,
+        **_pad_predictions(positions, labels, max_predictions_per_seq),
+        "next_sentence_labels": np.asarray(int(is_random_next), np.int32),
+    }
 
 
 def _truncate_seq_pair(a: list[int], b: list[int], max_num_tokens: int, rng) -> None:
@@ -159,8 +188,17 @@ def _truncate_seq_pair(a: list[int], b: list[int], max_num_tokens: int, rng) -> 
             longer.pop()
 
 
-def _instances_from_document(docs, doc_index, max_seq_length, short_seq_prob, masked_lm_prob,
-                             max_predictions_per_seq, do_whole_word_mask, mv, rng):
+def _instances_from_document(
+    docs,
+    doc_index,
+    max_seq_length,
+    short_seq_prob,
+    masked_lm_prob,
+    max_predictions_per_seq,
+    do_whole_word_mask,
+    mv,
+    rng,
+):
     """The reference create_instances_from_document, on lists of token ids."""
     document = docs[doc_index]
     max_num_tokens = max_seq_length - 3  # room for [CLS] A [SEP] B [SEP]
@@ -205,9 +243,20 @@ def _instances_from_document(docs, doc_index, max_seq_length, short_seq_prob, ma
             ids = [mv.cls_id, *tokens_a, mv.sep_id, *tokens_b, mv.sep_id]
             segment_ids = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
             ids, positions, labels = _mask_sequence(
-                ids, mv, masked_lm_prob, max_predictions_per_seq, do_whole_word_mask, rng)
-            instances.append(_pack(ids, segment_ids, positions, labels, is_random_next,
-                                   max_seq_length, max_predictions_per_seq, mv.pad_id))
+                ids, mv, masked_lm_prob, max_predictions_per_seq, do_whole_word_mask, rng
+            )
+            instances.append(
+                _pack(
+                    ids,
+                    segment_ids,
+                    positions,
+                    labels,
+                    is_random_next,
+                    max_seq_length,
+                    max_predictions_per_seq,
+                    mv.pad_id,
+                )
+            )
             chunk, chunk_len = [], 0
         i += 1
     return instances
@@ -220,15 +269,18 @@ def _documents_to_ids(documents, mv: MaskingVocab) -> list[list[list[int]]]:
         sentences = []
         for s, sentence in enumerate(doc):
             if isinstance(sentence, str):
-                raise ValueError(f"document {d}, sentence {s} is a string; sentences must be "
-                                 "lists of WordPiece tokens (tokenize them first)")
+                raise ValueError(
+                    f"document {d}, sentence {s} is a string; sentences must be "
+                    "lists of WordPiece tokens (tokenize them first)"
+                )
             try:
                 ids = [lookup[t] for t in sentence]
             except KeyError as e:
                 raise ValueError(
                     f"token {e.args[0]!r} (document {d}, sentence {s}) is not in the vocab; "
                     "tokenize the text with a WordPiece tokenizer built from this same vocab "
-                    "(out-of-vocabulary words then become '[UNK]')") from None
+                    "(out-of-vocabulary words then become '[UNK]')"
+                ) from None
             if ids:  # like the reference, sentences that tokenize to nothing are dropped
                 sentences.append(ids)
         if sentences:  # empty documents are skipped
@@ -236,11 +288,17 @@ def _documents_to_ids(documents, mv: MaskingVocab) -> list[list[list[int]]]:
     return out
 
 
-def create_instances(documents: Sequence[Sequence[Sequence[str]]], vocab: Sequence[str],
-                     max_seq_length: int = 128, max_predictions_per_seq: int = 20,
-                     masked_lm_prob: float = 0.15, short_seq_prob: float = 0.1,
-                     dupe_factor: int = 1, do_whole_word_mask: bool = False,
-                     seed: int = 12345) -> list[dict[str, np.ndarray]]:
+def create_instances(
+    documents: Sequence[Sequence[Sequence[str]]],
+    vocab: Sequence[str],
+    max_seq_length: int = 128,
+    max_predictions_per_seq: int = 20,
+    masked_lm_prob: float = 0.15,
+    short_seq_prob: float = 0.1,
+    dupe_factor: int = 1,
+    do_whole_word_mask: bool = False,
+    seed: int = 12345,
+) -> list[dict[str, np.ndarray]]:
     """Builds BERT MLM+NSP training instances like google-research/bert.
 
     Args:
@@ -266,7 +324,9 @@ def create_instances(documents: Sequence[Sequence[Sequence[str]]], vocab: Sequen
         ValueError: on a bad argument, missing special token or out-of-vocab token.
     """
     if max_seq_length < 5:
-        raise ValueError(f"max_seq_length must be >= 5 ([CLS] A [SEP] B [SEP]), got {max_seq_length}")
+        raise ValueError(
+            f"max_seq_length must be >= 5 ([CLS] A [SEP] B [SEP]), got {max_seq_length}"
+        )
     _check_masking_args(max_predictions_per_seq, masked_lm_prob)
     if not 0.0 <= short_seq_prob <= 1.0:
         raise ValueError(f"short_seq_prob must be in [0, 1], got {short_seq_prob}")
@@ -279,9 +339,19 @@ def create_instances(documents: Sequence[Sequence[Sequence[str]]], vocab: Sequen
     instances = []
     for _ in range(dupe_factor):
         for doc_index in range(len(docs)):
-            instances.extend(_instances_from_document(
-                docs, doc_index, max_seq_length, short_seq_prob, masked_lm_prob,
-                max_predictions_per_seq, do_whole_word_mask, mv, rng))
+            instances.extend(
+                _instances_from_document(
+                    docs,
+                    doc_index,
+                    max_seq_length,
+                    short_seq_prob,
+                    masked_lm_prob,
+                    max_predictions_per_seq,
+                    do_whole_word_mask,
+                    mv,
+                    rng,
+                )
+            )
     rng.shuffle(instances)
     return instances
 
@@ -290,13 +360,21 @@ def original_input_ids(instance: Mapping[str, np.ndarray]) -> np.ndarray:
     """Undoes the masking of one instance: [T] int32 ids with labels put back."""
     ids = np.array(instance["input_ids"], np.int32, copy=True)
     real = np.asarray(instance["masked_lm_weights"]) > 0
-    ids[np.asarray(instance["masked_lm_positions"])[real]] = np.asarray(instance["masked_lm_ids"])[real]
+    ids[np.asarray(instance["masked_lm_positions"])[real]] = np.asarray(instance["masked_lm_ids"])[
+        real
+    ]
     return ids
 
 
-def dynamic_mask(instance_tokens_or_ids, vocab: Sequence[str] | MaskingVocab, rng, *,
-                 max_predictions_per_seq: int | None = None, masked_lm_prob: float = 0.15,
-                 do_whole_word_mask: bool = False) -> dict[str, np.ndarray]:
+def dynamic_mask(
+    instance_tokens_or_ids,
+    vocab: Sequence[str] | MaskingVocab,
+    rng,
+    *,
+    max_predictions_per_seq: int | None = None,
+    masked_lm_prob: float = 0.15,
+    do_whole_word_mask: bool = False,
+) -> dict[str, np.ndarray]:
     """Re-masks one sequence with fresh randomness (RoBERTa-style dynamic masking).
 
     Same rules as `create_instances` (80% [MASK] / 10% kept / 10% random id,
@@ -334,8 +412,10 @@ def dynamic_mask(instance_tokens_or_ids, vocab: Sequence[str] | MaskingVocab, rn
         if any(isinstance(t, str) for t in seq):
             missing = [t for t in seq if t not in mv.token_to_id]
             if missing:
-                raise ValueError(f"token {missing[0]!r} is not in the vocab; tokenize with the "
-                                 "same vocab (unknown words become '[UNK]')")
+                raise ValueError(
+                    f"token {missing[0]!r} is not in the vocab; tokenize with the "
+                    "same vocab (unknown words become '[UNK]')"
+                )
             seq = [mv.token_to_id[t] for t in seq]
         ids = np.asarray(seq, np.int32)
         n = len(ids)
@@ -344,7 +424,8 @@ def dynamic_mask(instance_tokens_or_ids, vocab: Sequence[str] | MaskingVocab, rn
     max_predictions_per_seq = 20 if max_predictions_per_seq is None else max_predictions_per_seq
     _check_masking_args(max_predictions_per_seq, masked_lm_prob)
     masked, positions, labels = _mask_sequence(
-        ids[:n].tolist(), mv, masked_lm_prob, max_predictions_per_seq, do_whole_word_mask, rng)
+        ids[:n].tolist(), mv, masked_lm_prob, max_predictions_per_seq, do_whole_word_mask, rng
+    )
     out_ids = ids.copy()
     out_ids[:n] = masked
     result = {"input_ids": out_ids, **_pad_predictions(positions, labels, max_predictions_per_seq)}
@@ -382,7 +463,8 @@ def read_documents(lines: Iterable[str]) -> list[list[str]]:
 
 # Words whose trailing period usually does not end a sentence.
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e al fig no vol cf approx inc ltd co".split())
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e al fig no vol cf approx inc ltd co".split()
+)
 # Candidate boundary: terminal punctuation, optional closing quotes/brackets, whitespace.
 _BOUNDARY = re.compile(r"[.!?]+[\"')\]\u201d\u2019]*\s+")
 _WORD_BEFORE = re.compile(r"(\S+)$")
@@ -407,16 +489,19 @@ def sentence_split(text: str) -> list[str]:
     """
     sentences, start = [], 0
     for m in _BOUNDARY.finditer(text):
-        rest = text[m.end():m.end() + 2]
-        if not rest or not (rest[0].isupper() or rest[0].isdigit()
-                            or (rest[0] in "\"'([\u201c\u2018" and rest[1:2].isalnum())):
+        rest = text[m.end() : m.end() + 2]
+        if not rest or not (
+            rest[0].isupper()
+            or rest[0].isdigit()
+            or (rest[0] in "\"'([\u201c\u2018" and rest[1:2].isalnum())
+        ):
             continue
-        word = _WORD_BEFORE.search(text[start:m.start() + 1])
+        word = _WORD_BEFORE.search(text[start : m.start() + 1])
         if m.group().startswith(".") and word:
             stem = word.group(1).lower().rstrip(".").lstrip("\"'([")
             if stem in _ABBREVIATIONS or (len(stem) == 1 and stem.isalpha()):
                 continue
-        sentences.append(text[start:m.end()].strip())
+        sentences.append(text[start : m.end()].strip())
         start = m.end()
     sentences.append(text[start:].strip())
     return [s for s in sentences if s]

@@ -15,7 +15,7 @@ Example (vocab_size=32100, so <extra_id_0> = 32099, <extra_id_1> = 32098)::
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,16 +28,17 @@ Seed = int | Sequence[int]
 def _check_noise_args(noise_density: float, mean_noise_span_length: float) -> None:
     if not 0.0 < noise_density < 1.0:
         raise ValueError(
-            f"noise_density must be in the open interval (0, 1), got {noise_density}; "
-            "T5 uses 0.15.")
+            f"noise_density must be in the open interval (0, 1), got {noise_density}; T5 uses 0.15."
+        )
     if mean_noise_span_length < 1.0:
         raise ValueError(
-            f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}; "
-            "T5 uses 3.0.")
+            f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}; T5 uses 3.0."
+        )
 
 
-def _span_counts(length: int, noise_density: float,
-                 mean_noise_span_length: float) -> tuple[int, int]:
+def _span_counts(
+    length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[int, int]:
     """(num_noise_tokens, num_noise_spans) for a sequence of ``length >= 2``.
 
     T5 computes these in TF float32 with round-half-to-even, which differs from
@@ -55,8 +56,7 @@ def _span_counts(length: int, noise_density: float,
     return num_noise, num_spans
 
 
-def _random_segmentation(num_items: int, num_segments: int,
-                         rng: np.random.Generator) -> np.ndarray:
+def _random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
     """Uniformly random split of ``num_items`` into ``num_segments`` positive parts.
 
     A shuffled 0/1 vector of length ``num_items - 1`` holding ``num_segments - 1``
@@ -70,8 +70,9 @@ def _random_segmentation(num_items: int, num_segments: int,
     return np.bincount(segment_id, minlength=num_segments)
 
 
-def noise_mask(length: int, noise_density: float = 0.15,
-               mean_noise_span_length: float = 3.0, seed: Seed = 0) -> np.ndarray:
+def noise_mask(
+    length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0, seed: Seed = 0
+) -> np.ndarray:
     """T5 ``random_spans_noise_mask``: spans alternate non-noise, noise, ...
 
     Exactly ``num_noise_tokens`` positions are noise, grouped into
@@ -105,8 +106,7 @@ def noise_mask(length: int, noise_density: float = 0.15,
     return (span_index % 2 == 1)[:orig_length]
 
 
-def _spans_to_unique_sentinels(tokens: np.ndarray, mask: np.ndarray,
-                               vocab_size: int) -> np.ndarray:
+def _spans_to_unique_sentinels(tokens: np.ndarray, mask: np.ndarray, vocab_size: int) -> np.ndarray:
     """Replace each run of masked tokens by one sentinel (vocab_size-1, -2, ...)."""
     prev = np.concatenate([[False], mask[:-1]])
     first = mask & ~prev
@@ -114,9 +114,14 @@ def _spans_to_unique_sentinels(tokens: np.ndarray, mask: np.ndarray,
     return np.where(first, sentinels, tokens)[~(mask & prev)]
 
 
-def span_corrupt(tokens: Sequence[int] | np.ndarray, vocab_size: int,
-                 noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
-                 seed: Seed = 0, eos_id: int = 1) -> dict[str, np.ndarray]:
+def span_corrupt(
+    tokens: Sequence[int] | np.ndarray,
+    vocab_size: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    seed: Seed = 0,
+    eos_id: int = 1,
+) -> dict[str, np.ndarray]:
     """Build one T5 span-corruption example from raw tokens.
 
     Each noise span in ``inputs`` becomes one sentinel; ``targets`` lists, per
@@ -138,18 +143,21 @@ def span_corrupt(tokens: Sequence[int] | np.ndarray, vocab_size: int,
     if tokens.ndim != 1 or tokens.size < 2:
         raise ValueError(
             f"tokens must be a 1-D sequence of at least 2 ids, got shape {tokens.shape}; "
-            "skip or merge shorter sequences before corrupting them.")
+            "skip or merge shorter sequences before corrupting them."
+        )
     if not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}.")
     if vocab_size <= MIN_VOCAB_SIZE:
         raise ValueError(
             f"vocab_size={vocab_size} is too small: T5 reserves {MIN_VOCAB_SIZE} sentinel "
             f"ids at the top of the vocabulary, so vocab_size must be > {MIN_VOCAB_SIZE} "
-            "(sentinels + content tokens).")
+            "(sentinels + content tokens)."
+        )
     if tokens[-1] == eos_id:
         raise ValueError(
             f"tokens end with eos_id={eos_id}; pass raw tokens without EOS, "
-            "span_corrupt appends it to inputs and targets.")
+            "span_corrupt appends it to inputs and targets."
+        )
     _, num_spans = _span_counts(tokens.size, noise_density, mean_noise_span_length)
     lowest_sentinel = vocab_size - num_spans
     if tokens.min() < 0 or tokens.max() >= lowest_sentinel:
@@ -157,20 +165,26 @@ def span_corrupt(tokens: Sequence[int] | np.ndarray, vocab_size: int,
             f"token ids must be in [0, {lowest_sentinel}) but range over "
             f"[{tokens.min()}, {tokens.max()}]: ids >= {lowest_sentinel} would collide with "
             f"the {num_spans} sentinel(s) counting down from {vocab_size - 1}. Use the full "
-            "vocab size including extra_ids (e.g. SentencePieceVocab.vocab_size).")
+            "vocab size including extra_ids (e.g. SentencePieceVocab.vocab_size)."
+        )
     mask = noise_mask(tokens.size, noise_density, mean_noise_span_length, seed)
     inputs = _spans_to_unique_sentinels(tokens, mask, vocab_size)
     # Targets use the inverse mask; as the mask starts with non-noise, the k-th
     # non-noise span gets the same sentinel as the k-th noise span in inputs.
     targets = _spans_to_unique_sentinels(tokens, ~mask, vocab_size)
-    return {"inputs": np.append(inputs, eos_id).astype(np.int32),
-            "targets": np.append(targets, eos_id).astype(np.int32)}
+    return {
+        "inputs": np.append(inputs, eos_id).astype(np.int32),
+        "targets": np.append(targets, eos_id).astype(np.int32),
+    }
 
 
-def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
-                        mean_noise_span_length: float = 3.0,
-                        extra_tokens_per_span_inputs: int = 1,
-                        extra_tokens_per_span_targets: int = 1) -> tuple[int, int]:
+def random_spans_helper(
+    inputs_length: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    extra_tokens_per_span_inputs: int = 1,
+    extra_tokens_per_span_targets: int = 1,
+) -> tuple[int, int]:
     """Raw chunk length whose corrupted inputs (with EOS) fill ``inputs_length``.
 
     Same as T5's ``random_spans_helper`` (float64 Python rounding, no clipping,
@@ -186,8 +200,10 @@ def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
     def lengths(tokens_length: int) -> tuple[int, int]:
         num_noise = int(round(tokens_length * noise_density))
         num_spans = int(round(num_noise / mean_noise_span_length))
-        return (tokens_length - num_noise + num_spans * extra_tokens_per_span_inputs + 1,
-                num_noise + num_spans * extra_tokens_per_span_targets + 1)
+        return (
+            tokens_length - num_noise + num_spans * extra_tokens_per_span_inputs + 1,
+            num_noise + num_spans * extra_tokens_per_span_targets + 1,
+        )
 
     tokens_length = inputs_length - 1
     while lengths(tokens_length + 1)[0] <= inputs_length:
@@ -199,8 +215,12 @@ def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
     return tokens_length, targets_length
 
 
-def pack_examples(examples: Iterable[Mapping[str, Sequence[int]]], inputs_length: int,
-                  targets_length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+def pack_examples(
+    examples: Iterable[Mapping[str, Sequence[int]]],
+    inputs_length: int,
+    targets_length: int,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
     """Greedily pack {"inputs", "targets"} examples into fixed-length rows.
 
     Examples are placed in order; a row is closed when the next example does not
@@ -228,7 +248,8 @@ def pack_examples(examples: Iterable[Mapping[str, Sequence[int]]], inputs_length
             raise ValueError(
                 f"example {k} has {inp.size} inputs / {tgt.size} targets tokens, which does "
                 f"not fit a row of {inputs_length} / {targets_length}; increase the lengths "
-                "or split the example (random_spans_helper gives matching sizes).")
+                "or split the example (random_spans_helper gives matching sizes)."
+            )
         if not rows or used_in + inp.size > inputs_length or used_tgt + tgt.size > targets_length:
             rows.append([])
             used_in = used_tgt = 0
@@ -239,42 +260,51 @@ def pack_examples(examples: Iterable[Mapping[str, Sequence[int]]], inputs_length
     def zeros(length: int, fill: int = 0) -> np.ndarray:
         return np.full((len(rows), length), fill, np.int32)
 
-    out = {"encoder_input_tokens": zeros(inputs_length, pad_id),
-           "encoder_segment_ids": zeros(inputs_length),
-           "encoder_positions": zeros(inputs_length),
-           "decoder_target_tokens": zeros(targets_length, pad_id),
-           "decoder_input_tokens": zeros(targets_length, pad_id),
-           "decoder_segment_ids": zeros(targets_length),
-           "decoder_positions": zeros(targets_length),
-           "decoder_loss_weights": np.zeros((len(rows), targets_length), np.float32)}
+    out = {
+        "encoder_input_tokens": zeros(inputs_length, pad_id),
+        "encoder_segment_ids": zeros(inputs_length),
+        "encoder_positions": zeros(inputs_length),
+        "decoder_target_tokens": zeros(targets_length, pad_id),
+        "decoder_input_tokens": zeros(targets_length, pad_id),
+        "decoder_segment_ids": zeros(targets_length),
+        "decoder_positions": zeros(targets_length),
+        "decoder_loss_weights": np.zeros((len(rows), targets_length), np.float32),
+    }
     for r, row in enumerate(rows):
         i = t = 0
         for segment, (inp, tgt) in enumerate(row, start=1):
-            out["encoder_input_tokens"][r, i:i + inp.size] = inp
-            out["encoder_segment_ids"][r, i:i + inp.size] = segment
-            out["encoder_positions"][r, i:i + inp.size] = np.arange(inp.size)
-            out["decoder_target_tokens"][r, t:t + tgt.size] = tgt
-            out["decoder_input_tokens"][r, t:t + tgt.size] = np.concatenate([[0], tgt[:-1]])
-            out["decoder_segment_ids"][r, t:t + tgt.size] = segment
-            out["decoder_positions"][r, t:t + tgt.size] = np.arange(tgt.size)
-            out["decoder_loss_weights"][r, t:t + tgt.size] = 1.0
+            out["encoder_input_tokens"][r, i : i + inp.size] = inp
+            out["encoder_segment_ids"][r, i : i + inp.size] = segment
+            out["encoder_positions"][r, i : i + inp.size] = np.arange(inp.size)
+            out["decoder_target_tokens"][r, t : t + tgt.size] = tgt
+            out["decoder_input_tokens"][r, t : t + tgt.size] = np.concatenate([[0], tgt[:-1]])
+            out["decoder_segment_ids"][r, t : t + tgt.size] = segment
+            out["decoder_positions"][r, t : t + tgt.size] = np.arange(tgt.size)
+            out["decoder_loss_weights"][r, t : t + tgt.size] = 1.0
             i += inp.size
             t += tgt.size
     return out
 
 
-def _corrupted_lengths(length: int, noise_density: float,
-                       mean_noise_span_length: float) -> tuple[int, int]:
+def _corrupted_lengths(
+    length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[int, int]:
     """Exact (inputs, targets) lengths, incl. EOS, that span_corrupt produces."""
     num_noise, num_spans = _span_counts(length, noise_density, mean_noise_span_length)
     return length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
 
-def corrupt_and_pack(token_lists: Iterable[Sequence[int]], vocab_size: int,
-                     inputs_length: int = 512, targets_length: int | None = None,
-                     seed: int = 0, noise_density: float = 0.15,
-                     mean_noise_span_length: float = 3.0, eos_id: int = 1,
-                     pad_id: int = 0) -> dict[str, np.ndarray]:
+def corrupt_and_pack(
+    token_lists: Iterable[Sequence[int]],
+    vocab_size: int,
+    inputs_length: int = 512,
+    targets_length: int | None = None,
+    seed: int = 0,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    eos_id: int = 1,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
     """Chunk documents, span-corrupt every chunk and pack the results.
 
     Each document is cut into chunks of the raw length from
@@ -295,26 +325,37 @@ def corrupt_and_pack(token_lists: Iterable[Sequence[int]], vocab_size: int,
         The ``pack_examples`` dict.
     """
     raw_length, helper_targets = random_spans_helper(
-        inputs_length, noise_density, mean_noise_span_length)
+        inputs_length, noise_density, mean_noise_span_length
+    )
     # The helper rounds in float64 but masks round in float32 (as in T5); make
     # sure the real corrupted lengths still fit rather than trusting the helper.
-    while raw_length >= 2 and _corrupted_lengths(
-            raw_length, noise_density, mean_noise_span_length)[0] > inputs_length:
+    while (
+        raw_length >= 2
+        and _corrupted_lengths(raw_length, noise_density, mean_noise_span_length)[0] > inputs_length
+    ):
         raw_length -= 1
     if raw_length < 2:
         raise ValueError(f"inputs_length={inputs_length} is too small to hold a corrupted chunk.")
     if targets_length is None:
-        targets_length = max(helper_targets, _corrupted_lengths(
-            raw_length, noise_density, mean_noise_span_length)[1])
+        targets_length = max(
+            helper_targets, _corrupted_lengths(raw_length, noise_density, mean_noise_span_length)[1]
+        )
     examples = []
     chunk_index = 0
     for doc in token_lists:
         doc = np.asarray(doc).reshape(-1)
         for start in range(0, doc.size, raw_length):
-            chunk = doc[start:start + raw_length]
+            chunk = doc[start : start + raw_length]
             if chunk.size >= 2:
-                examples.append(span_corrupt(chunk, vocab_size, noise_density,
-                                             mean_noise_span_length, seed=(seed, chunk_index),
-                                             eos_id=eos_id))
+                examples.append(
+                    span_corrupt(
+                        chunk,
+                        vocab_size,
+                        noise_density,
+                        mean_noise_span_length,
+                        seed=(seed, chunk_index),
+                        eos_id=eos_id,
+                    )
+                )
             chunk_index += 1
     return pack_examples(examples, inputs_length, targets_length, pad_id)

@@ -14,7 +14,16 @@ from jaxformers.tasks.span_corruption import SpanCorruption
 
 TASKS: dict[str, type] = {t.name: t for t in (CausalLM, MLMNSP, SpanCorruption, Classification)}
 
-__all__ = ["TASKS", "Task", "TaskData", "CausalLM", "MLMNSP", "SpanCorruption", "Classification", "get"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "TaskData",
+    "CausalLM",
+    "MLMNSP",
+    "SpanCorruption",
+    "Classification",
+    "get",
+]
 
 
 def get(name: str) -> type:

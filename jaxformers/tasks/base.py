@@ -18,7 +18,8 @@ The loss protocol:
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, ClassVar, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +37,21 @@ class Task(Protocol):
 
     def normalizers(self, batch: dict) -> dict: ...
 
-    def loss(self, params: Any, apply_fn: Callable, batch: dict, rng: jax.Array, deterministic: bool,
-             norms: dict) -> tuple[jax.Array, dict]: ...
+    def loss(
+        self,
+        params: Any,
+        apply_fn: Callable,
+        batch: dict,
+        rng: jax.Array,
+        deterministic: bool,
+        norms: dict,
+    ) -> tuple[jax.Array, dict]: ...
 
     def finalize(self, sums: dict) -> dict: ...
 
-    def random_examples(self, rng: np.random.Generator, model_config: Any, n: int, *lengths: int) -> dict: ...
+    def random_examples(
+        self, rng: np.random.Generator, model_config: Any, n: int, *lengths: int
+    ) -> dict: ...
 
 
 class TaskData:
@@ -57,10 +67,24 @@ class TaskData:
       num_train_tokens, num_val_tokens: corpus sizes, for the start-of-run summary.
     """
 
-    def __init__(self, tokenizer: Any, train: Any, val: Any, spec: dict[str, int], input_lengths: tuple[int, ...],
-                 tokens_per_example: int, flops_args: tuple, num_train_tokens: int, num_val_tokens: int):
+    def __init__(
+        self,
+        tokenizer: Any,
+        train: Any,
+        val: Any,
+        spec: dict[str, int],
+        input_lengths: tuple[int, ...],
+        tokens_per_example: int,
+        flops_args: tuple,
+        num_train_tokens: int,
+        num_val_tokens: int,
+    ):
         self.tokenizer, self.train, self.val, self.spec = tokenizer, train, val, spec
-        self.input_lengths, self.tokens_per_example, self.flops_args = input_lengths, tokens_per_example, flops_args
+        self.input_lengths, self.tokens_per_example, self.flops_args = (
+            input_lengths,
+            tokens_per_example,
+            flops_args,
+        )
         self.num_train_tokens, self.num_val_tokens = num_train_tokens, num_val_tokens
 
     @property
@@ -87,8 +111,10 @@ def check_seq_len(exp: Any) -> None:
     """``data.seq_len`` must fit the model's positions."""
     limit = models.of_config(exp.model).max_positions(exp.model)
     if exp.data.seq_len > limit:
-        raise ValueError(f"data.seq_len={exp.data.seq_len} is longer than the model's {limit} positions; "
-                         "lower data.seq_len or raise the model's position count")
+        raise ValueError(
+            f"data.seq_len={exp.data.seq_len} is longer than the model's {limit} positions; "
+            "lower data.seq_len or raise the model's position count"
+        )
 
 
 def tokenizer_for(exp: Any, workdir: str, texts: Callable[[], Iterable[str]]):
@@ -96,12 +122,20 @@ def tokenizer_for(exp: Any, workdir: str, texts: Callable[[], Iterable[str]]):
     else trained on ``texts()`` or read from ``data.tokenizer``; never larger than the model."""
     d, vocab = exp.data, exp.model.vocab_size
     kind = models.of_config(exp.model).tokenizer
-    tok = tokenizers.load_or_train(kind, d.tokenizer, os.path.join(workdir, "tokenizer"), texts,
-                                   d.vocab_size or vocab, d.lowercase)
+    tok = tokenizers.load_or_train(
+        kind,
+        d.tokenizer,
+        os.path.join(workdir, "tokenizer"),
+        texts,
+        d.vocab_size or vocab,
+        d.lowercase,
+    )
     if tok.vocab_size > vocab:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {vocab}; "
-                         f"token ids would run past the embedding: set model.vocab_size >= {tok.vocab_size} "
-                         f"or data.vocab_size <= {vocab}")
+        raise ValueError(
+            f"the tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {vocab}; "
+            f"token ids would run past the embedding: set model.vocab_size >= {tok.vocab_size} "
+            f"or data.vocab_size <= {vocab}"
+        )
     return tok
 
 
@@ -112,6 +146,7 @@ def source_texts(source) -> Callable[[], Iterable[str]]:
 
 # ---------------------------------------------------------------------------------------------
 # Losses (float32 softmax; sums, so that microbatches and eval batches add up exactly)
+
 
 def log_normalizer(logits, targets):
     """(log Z, the target's logit, whether the target is the top prediction) per position.
@@ -148,13 +183,16 @@ def class_cross_entropy(logits, labels):
       labels: [B] int.
     """
     logits = logits.astype(jnp.float32)
-    nll = jnp.sum(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
+    nll = jnp.sum(
+        jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
+    )
     correct = jnp.sum((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
     return nll, correct
 
 
 # ---------------------------------------------------------------------------------------------
 # Random batches of a task's layout (benchmarks, sharding tests): the shapes without a corpus
+
 
 class FixedBatches:
     """The same ``[1, b, ...]`` batch at every step (one accumulation microbatch)."""
@@ -166,7 +204,9 @@ class FixedBatches:
         return self.examples
 
 
-def synthetic_data(task: Any, model_config: Any, batch_size: int, lengths: tuple[int, ...], seed: int = 0) -> TaskData:
+def synthetic_data(
+    task: Any, model_config: Any, batch_size: int, lengths: tuple[int, ...], seed: int = 0
+) -> TaskData:
     """A TaskData whose every train and eval batch is one random batch of ``task``'s layout.
 
     ``lengths`` are the task's ``flops_args``: (T,) causal LM; (T, P) masked LM with P predictions
@@ -177,5 +217,14 @@ def synthetic_data(task: Any, model_config: Any, batch_size: int, lengths: tuple
     spec = {k: v.ndim for k, v in ex.items()}
     input_lengths = tuple(ex[k].shape[1] for k in task.input_keys)
     tokens = sum(input_lengths)
-    return TaskData(None, FixedBatches(ex), FixedBatches(ex), spec, input_lengths, tokens, tuple(lengths),
-                    batch_size * tokens, batch_size * tokens)
+    return TaskData(
+        None,
+        FixedBatches(ex),
+        FixedBatches(ex),
+        spec,
+        input_lengths,
+        tokens,
+        tuple(lengths),
+        batch_size * tokens,
+        batch_size * tokens,
+    )

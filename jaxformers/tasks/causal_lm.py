@@ -16,7 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.data import pipeline, sources
-from jaxformers.tasks.base import TaskData, check_seq_len, source_texts, token_cross_entropy, tokenizer_for
+from jaxformers.tasks.base import (
+    TaskData,
+    check_seq_len,
+    source_texts,
+    token_cross_entropy,
+    tokenizer_for,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +45,17 @@ class CausalLM:
         cache = os.path.join(workdir, "data")
         train_tokens = pipeline.tokenize_source(srcs["train"], tok, cache, "train", fp)
         val_tokens = pipeline.tokenize_source(srcs["validation"], tok, cache, "validation", fp)
-        return lm_data(tok, train_tokens, val_tokens, d.seq_len, exp.batch_size, exp.optim.grad_accum, d.seed)
+        return lm_data(
+            tok, train_tokens, val_tokens, d.seq_len, exp.batch_size, exp.optim.grad_accum, d.seed
+        )
 
     def normalizers(self, batch):
         return {"tokens": jnp.asarray(batch["targets"].size, jnp.float32)}
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
-        logits = apply_fn({"params": params}, batch["inputs"], deterministic=deterministic, rngs={"dropout": rng})
+        logits = apply_fn(
+            {"params": params}, batch["inputs"], deterministic=deterministic, rngs={"dropout": rng}
+        )
         weights = jnp.ones(batch["targets"].shape, jnp.float32)
         nll, correct = token_cross_entropy(logits, batch["targets"], weights)
         sums = {"loss": nll, "correct": correct, "tokens": jnp.sum(weights)}
@@ -59,11 +69,30 @@ class CausalLM:
         return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
 
 
-def lm_data(tokenizer, train_tokens, val_tokens, seq_len: int, batch_size: int, accum: int, seed: int,
-            eval_batch_size: int | None = None) -> TaskData:
+def lm_data(
+    tokenizer,
+    train_tokens,
+    val_tokens,
+    seq_len: int,
+    batch_size: int,
+    accum: int,
+    seed: int,
+    eval_batch_size: int | None = None,
+) -> TaskData:
     """Batches of ``seq_len``-token windows over two token streams (train shuffled, eval in order)."""
     pi, pc = jax.process_index(), jax.process_count()
     train = pipeline.LMBatches(train_tokens, seq_len, batch_size, seed, accum, pi, pc)
-    val = pipeline.LMBatches(val_tokens, seq_len, eval_batch_size or batch_size // accum, None, 1, pi, pc)
-    return TaskData(tokenizer, train, val, {"inputs": 2, "targets": 2}, (seq_len,), seq_len, (seq_len,),
-                    len(train_tokens), len(val_tokens))
+    val = pipeline.LMBatches(
+        val_tokens, seq_len, eval_batch_size or batch_size // accum, None, 1, pi, pc
+    )
+    return TaskData(
+        tokenizer,
+        train,
+        val,
+        {"inputs": 2, "targets": 2},
+        (seq_len,),
+        seq_len,
+        (seq_len,),
+        len(train_tokens),
+        len(val_tokens),
+    )

@@ -53,12 +53,15 @@ def labelled_text(corpus: str, val_fraction: float, data_dir: str | None):
         pairs = shakespeare_genre(val_fraction)
         return {k: (lambda v=v: iter(v)) for k, v in pairs.items()}, pairs["train"]
     if corpus.startswith("tfds:"):
-        srcs = sources.catalog_source(corpus[len("tfds:"):], data_dir)
+        srcs = sources.catalog_source(corpus[len("tfds:") :], data_dir)
 
         def read(split):
             src = srcs[split]
-            return lambda: ((sources.record_text({"text": src[i]["sentence"]}), int(src[i]["label"]))
-                            for i in range(len(src)))
+            return lambda: (
+                (sources.record_text({"text": src[i]["sentence"]}), int(src[i]["label"]))
+                for i in range(len(src))
+            )
+
         return {"train": read("train"), "validation": read("validation")}, None
     raise ValueError(f"classification corpus {corpus!r}: use tfds:glue/sst2 or shakespeare_genre")
 
@@ -81,31 +84,55 @@ class Classification:
             def run():
                 for text, label in gens[split]():
                     ids = tok.encode(text, add_special_tokens=True)
-                    ids = ids[:T - 1] + [tok.sep_id] if len(ids) > T else ids
+                    ids = ids[: T - 1] + [tok.sep_id] if len(ids) > T else ids
                     n = len(ids)
-                    yield {"input_ids": np.asarray(ids + [tok.pad_id] * (T - n), np.int32),
-                           "input_mask": np.asarray([1] * n + [0] * (T - n), np.int32),
-                           "segment_ids": np.zeros(T, np.int32), "label": np.int32(label)}
+                    yield {
+                        "input_ids": np.asarray(ids + [tok.pad_id] * (T - n), np.int32),
+                        "input_mask": np.asarray([1] * n + [0] * (T - n), np.int32),
+                        "segment_ids": np.zeros(T, np.int32),
+                        "label": np.int32(label),
+                    }
+
             return run
 
-        spec = {"input_ids": ((T,), np.int32), "input_mask": ((T,), np.int32),
-                "segment_ids": ((T,), np.int32), "label": ((), np.int32)}
+        spec = {
+            "input_ids": ((T,), np.int32),
+            "input_mask": ((T,), np.int32),
+            "segment_ids": ((T,), np.int32),
+            "label": ((), np.int32),
+        }
         name = "cls_" + fingerprint([d.corpus, d.val_fraction, T, tok.vocab])
-        built = sources.prepare_examples(name, {s: encode(s) for s in ("train", "validation")}, spec,
-                                         d.data_dir or None)
+        built = sources.prepare_examples(
+            name, {s: encode(s) for s in ("train", "validation")}, spec, d.data_dir or None
+        )
         pi, pc = jax.process_index(), jax.process_count()
         accum = exp.optim.grad_accum
         train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc)
         val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(tok, train, val, {k: len(shape) + 1 for k, (shape, _) in spec.items()}, (T,), T, (T, 0),
-                        len(built["train"]) * T, len(built["validation"]) * T)
+        return TaskData(
+            tok,
+            train,
+            val,
+            {k: len(shape) + 1 for k, (shape, _) in spec.items()},
+            (T,),
+            T,
+            (T, 0),
+            len(built["train"]) * T,
+            len(built["validation"]) * T,
+        )
 
     def normalizers(self, batch):
         return {"examples": jnp.asarray(batch["label"].size, jnp.float32)}
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
-        out = apply_fn({"params": params}, batch["input_ids"], token_type_ids=batch["segment_ids"],
-                       attention_mask=batch["input_mask"], deterministic=deterministic, rngs={"dropout": rng})
+        out = apply_fn(
+            {"params": params},
+            batch["input_ids"],
+            token_type_ids=batch["segment_ids"],
+            attention_mask=batch["input_mask"],
+            deterministic=deterministic,
+            rngs={"dropout": rng},
+        )
         labels = batch["label"]
         nll, correct = class_cross_entropy(out.logits, labels)
         sums = {"loss": nll, "correct": correct, "examples": jnp.float32(labels.size)}
@@ -114,8 +141,13 @@ class Classification:
     def finalize(self, s):
         return {"loss": s["loss"] / s["examples"], "accuracy": s["correct"] / s["examples"]}
 
-    def random_examples(self, rng, model_config, n: int, seq_len: int, num_predictions: int = 0) -> dict:
+    def random_examples(
+        self, rng, model_config, n: int, seq_len: int, num_predictions: int = 0
+    ) -> dict:
         T = seq_len
-        return {"input_ids": rng.integers(0, model_config.vocab_size, (n, T), dtype=np.int32),
-                "input_mask": np.ones((n, T), np.int32), "segment_ids": np.zeros((n, T), np.int32),
-                "label": rng.integers(0, model_config.num_labels, (n,), dtype=np.int32)}
+        return {
+            "input_ids": rng.integers(0, model_config.vocab_size, (n, T), dtype=np.int32),
+            "input_mask": np.ones((n, T), np.int32),
+            "segment_ids": np.zeros((n, T), np.int32),
+            "label": rng.integers(0, model_config.num_labels, (n,), dtype=np.int32),
+        }

@@ -21,8 +21,14 @@ import numpy as np
 from jaxformers.data import sources
 from jaxformers.data.pipeline import ExampleBatches, fingerprint
 from jaxformers.objectives import mlm_nsp
-from jaxformers.tasks.base import (TaskData, check_seq_len, class_cross_entropy, source_texts,
-                                   token_cross_entropy, tokenizer_for)
+from jaxformers.tasks.base import (
+    TaskData,
+    check_seq_len,
+    class_cross_entropy,
+    source_texts,
+    token_cross_entropy,
+    tokenizer_for,
+)
 
 
 def documents(source, tok) -> list[list[list[str]]]:
@@ -56,11 +62,17 @@ class MLMNSP:
 
     def __post_init__(self):
         if self.max_predictions_per_seq < 1:
-            raise ValueError(f"task.max_predictions_per_seq={self.max_predictions_per_seq} must be at least 1")
+            raise ValueError(
+                f"task.max_predictions_per_seq={self.max_predictions_per_seq} must be at least 1"
+            )
         if not 0.0 < self.masked_lm_prob < 1.0:
-            raise ValueError(f"task.masked_lm_prob={self.masked_lm_prob} must lie in (0, 1); BERT uses 0.15")
+            raise ValueError(
+                f"task.masked_lm_prob={self.masked_lm_prob} must lie in (0, 1); BERT uses 0.15"
+            )
         if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError(f"task.short_seq_prob={self.short_seq_prob} must lie in [0, 1]; BERT uses 0.1")
+            raise ValueError(
+                f"task.short_seq_prob={self.short_seq_prob} must lie in [0, 1]; BERT uses 0.1"
+            )
         if self.dupe_factor < 1:
             raise ValueError(f"task.dupe_factor={self.dupe_factor} must be at least 1")
 
@@ -70,67 +82,139 @@ class MLMNSP:
         srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
         tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
         P, T = self.max_predictions_per_seq, d.seq_len
-        spec = {"input_ids": ((T,), np.int32), "input_mask": ((T,), np.int32), "segment_ids": ((T,), np.int32),
-                "masked_lm_positions": ((P,), np.int32), "masked_lm_ids": ((P,), np.int32),
-                "masked_lm_weights": ((P,), np.float32), "next_sentence_labels": ((), np.int32)}
-        args = dict(max_seq_length=T, max_predictions_per_seq=P, masked_lm_prob=self.masked_lm_prob,
-                    short_seq_prob=self.short_seq_prob, do_whole_word_mask=self.whole_word_mask)
-        name = "bert_" + fingerprint([d.corpus, d.val_fraction, args, self.dupe_factor, d.seed, tok.vocab,
-                                      len(srcs["train"]), len(srcs["validation"])])
+        spec = {
+            "input_ids": ((T,), np.int32),
+            "input_mask": ((T,), np.int32),
+            "segment_ids": ((T,), np.int32),
+            "masked_lm_positions": ((P,), np.int32),
+            "masked_lm_ids": ((P,), np.int32),
+            "masked_lm_weights": ((P,), np.float32),
+            "next_sentence_labels": ((), np.int32),
+        }
+        args = dict(
+            max_seq_length=T,
+            max_predictions_per_seq=P,
+            masked_lm_prob=self.masked_lm_prob,
+            short_seq_prob=self.short_seq_prob,
+            do_whole_word_mask=self.whole_word_mask,
+        )
+        name = "bert_" + fingerprint(
+            [
+                d.corpus,
+                d.val_fraction,
+                args,
+                self.dupe_factor,
+                d.seed,
+                tok.vocab,
+                len(srcs["train"]),
+                len(srcs["validation"]),
+            ]
+        )
 
         def gen(split, dupe, seed):
             def run():
                 docs = documents(srcs[split], tok)
-                yield from mlm_nsp.create_instances(docs, tok.vocab, dupe_factor=dupe, seed=seed, **args)
+                yield from mlm_nsp.create_instances(
+                    docs, tok.vocab, dupe_factor=dupe, seed=seed, **args
+                )
+
             return run
 
         built = sources.prepare_examples(
-            name, {"train": gen("train", 1 if self.dynamic_masking else self.dupe_factor, d.seed),
-                   "validation": gen("validation", 1, d.seed + 1)}, spec, d.data_dir or None)
+            name,
+            {
+                "train": gen("train", 1 if self.dynamic_masking else self.dupe_factor, d.seed),
+                "validation": gen("validation", 1, d.seed + 1),
+            },
+            spec,
+            d.data_dir or None,
+        )
         transform = None
         if self.dynamic_masking:
             vocab = mlm_nsp.MaskingVocab.from_tokens(tok.vocab)
 
             def transform(ex, index):
                 rng = np.random.default_rng([d.seed, index])
-                out = mlm_nsp.dynamic_mask(dict(ex), vocab, rng, max_predictions_per_seq=P,
-                                           masked_lm_prob=self.masked_lm_prob, do_whole_word_mask=self.whole_word_mask)
+                out = mlm_nsp.dynamic_mask(
+                    dict(ex),
+                    vocab,
+                    rng,
+                    max_predictions_per_seq=P,
+                    masked_lm_prob=self.masked_lm_prob,
+                    do_whole_word_mask=self.whole_word_mask,
+                )
                 return {**ex, **out}
 
         pi, pc = jax.process_index(), jax.process_count()
         accum = exp.optim.grad_accum
         train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc, transform)
         val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(tok, train, val, {k: len(shape) + 1 for k, (shape, _) in spec.items()}, (T,), T, (T, P),
-                        len(built["train"]) * T, len(built["validation"]) * T)
+        return TaskData(
+            tok,
+            train,
+            val,
+            {k: len(shape) + 1 for k, (shape, _) in spec.items()},
+            (T,),
+            T,
+            (T, P),
+            len(built["train"]) * T,
+            len(built["validation"]) * T,
+        )
 
     def normalizers(self, batch):
-        return {"mlm": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),
-                "nsp": jnp.asarray(batch["next_sentence_labels"].size, jnp.float32)}
+        return {
+            "mlm": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),
+            "nsp": jnp.asarray(batch["next_sentence_labels"].size, jnp.float32),
+        }
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
-        out = apply_fn({"params": params}, batch["input_ids"], token_type_ids=batch["segment_ids"],
-                       attention_mask=batch["input_mask"], masked_lm_positions=batch["masked_lm_positions"],
-                       deterministic=deterministic, rngs={"dropout": rng})
+        out = apply_fn(
+            {"params": params},
+            batch["input_ids"],
+            token_type_ids=batch["segment_ids"],
+            attention_mask=batch["input_mask"],
+            masked_lm_positions=batch["masked_lm_positions"],
+            deterministic=deterministic,
+            rngs={"dropout": rng},
+        )
         w = batch["masked_lm_weights"].astype(jnp.float32)
         mlm_nll, mlm_correct = token_cross_entropy(out.mlm_logits, batch["masked_lm_ids"], w)
         labels = batch["next_sentence_labels"]
         nsp_nll, nsp_correct = class_cross_entropy(out.nsp_logits, labels)
-        sums = {"mlm_loss": mlm_nll, "mlm_correct": mlm_correct, "mlm_weight": jnp.sum(w),
-                "nsp_loss": nsp_nll, "nsp_correct": nsp_correct, "nsp_count": jnp.float32(labels.size)}
+        sums = {
+            "mlm_loss": mlm_nll,
+            "mlm_correct": mlm_correct,
+            "mlm_weight": jnp.sum(w),
+            "nsp_loss": nsp_nll,
+            "nsp_correct": nsp_correct,
+            "nsp_count": jnp.float32(labels.size),
+        }
         return mlm_nll / norms["mlm"] + nsp_nll / norms["nsp"], sums
 
     def finalize(self, s):
         mlm_w = jnp.maximum(s["mlm_weight"], 1.0)
         mlm, nsp = s["mlm_loss"] / mlm_w, s["nsp_loss"] / s["nsp_count"]
-        return {"loss": mlm + nsp, "mlm_loss": mlm, "mlm_accuracy": s["mlm_correct"] / mlm_w,
-                "nsp_loss": nsp, "nsp_accuracy": s["nsp_correct"] / s["nsp_count"]}
+        return {
+            "loss": mlm + nsp,
+            "mlm_loss": mlm,
+            "mlm_accuracy": s["mlm_correct"] / mlm_w,
+            "nsp_loss": nsp,
+            "nsp_accuracy": s["nsp_correct"] / s["nsp_count"],
+        }
 
-    def random_examples(self, rng, model_config, n: int, seq_len: int, num_predictions: int) -> dict:
+    def random_examples(
+        self, rng, model_config, n: int, seq_len: int, num_predictions: int
+    ) -> dict:
         V, T, P = model_config.vocab_size, seq_len, num_predictions
-        pos = np.sort(np.stack([rng.choice(np.arange(1, T - 1), P, replace=False) for _ in range(n)]), -1)
-        return {"input_ids": rng.integers(0, V, (n, T), dtype=np.int32), "input_mask": np.ones((n, T), np.int32),
-                "segment_ids": np.zeros((n, T), np.int32), "masked_lm_positions": pos.astype(np.int32),
-                "masked_lm_ids": rng.integers(0, V, (n, P), dtype=np.int32),
-                "masked_lm_weights": np.ones((n, P), np.float32),
-                "next_sentence_labels": rng.integers(0, 2, (n,), dtype=np.int32)}
+        pos = np.sort(
+            np.stack([rng.choice(np.arange(1, T - 1), P, replace=False) for _ in range(n)]), -1
+        )
+        return {
+            "input_ids": rng.integers(0, V, (n, T), dtype=np.int32),
+            "input_mask": np.ones((n, T), np.int32),
+            "segment_ids": np.zeros((n, T), np.int32),
+            "masked_lm_positions": pos.astype(np.int32),
+            "masked_lm_ids": rng.integers(0, V, (n, P), dtype=np.int32),
+            "masked_lm_weights": np.ones((n, P), np.float32),
+            "next_sentence_labels": rng.integers(0, 2, (n,), dtype=np.int32),
+        }

@@ -23,8 +23,14 @@ from jaxformers.data.pipeline import ExampleBatches, fingerprint
 from jaxformers.objectives import span_corruption
 from jaxformers.tasks.base import TaskData, log_normalizer, source_texts, tokenizer_for
 
-KEYS = ("encoder_input_tokens", "encoder_segment_ids", "decoder_target_tokens", "decoder_input_tokens",
-        "decoder_segment_ids", "decoder_loss_weights")
+KEYS = (
+    "encoder_input_tokens",
+    "encoder_segment_ids",
+    "decoder_target_tokens",
+    "decoder_input_tokens",
+    "decoder_segment_ids",
+    "decoder_loss_weights",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +56,17 @@ class SpanCorruption:
 
     def __post_init__(self):
         if not 0.0 < self.noise_density < 1.0:
-            raise ValueError(f"task.noise_density={self.noise_density} must lie in (0, 1); T5 uses 0.15")
+            raise ValueError(
+                f"task.noise_density={self.noise_density} must lie in (0, 1); T5 uses 0.15"
+            )
         if self.mean_noise_span_length < 1.0:
-            raise ValueError(f"task.mean_noise_span_length={self.mean_noise_span_length} must be >= 1; T5 uses 3")
+            raise ValueError(
+                f"task.mean_noise_span_length={self.mean_noise_span_length} must be >= 1; T5 uses 3"
+            )
         if self.targets_length < 0:
-            raise ValueError(f"task.targets_length={self.targets_length} must be >= 0 (0: T5's helper decides)")
+            raise ValueError(
+                f"task.targets_length={self.targets_length} must be >= 0 (0: T5's helper decides)"
+            )
         if self.z_loss < 0:
             raise ValueError(f"task.z_loss={self.z_loss} must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -65,51 +77,100 @@ class SpanCorruption:
         srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
         tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
         T = d.seq_len
-        _, helper_targets = span_corruption.random_spans_helper(T, self.noise_density, self.mean_noise_span_length)
+        _, helper_targets = span_corruption.random_spans_helper(
+            T, self.noise_density, self.mean_noise_span_length
+        )
         S = self.targets_length or helper_targets
         limit = exp.model.n_positions
         if max(T, S) > limit:
-            raise ValueError(f"data.seq_len={T} / targets length {S} exceed the model's n_positions={limit}; "
-                             "lower data.seq_len or raise model.n_positions")
-        spec = {k: ((S if k.startswith("decoder") else T,), np.float32 if k == "decoder_loss_weights" else np.int32)
-                for k in KEYS}
+            raise ValueError(
+                f"data.seq_len={T} / targets length {S} exceed the model's n_positions={limit}; "
+                "lower data.seq_len or raise model.n_positions"
+            )
+        spec = {
+            k: (
+                (S if k.startswith("decoder") else T,),
+                np.float32 if k == "decoder_loss_weights" else np.int32,
+            )
+            for k in KEYS
+        }
         with open(os.path.join(workdir, "tokenizer", "spiece.model"), "rb") as f:
             sp_bytes = f.read()
-        name = "t5_" + fingerprint([d.corpus, d.val_fraction, T, S, self.noise_density, self.mean_noise_span_length,
-                                    d.seed, sp_bytes.hex()[:20000], len(srcs["train"]), len(srcs["validation"]),
-                                    KEYS])
+        name = "t5_" + fingerprint(
+            [
+                d.corpus,
+                d.val_fraction,
+                T,
+                S,
+                self.noise_density,
+                self.mean_noise_span_length,
+                d.seed,
+                sp_bytes.hex()[:20000],
+                len(srcs["train"]),
+                len(srcs["validation"]),
+                KEYS,
+            ]
+        )
 
         def gen(split, seed):
             def run():
                 src = srcs[split]
                 docs = [tok.encode(sources.record_text(src[i])) for i in range(len(src))]
                 rows = span_corruption.corrupt_and_pack(
-                    docs, tok.vocab_size, inputs_length=T, targets_length=S, seed=seed,
-                    noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length,
-                    eos_id=tok.eos_id, pad_id=tok.pad_id)
+                    docs,
+                    tok.vocab_size,
+                    inputs_length=T,
+                    targets_length=S,
+                    seed=seed,
+                    noise_density=self.noise_density,
+                    mean_noise_span_length=self.mean_noise_span_length,
+                    eos_id=tok.eos_id,
+                    pad_id=tok.pad_id,
+                )
                 for r in range(len(rows["encoder_input_tokens"])):
                     yield {k: rows[k][r] for k in KEYS}
+
             return run
 
-        built = sources.prepare_examples(name, {"train": gen("train", d.seed), "validation": gen("validation", d.seed + 1)},
-                                         spec, d.data_dir or None)
+        built = sources.prepare_examples(
+            name,
+            {"train": gen("train", d.seed), "validation": gen("validation", d.seed + 1)},
+            spec,
+            d.data_dir or None,
+        )
         pi, pc = jax.process_index(), jax.process_count()
         accum = exp.optim.grad_accum
         train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc)
         val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(tok, train, val, {k: 2 for k in KEYS}, (T, S), T + S, (T, S),
-                        len(built["train"]) * T, len(built["validation"]) * T)
+        return TaskData(
+            tok,
+            train,
+            val,
+            {k: 2 for k in KEYS},
+            (T, S),
+            T + S,
+            (T, S),
+            len(built["train"]) * T,
+            len(built["validation"]) * T,
+        )
 
     def normalizers(self, batch):
         return {"tokens": jnp.maximum(jnp.sum(batch["decoder_loss_weights"]), 1.0)}
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
         logits = apply_fn(
-            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-            encoder_segment_ids=batch["encoder_segment_ids"], decoder_segment_ids=batch["decoder_segment_ids"],
-            deterministic=deterministic, rngs={"dropout": rng},
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            encoder_segment_ids=batch["encoder_segment_ids"],
+            decoder_segment_ids=batch["decoder_segment_ids"],
+            deterministic=deterministic,
+            rngs={"dropout": rng},
         ).astype(jnp.float32)
-        targets, w = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
+        targets, w = (
+            batch["decoder_target_tokens"],
+            batch["decoder_loss_weights"].astype(jnp.float32),
+        )
         V = logits.shape[-1]
         logz, target_logit, correct = log_normalizer(logits, targets)
         logp_target = target_logit - logz
@@ -123,20 +184,29 @@ class SpanCorruption:
         else:
             train_nll = nll
         loss_tokens = train_nll + self.z_loss * jnp.square(logz)
-        sums = {"loss": jnp.sum(nll * w), "correct": jnp.sum(correct * w), "tokens": jnp.sum(w),
-                "z_loss": jnp.sum(jnp.square(logz) * w)}
+        sums = {
+            "loss": jnp.sum(nll * w),
+            "correct": jnp.sum(correct * w),
+            "tokens": jnp.sum(w),
+            "z_loss": jnp.sum(jnp.square(logz) * w),
+        }
         return jnp.sum(loss_tokens * w) / norms["tokens"], sums
 
     def finalize(self, s):
         n = jnp.maximum(s["tokens"], 1.0)
         return {"loss": s["loss"] / n, "accuracy": s["correct"] / n, "log_z_sq": s["z_loss"] / n}
 
-    def random_examples(self, rng, model_config, n: int, inputs_length: int, targets_length: int) -> dict:
+    def random_examples(
+        self, rng, model_config, n: int, inputs_length: int, targets_length: int
+    ) -> dict:
         V, T, S = model_config.vocab_size, inputs_length, targets_length
         tgt = rng.integers(2, V, (n, S), dtype=np.int32)
         start = np.full((n, 1), model_config.decoder_start_token_id, np.int32)
-        return {"encoder_input_tokens": rng.integers(2, V, (n, T), dtype=np.int32),
-                "encoder_segment_ids": np.ones((n, T), np.int32),
-                "decoder_input_tokens": np.concatenate([start, tgt[:, :-1]], -1),
-                "decoder_target_tokens": tgt, "decoder_segment_ids": np.ones((n, S), np.int32),
-                "decoder_loss_weights": np.ones((n, S), np.float32)}
+        return {
+            "encoder_input_tokens": rng.integers(2, V, (n, T), dtype=np.int32),
+            "encoder_segment_ids": np.ones((n, T), np.int32),
+            "decoder_input_tokens": np.concatenate([start, tgt[:, :-1]], -1),
+            "decoder_target_tokens": tgt,
+            "decoder_segment_ids": np.ones((n, S), np.int32),
+            "decoder_loss_weights": np.ones((n, S), np.float32),
+        }
