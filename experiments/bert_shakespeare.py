@@ -9,9 +9,9 @@ the corpus, sentence pairs with 50% random B (a B from another play), 15% maskin
 factor 20. Sized for 2 CPU cores: BERT-tiny (2 layers, 128 wide), 64-token pairs (at most 10
 predictions) in batches of 128, 8,000 steps.
 
-Measured (2026-11-26, 2-core CPU): 0.98M params, 27,866,368 train tokens (435,412 pairs, 2.35 epochs),
-67.0 min wall of which 15 min shared the CPU with a test run (about 55 min idle, 2.5 steps/s),
-16,618 tokens/s on average, 1.5 GB peak RSS. Held-out eval (2,048 pairs):
+Measured (2026-11-26, 2-core CPU): 0.98M params, 27,866,368 train tokens (435,412 pairs, 2.35
+epochs), 67.0 min wall of which 15 min shared the CPU with a test run (about 55 min idle, 2.5
+steps/s), 16,618 tokens/s on average, 1.5 GB peak RSS. Held-out eval (2,048 pairs):
   step                1000   2000   3000   4000   5000   6000   7000   8000
   MLM accuracy %      23.9   30.6   33.8   34.9   35.8   36.4   37.2   37.1   (chance 1/4096)
   NSP loss           0.665  0.667  0.666  0.609  0.591  0.592  0.575  0.568  (class prior 0.6815)

@@ -6,8 +6,8 @@ Launch:
 
 Data as the T5 paper / seqio define it: a SentencePiece unigram vocabulary trained on the corpus
 with 100 sentinels on top, 15% noise in spans of mean length 3, 128 encoder tokens (141 raw tokens
-per chunk) and 29 target tokens, packed rows. T5.1.1-style model (gated GELU, untied head), Adafactor
-with T5's constant-then-inverse-square-root schedule. Sized for: 2 CPU cores, minutes.
+per chunk) and 29 target tokens, packed rows. T5.1.1-style model (gated GELU, untied head),
+Adafactor with T5's constant-then-inverse-square-root schedule. Sized for: 2 CPU cores, minutes.
 Measured (2026-11-26, 2-core CPU shared with other jobs: 12.3 min wall, 2,258 tokens/s): 3.89M
 params, 1,375,872 train tokens. Held-out denoising loss at steps 100/200/300: 7.14 / 5.47 / 5.04
 nats per target token, target-token accuracy 14.7% / 20.5% / 26.5%. The first train steps start

@@ -1,17 +1,17 @@
 """T5.1.1-small span-corruption pretraining on C4 (English) as the T5 paper / t5x do it; a TPU VM.
 
-Launch:
+Launch (data.tokenizer: T5's SentencePiece model, 32,000 + 100 sentinels):
     jaxformers train experiments/t5_small_c4.py --workdir gs://bucket/t5_small_c4 \
-        --set data.tokenizer=/path/to/t5_spiece.model     # T5's SentencePiece model (32,000 + 100 sentinels)
+        --set data.tokenizer=/path/to/t5_spiece.model
 
 Recipe (Raffel et al. 2020; t5x's t5_1_1 small pretraining gin): TFDS ``c4/en`` prepared beforehand
 (``pip install 'jaxformers[tf]'`` and ``tfds build c4/en --file_format=array_record``; about 800 GB
 of downloads and Beam), span corruption with 15% noise and mean span 3, 512 encoder tokens (568 raw
 tokens per chunk) and 114 target tokens, packed; batch 128 sequences; Adafactor, lr 1e-2 constant
 for 10,000 steps then inverse square root; no dropout in pretraining (T5.1.1); z-loss 1e-4; 524,288
-steps (2^19, the paper's pretraining length). Sized for TPU v4-8 / v5e-8 (bf16 compute). No figure is
-claimed: not run on this project's 2-core CPU. The tiny variant runs the same path on the embedded
-corpus.
+steps (2^19, the paper's pretraining length). Sized for TPU v4-8 / v5e-8 (bf16 compute).
+No figure is claimed: not run on this project's 2-core CPU. The tiny variant runs the same path on
+the embedded corpus.
 """
 
 import dataclasses

@@ -77,7 +77,8 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int) -> None:
-        """Moves a damaged step out of the way (kept for inspection), so training can write it again."""
+        """Moves a damaged step out of the way (kept for inspection), so training can write it
+        again."""
         if jax.process_index() == 0:
             aside = self.directory + "_damaged"
             os.makedirs(aside, exist_ok=True)
@@ -114,7 +115,8 @@ def export_params(params: Any, directory: str) -> str:
 
 
 def load_params(directory: str, abstract: Any | None = None) -> Any:
-    """Reads params written by ``export_params`` (onto one device unless ``abstract`` says otherwise)."""
+    """Reads params written by ``export_params`` (onto one device unless ``abstract`` says
+    otherwise)."""
     path = os.path.abspath(directory)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no exported params at {path}; train first (jaxformers train ...)")

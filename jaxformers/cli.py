@@ -41,7 +41,8 @@ def _train(args) -> int:
     ev = result.eval_metrics
     print(
         f"done: step {result.final_step}, {result.wall_seconds:.0f} s in all (setup included: "
-        f"{time.time() - t:.0f} s), {result.tokens_per_second:,.0f} tokens/s, MFU {result.mfu:.1%}, "
+        f"{time.time() - t:.0f} s), {result.tokens_per_second:,.0f} tokens/s, "
+        f"MFU {result.mfu:.1%}, "
         f"compile {result.compile_seconds:.1f} s",
         flush=True,
     )
@@ -66,7 +67,8 @@ def _train(args) -> int:
                     seed=0,
                 )
                 print(f"\n--- sample ({prompt!r}) ---\n{text}")
-    # Every process leaves together: none may reach the runtime's shutdown while another still works.
+    # Every process leaves together: none may reach the runtime's shutdown while another still
+    # works.
     launch.barrier("jaxformers-train-done")
     return 0
 
@@ -100,7 +102,8 @@ def _sample(args) -> int:
 
 
 def _convert(args) -> int:
-    """Hugging Face dir <-> jaxformers export (workdir with model.json + orbax params + tokenizer)."""
+    """Hugging Face dir <-> jaxformers export (workdir with model.json + orbax params +
+    tokenizer)."""
     if bool(args.from_hf) == bool(args.to_hf):
         raise ValueError("give exactly one of --from-hf DIR (import) or --to-hf DIR (export)")
     if args.from_hf:
@@ -198,5 +201,6 @@ def _quiet_logs() -> None:
 
 
 def run_experiment_file(path: str) -> None:
-    """``python experiments/x.py --workdir DIR [--variant V] [--set k=v]``: the same as ``jaxformers train``."""
+    """``python experiments/x.py --workdir DIR [--variant V] [--set k=v]``: the same as
+    ``jaxformers train``."""
     sys.exit(main(["train", path, *sys.argv[1:]]))

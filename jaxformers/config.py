@@ -223,7 +223,8 @@ class Experiment:
         ""  # fine-tuning: a Hugging Face dir or a training workdir whose params seed a fresh run
     )
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the table in perf.py (measured on CPU)
-    nan_policy: str = "stop"  # a NaN/inf loss or gradient: "stop" (with the last good checkpoint) or "skip" the update
+    # a NaN/inf loss or gradient: "stop" (with the last good checkpoint) or "skip" the update
+    nan_policy: str = "stop"
     progress: bool = True
 
     def __post_init__(self):
@@ -317,7 +318,8 @@ def _coerce(value: str, current: Any, key: str) -> Any:
             parsed = tuple(parsed)
         if current is not None and not isinstance(parsed, type(current)):
             raise ValueError(
-                f"--set {key}={value}: expected a {type(current).__name__}, got {type(parsed).__name__}"
+                f"--set {key}={value}: expected a {type(current).__name__}, "
+                f"got {type(parsed).__name__}"
             )
         return parsed
     return value

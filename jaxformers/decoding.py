@@ -61,7 +61,8 @@ def process_logits(
         kth = jnp.take(sorted_desc, k - 1, axis=-1)[..., None]
         logits = jnp.where(logits < kth, NEG_INF, logits)
     if top_p is not None:
-        # Keep the smallest set of most likely tokens whose probability reaches top_p (at least one).
+        # Keep the smallest set of most likely tokens whose probability reaches top_p (at least
+        # one).
         top_p = jnp.asarray(top_p, jnp.float32)
         sorted_logits = jnp.sort(logits, axis=-1)  # ascending, as transformers
         cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
@@ -157,8 +158,8 @@ def generate(
         are sums of log-probabilities; a finished hypothesis scores ``sum_logprobs / (generated
         length ** length_penalty)``; ``early_stopping`` True | False | "never". ``num_beams=1`` is
         greedy, as transformers.
-      eos_token_id: None generates exactly ``max_new_tokens``; else a sequence stops at EOS and every
-        later position holds ``pad_token_id``.
+      eos_token_id: None generates exactly ``max_new_tokens``; else a sequence stops at EOS and
+        every later position holds ``pad_token_id``.
       pad_token_id: GPT-2 default: ``eos_token_id`` (or 0); T5 default: ``config.pad_token_id``.
       attention_mask: [B, T] 1 = token, 0 = padding.
       rng: PRNG key for sampling (default PRNGKey(0)); step i draws with ``fold_in(rng, i)``.
@@ -206,8 +207,9 @@ def generate(
             )
         if T + max_new_tokens > c.n_positions:
             raise ValueError(
-                f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the model's n_positions="
-                f"{c.n_positions}; lower max_new_tokens to {c.n_positions - T} or shorten the prompt"
+                f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the model's "
+                f"n_positions={c.n_positions}; lower max_new_tokens to {c.n_positions - T} "
+                "or shorten the prompt"
             )
         # The cache holds Tb + max_new_tokens - 1 slots and may not outgrow n_positions.
         Tb = min(Tb, c.n_positions - max_new_tokens + 1)
@@ -228,7 +230,8 @@ def generate(
             )
         Tb = min(Tb, c.n_positions)
         pad = c.pad_token_id if pad_token_id is None else pad_token_id
-        # Right-pad the encoder input: masked keys change nothing (relative positions, no absolute ones).
+        # Right-pad the encoder input: masked keys change nothing (relative positions, no absolute
+        # ones).
         ids = np.concatenate([input_ids.astype(np.int32), np.zeros((B, Tb - T), np.int32)], axis=1)
         mask = np.concatenate([mask, np.zeros((B, Tb - T), np.int32)], axis=1)
     if early_stopping != "never":

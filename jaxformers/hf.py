@@ -156,7 +156,8 @@ def params_to_hf(params: Any, config: Any) -> dict[str, np.ndarray]:
         used.add(layers.layer_path(w.path, config.scan_layers)[0])
     if _paths(params) - used:
         raise ValueError(
-            f"{fam.name}'s hf_weights names no HF tensor for params {sorted(_paths(params) - used)}: "
+            f"{fam.name}'s hf_weights names no HF tensor for params "
+            f"{sorted(_paths(params) - used)}: "
             "they would not be saved"
         )
     return out

@@ -36,7 +36,8 @@ PEAK_TFLOPS = {
 
 @functools.lru_cache(maxsize=8)
 def measure_matmul_tflops(dtype=jnp.float32, n: int = 2048, reps: int = 5) -> float:
-    """Best-of-``reps`` TFLOP/s of an n^3 matmul on the default device (measured once per process)."""
+    """Best-of-``reps`` TFLOP/s of an n^3 matmul on the default device (measured once per
+    process)."""
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
     return 2 * n**3 / _best_seconds(f, (a, a), reps) / 1e12
@@ -72,7 +73,8 @@ def peak_tflops(override: float = 0.0, dtype: str = "float32") -> tuple[float, s
     if jax.devices()[0].platform == "cpu":
         return measure_matmul_tflops(jnp.dtype(dtype)), f"measured ({dtype} 2048^3 matmul)"
     raise ValueError(
-        f"no peak FLOP/s known for device kind {kind!r}; pass it with --set peak_tflops=<TFLOP/s per device>"
+        f"no peak FLOP/s known for device kind {kind!r}; "
+        "pass it with --set peak_tflops=<TFLOP/s per device>"
     )
 
 

@@ -15,7 +15,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def accuracy_keys(recs: list[dict]) -> list[str]:
-    """The accuracy metrics a run logged (accuracy, mlm_accuracy, nsp_accuracy ...), in first-seen order."""
+    """The accuracy metrics a run logged (accuracy, mlm_accuracy, nsp_accuracy ...), in first-seen
+    order."""
     keys = []
     for r in recs:
         keys += [k for k in r if k.endswith("accuracy") and k not in keys]
@@ -23,7 +24,8 @@ def accuracy_keys(recs: list[dict]) -> list[str]:
 
 
 def plot_workdir(workdir: str, out: str | None = None) -> str:
-    """Plots train and eval loss against step, and beside it every logged accuracy; returns the PNG's path."""
+    """Plots train and eval loss against step, and beside it every logged accuracy; returns the
+    PNG's path."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -143,7 +143,8 @@ def like_params(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any
 
 
 def batch_sharding(mesh: Mesh, ndim: int, leading: int = 0) -> NamedSharding:
-    """Batch dim sharded over (data, fsdp); ``leading`` unsharded dims before it (grad accumulation)."""
+    """Batch dim sharded over (data, fsdp); ``leading`` unsharded dims before it (grad
+    accumulation)."""
     return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - leading - 1))))
 
 

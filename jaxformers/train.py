@@ -54,7 +54,8 @@ class TrainState(struct.PyTreeNode):
 
 
 def make_schedule(o, total_steps: int) -> Callable:
-    """Linear warmup then the decay; "rsqrt" is T5's: constant lr for warmup, then lr*sqrt(warmup/step)."""
+    """Linear warmup then the decay; "rsqrt" is T5's: constant lr for warmup, then
+    lr*sqrt(warmup/step)."""
     warm = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
     if o.schedule == "rsqrt":
         warm = optax.constant_schedule(o.lr)
@@ -194,10 +195,12 @@ def create_train_state(
     skip_nonfinite: bool = False,
 ) -> ShardedState:
     """Abstract-first state construction: ``jax.eval_shape(init)`` -> logical partition specs ->
-    ``NamedSharding``s -> ``jax.jit(init, out_shardings=...)``. Nothing full-size is built on one device.
+    ``NamedSharding``s -> ``jax.jit(init, out_shardings=...)``. Nothing full-size is built on one
+    device.
 
     Args:
-      model: the flax module; ``model.init`` receives ``example_inputs`` (e.g. ``[1, T]`` int zeros).
+      model: the flax module; ``model.init`` receives ``example_inputs`` (e.g. ``[1, T]`` int
+        zeros).
       example_inputs: the positional inputs of ``model.init``.
       tx: the optimizer; its state is sharded like the params it belongs to.
       mesh: the device mesh; ``rules`` map logical axis names onto its axes.
@@ -249,7 +252,8 @@ def _no_schedule(step):
 
 
 class WorkdirLock:
-    """One run per workdir: an exclusive flock on ``workdir/.lock`` (released if the process dies)."""
+    """One run per workdir: an exclusive flock on ``workdir/.lock`` (released if the process
+    dies)."""
 
     def __init__(self, workdir: str):
         # One lock file per process: the hosts of one multi-host run share the workdir.
@@ -263,7 +267,8 @@ class WorkdirLock:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RuntimeError(
-                f"{os.path.dirname(self.path)} is in use by another training run; wait for it or choose another --workdir"
+                f"{os.path.dirname(self.path)} is in use by another training run; "
+                "wait for it or choose another --workdir"
             ) from None
         self.f.write(str(os.getpid()))
         self.f.flush()
@@ -275,7 +280,8 @@ class WorkdirLock:
 
 
 class MetricWriter:
-    """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (tensorboardX, no TensorFlow)."""
+    """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (tensorboardX, no
+    TensorFlow)."""
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
@@ -315,7 +321,8 @@ def check_workdir(workdir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise RuntimeError(
-            f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir or free space"
+            f"workdir {workdir} is not writable ({e.strerror}); "
+            "choose another --workdir or free space"
         ) from e
 
 
@@ -336,14 +343,16 @@ class Trainer:
     """Builds everything an experiment needs on the mesh and runs the loop."""
 
     def __init__(self, exp: Experiment, workdir: str, data=None, devices=None):
-        """``data`` replaces the experiment's corpus (tests); ``devices`` a subset of jax.devices()."""
+        """``data`` replaces the experiment's corpus (tests); ``devices`` a subset of
+        jax.devices()."""
         self.exp, self.workdir = exp, os.path.abspath(workdir)
         check_workdir(self.workdir)
         self.mesh = sharding.make_mesh(exp.mesh.shape, devices)
         sharding.check_batch(exp.batch_size, self.mesh)
         if (exp.batch_size // exp.optim.grad_accum) % sharding.data_parallel_size(self.mesh):
             raise ValueError(
-                f"batch_size={exp.batch_size} / grad_accum={exp.optim.grad_accum} must be a multiple of the "
+                f"batch_size={exp.batch_size} / grad_accum={exp.optim.grad_accum} "
+                "must be a multiple of the "
                 f"{sharding.data_parallel_size(self.mesh)} data-parallel shards"
             )
         self.model = models.build_model(exp.model)
@@ -366,7 +375,8 @@ class Trainer:
         self.abstract_state, self.state_shardings = self.sharded.abstract, self.sharded.shardings
 
     def _build_data_in_turn(self):
-        """Process 0 prepares datasets, tokenizer and token files first; the others then read them."""
+        """Process 0 prepares datasets, tokenizer and token files first; the others then read
+        them."""
         if jax.process_index() == 0:
             data = self.exp.task.build_data(self.exp, self.workdir)
         launch.barrier("jaxformers-data-prepared")
@@ -398,7 +408,8 @@ class Trainer:
         return state, step
 
     def _pretrained_params(self, params):
-        """``exp.init_from``'s params merged into freshly initialised ones (heads it lacks stay fresh)."""
+        """``exp.init_from``'s params merged into freshly initialised ones (heads it lacks stay
+        fresh)."""
         _, loaded, _ = inference.load(self.exp.init_from)
         merged, fresh = merge_pretrained(
             jax.device_get(params),
@@ -406,7 +417,8 @@ class Trainer:
             base=models.of_config(self.exp.model).base,
         )
         print(
-            f"initialised from {self.exp.init_from}; freshly initialised: {', '.join(fresh) or 'nothing'}",
+            f"initialised from {self.exp.init_from}; "
+            f"freshly initialised: {', '.join(fresh) or 'nothing'}",
             flush=True,
         )
         return jax.device_put(merged, self.state_shardings.params)
@@ -562,8 +574,9 @@ class Trainer:
             good = ckpt.latest_step()
             where = f"step {good} in {self.workdir}/checkpoints" if good else "none yet"
             raise FloatingPointError(
-                f"loss is {loss} at step {step + 1}; the last good checkpoint: {where}. Lower optim.lr, raise "
-                "optim.warmup_steps or keep optim.clip_norm > 0; --set nan_policy=skip skips such updates instead"
+                f"loss is {loss} at step {step + 1}; the last good checkpoint: {where}. "
+                "Lower optim.lr, raise optim.warmup_steps or keep optim.clip_norm > 0; "
+                "--set nan_policy=skip skips such updates instead"
             )
         if (step + 1) % self.exp.log_every and step + 1 != end:
             return
@@ -606,7 +619,8 @@ def merge_pretrained(
             fresh += f
         elif np.shape(source[k]) != np.shape(v):
             raise ValueError(
-                f"pretrained {path} has shape {np.shape(source[k])}, the model wants {np.shape(v)}; "
+                f"pretrained {path} has shape {np.shape(source[k])}, "
+                f"the model wants {np.shape(v)}; "
                 "the model config must match the checkpoint's"
             )
         else:

@@ -39,7 +39,8 @@ def data_dir(tmp_path_factory):
 
 def _import_or_skip(name, attribute=None):
     """The module (after reading ``attribute``, which imports a lazy module's core), or the test is
-    skipped: missing, or installed but failing to import (e.g. transformers beside a broken torch)."""
+    skipped: missing, or installed but failing to import (e.g. transformers beside a broken
+    torch)."""
     try:
         module = importlib.import_module(name)
         if attribute:

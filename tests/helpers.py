@@ -33,7 +33,8 @@ def assert_close(a, b, rel=1e-5):
 def without_key_bias(params):
     """GPT-2 params with the key bias zeroed. Softmax ignores a bias added to every key, so its
     gradient is zero up to rounding, and Adam scales that rounding noise up to lr-sized steps: it
-    differs between any two summation orders (sharding, accumulation) and says nothing about them."""
+    differs between any two summation orders (sharding, accumulation) and says nothing about
+    them."""
     params = jax.tree.map(np.array, params)
     params["h_0"]["attn"]["qkv"]["bias"][1] = 0.0
     return params

@@ -247,7 +247,8 @@ def test_sharded_apply_and_dropout():
     params = random_params(model)
     mesh = sharding.make_mesh((2, 2, 2))
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        # Abstract-first, as train.py: logical specs -> shardings (a repeated mesh axis would fail here).
+        # Abstract-first, as train.py: logical specs -> shardings (a repeated mesh axis would fail
+        # here).
         specs = nn.get_partition_spec(
             jax.eval_shape(lambda r: model.init(r, ids)["params"], jax.random.key(0))
         )
@@ -418,7 +419,8 @@ def test_every_activation_runs(act):
 
 def test_pretraining_loss_and_gradients_match_transformers(hf_dirs, torch):
     """The training objective (MLM on gathered positions + NSP) against transformers' own
-    BertForPreTraining loss (labels=-100 off the masked positions) and every parameter's gradient."""
+    BertForPreTraining loss (labels=-100 off the masked positions) and every parameter's
+    gradient."""
     d, ref = hf_dirs["BertForPreTraining"]
     model, params = hf.from_pretrained(d)
     ids, tt, mask = inputs(5)

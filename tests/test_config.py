@@ -1,4 +1,5 @@
-"""Run settings are checked when the config is made: a bad value stops before any work, naming it."""
+"""Run settings are checked when the config is made: a bad value stops before any work, naming
+it."""
 
 import dataclasses
 import os

@@ -30,7 +30,10 @@ def records(source):
 
 
 DOCS = {
-    "a.txt": "First line of a.\nSecond line, with ünïcödé and 東京.\nThird.\nFourth line here.\nFifth and last line of a.\n",
+    "a.txt": (
+        "First line of a.\nSecond line, with ünïcödé and 東京.\nThird.\nFourth line here.\n"
+        "Fifth and last line of a.\n"
+    ),
     "b.txt": "".join(f"b line {i}: " + "word " * (i % 7) + "\n" for i in range(60)),
     "sub/c.txt": "one long line without any line break at all, " * 20,
     "d.md": "# Heading\n\nSome *markdown* text.\n" * 10,
@@ -118,13 +121,13 @@ MARKDOWN = """# Romeo and Juliet
 
 _Enter ROMEO_
 
-**ROMEO**  
-But, soft\\! what light through yonder window breaks?  
+**ROMEO**\x20\x20
+But, soft\\! what light through yonder window breaks?\x20\x20
 It is the east, and Juliet is the sun.
 
 
 
-**JULIET**  
+**JULIET**\x20\x20
 Ay me\\!
 
 _Exit_
@@ -431,7 +434,8 @@ def test_lm_data_without_validation_text(play_file, tmp_path, data_dir):
 
 
 def test_corpus_whose_held_out_parts_are_blank(tmp_path, data_dir):
-    """Every document's held-out tail is whitespace (so no validation record): a clear ValueError."""
+    """Every document's held-out tail is whitespace (so no validation record): a clear
+    ValueError."""
     p = tmp_path / "short.txt"
     p.write_text("a" * 50 + "\n" + "   \n")
     assert sources.split_document(p.read_text(), 0.1)[1].strip() == ""

@@ -18,7 +18,8 @@ from helpers import rel_err
 
 from jaxformers import decoding, hf, sharding
 
-# gpt2: vocabulary and heads even, widths divisible by 4: the sharding test splits them over the mesh.
+# gpt2: vocabulary and heads even, widths divisible by 4: the sharding test splits them over the
+# mesh.
 V_GPT2, P_GPT2, V_T5, P_T5 = 98, 40, 102, 40
 # gpt2_odd, gpt2_flat: odd sizes (97 tokens, 37 positions, width 60, 5 heads, 3 layers).
 V_ODD, P_ODD = 97, 37
@@ -74,7 +75,8 @@ def gpt2_odd(tmp_path_factory, torch, transformers):
 
 @pytest.fixture(scope="module")
 def gpt2_flat(tmp_path_factory, torch, transformers):
-    """Standard init (std 0.02), odd sizes: nearly uniform next-token distributions, for sampling."""
+    """Standard init (std 0.02), odd sizes: nearly uniform next-token distributions, for
+    sampling."""
     return saved_and_loaded(
         hf_gpt2(V_ODD, P_ODD, 60, 3, 5, init=0.02, seed=1), tmp_path_factory, "gpt2_flat"
     )
@@ -188,8 +190,8 @@ def hf_generate(m, ids, mask=None, **kw):
 def normalize(gen, max_new_tokens, eos, pad):
     """transformers' generated tokens -> our layout: [B, max_new_tokens], pad after the first EOS.
 
-    transformers stops when every row is done (shorter output) and fills finished beam hypotheses with
-    ``pad_token_id or eos_token_id`` (EOS when the pad id is 0)."""
+    transformers stops when every row is done (shorter output) and fills finished beam hypotheses
+    with ``pad_token_id or eos_token_id`` (EOS when the pad id is 0)."""
     out = np.full((gen.shape[0], max_new_tokens), pad, np.int64)
     out[:, : gen.shape[1]] = gen
     if eos is not None:
@@ -457,8 +459,8 @@ def test_t5_greedy_equals_transformers_and_cache_equals_recomputation(t5, varian
 
 @pytest.fixture(scope="module")
 def t5_eos(t5):
-    """variant -> an EOS id that its beam search emits (found on first use: a variant whose beam tests
-    are all deselected is not compiled)."""
+    """variant -> an EOS id that its beam search emits (found on first use: a variant whose beam
+    tests are all deselected is not compiled)."""
     out = {}
 
     def get(variant):
@@ -517,7 +519,7 @@ def test_t5_beam_search_equals_transformers(
         assert any(eos in r.tolist() for r in ours), "EOS never chosen"
 
 
-# ------------------------------------------------------------------------------------------ sampling
+# ----------------------------------------------------------------------------------------- sampling
 
 
 @pytest.mark.parametrize("family", [pytest.param("gpt2", marks=pytest.mark.slow), "t5"])
@@ -647,7 +649,7 @@ def test_process_logits_equals_transformers_warpers(torch, transformers, tempera
         assert ((~removed).sum(-1) <= top_k).all()
 
 
-# ------------------------------------------------------------------------------------------ compilation
+# -------------------------------------------------------------------------------------- compilation
 
 
 @pytest.fixture
@@ -699,7 +701,7 @@ def test_compiled_once_and_prompt_lengths_bucketed(gpt2, t5, traces):
         assert len(traces) == n + 1
 
 
-# ------------------------------------------------------------------------------------------ sharding
+# ----------------------------------------------------------------------------------------- sharding
 
 
 @pytest.mark.parametrize(

@@ -286,7 +286,8 @@ def test_bfloat16_compute_close_to_float32(hf_dir):
     l16 = apply_jit(m16)(p16, jnp.asarray(ids))
     assert l16.dtype == jnp.bfloat16
     err = rel_err(l16, l32)
-    # bf16 has an 8-bit mantissa: a few percent through 3 layers, and not zero (it really ran in bf16).
+    # bf16 has an 8-bit mantissa: a few percent through 3 layers, and not zero (it really ran in
+    # bf16).
     assert 1e-4 < err < 5e-2
     # Same argmax on almost every position.
     agree = np.mean(np.argmax(np.asarray(l16, np.float32), -1) == np.argmax(np.asarray(l32), -1))

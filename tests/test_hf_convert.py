@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
 from jaxformers import hf, models
 from jaxformers.models import bert, gpt2, t5
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
 
 BERT = {
     "vocab_size": 101,
@@ -87,7 +87,8 @@ def transformers_tensors(config):
     torch.manual_seed(0)
     model = cls(transformers.AutoConfig.for_model(kw.pop("model_type"), **kw))
     if isinstance(config, t5.T5Config) and not config.tie_word_embeddings:
-        # transformers 5 ties T5's head on init whatever the config says; v1.1 checkpoints hold their own.
+        # transformers 5 ties T5's head on init whatever the config says; v1.1 checkpoints hold
+        # their own.
         model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
     sd = model.state_dict()
     tied = model.get_expanded_tied_weights_keys(all_submodels=True)

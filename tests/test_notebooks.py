@@ -1,16 +1,16 @@
 """The Colab notebooks in colab/: each ``NAME.ipynb`` is paired with a jupytext source ``NAME.py``
-(py:percent) and committed clean and in step with it (fast), and every one of them runs headless, top
-to bottom, at its default (CPU-sized) parameters (slow).
+(py:percent) and committed clean and in step with it (fast), and every one of them runs headless,
+top to bottom, at its default (CPU-sized) parameters (slow).
 
 Every notebook opens with an "Open in Colab" badge, then the same set-up cell (which does something
-only on Colab), then ONE parameters cell (tagged ``parameters``) whose defaults run on a 2-core CPU in
-a minute or two; raise them on a Colab GPU/TPU. Edit the ``.py`` (or the notebook), then
+only on Colab), then ONE parameters cell (tagged ``parameters``) whose defaults run on a 2-core CPU
+in a minute or two; raise them on a Colab GPU/TPU. Edit the ``.py`` (or the notebook), then
 ``jupytext --sync colab/*.py``; the committed ``.ipynb`` carry no outputs and no execution counts.
 
-The slow test executes each notebook in a fresh ``python3`` kernel with nbclient, as a newcomer would
-run it on a laptop: one CPU device (the sharding notebook makes its own 8), the repository root as
-working directory (one notebook from colab/, to cover both), ``WORKDIR`` a temporary folder and the
-Hugging Face Hub off.
+The slow test executes each notebook in a fresh ``python3`` kernel with nbclient, as a newcomer
+would run it on a laptop: one CPU device (the sharding notebook makes its own 8), the repository
+root as working directory (one notebook from colab/, to cover both), ``WORKDIR`` a temporary folder
+and the Hugging Face Hub off.
 """
 
 import difflib
@@ -51,7 +51,8 @@ def cells(nb):
 
 
 def out_of_step(name, folder=COLAB):
-    """Where ``NAME.py`` and ``NAME.ipynb`` differ, read both with jupytext (empty list: in step)."""
+    """Where ``NAME.py`` and ``NAME.ipynb`` differ, read both with jupytext (empty list: in
+    step)."""
     py = jupytext.read(os.path.join(folder, f"{name}.py"), fmt="py:percent")
     ipynb = jupytext.read(os.path.join(folder, f"{name}.ipynb"))
     a, b = cells(py), cells(ipynb)
@@ -115,7 +116,8 @@ def test_out_of_step_catches_an_edited_source(tmp_path):
 
 
 def test_shared_cells_are_the_same_everywhere():
-    """The set-up cell (up to the extra packages it installs) and the paths cell are shared verbatim."""
+    """The set-up cell (up to the extra packages it installs) and the paths cell are shared
+    verbatim."""
     setups, paths = {}, {}
     for name, path in zip(NAMES, NOTEBOOKS):
         nb = read(path)
@@ -210,7 +212,8 @@ def kernel_env(monkeypatch, workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name, tmp_path, monkeypatch, data_dir):
-    """Runs the notebook top to bottom (``data_dir``: the corpus is prepared once per test worker)."""
+    """Runs the notebook top to bottom (``data_dir``: the corpus is prepared once per test
+    worker)."""
     nbclient = pytest.importorskip("nbclient")
     kernel_env(monkeypatch, tmp_path / "workdir")
     nb = read(os.path.join(COLAB, f"{name}.ipynb"))

@@ -1,4 +1,5 @@
-"""MFU arithmetic, the CPU yardsticks the benchmarks divide by, and the NSP baselines' arithmetic."""
+"""MFU arithmetic, the CPU yardsticks the benchmarks divide by, and the NSP baselines'
+arithmetic."""
 
 import pytest
 

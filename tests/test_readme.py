@@ -132,7 +132,8 @@ def model_dirs(tmp_path_factory):
         if name not in PLACEHOLDERS:
             pytest.fail(
                 f"README.md uses the placeholder path/to/{name}; known ones: "
-                f"{', '.join('path/to/' + k for k in PLACEHOLDERS)} (or add a builder to tests/test_readme.py)"
+                f"{', '.join('path/to/' + k for k in PLACEHOLDERS)} "
+                "(or add a builder to tests/test_readme.py)"
             )
         if name not in made:
             pytest.importorskip("torch")  # the builders make transformers (PyTorch) models

@@ -283,7 +283,7 @@ def test_exact_resume_after_sigkill(tmp_path, corpus, data_dir, name):
         assert got[s] == want[s], (name, s, got[s], want[s])  # bit for bit
 
 
-# ---------------------------------------------------------------------------------- 5. damaged / unwritable
+# -------------------------------------------------------------------------- 5. damaged / unwritable
 
 
 @pytest.mark.slow

@@ -423,7 +423,7 @@ def test_flops_matmul_term_counts_the_kernels():
         c = T5Config(**ODD, **VARIANTS[variant])
         model = T5ForConditionalGeneration(c)
         shapes = jax.eval_shape(
-            lambda: model.init(
+            lambda model=model: model.init(
                 jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32)
             )
         )["params"]
@@ -445,7 +445,9 @@ def test_logical_axes_and_sharded_forward():
         c = T5Config.preset("tiny", scan_layers=scan)
         model = T5ForConditionalGeneration(c)
         ids = jnp.ones((8, 6), jnp.int32)
-        abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids[:, :4]))
+        abstract = jax.eval_shape(
+            lambda model=model, ids=ids: model.init(jax.random.PRNGKey(0), ids, ids[:, :4])
+        )
         specs = jax.tree.leaves(
             nn.get_partition_spec(abstract["params"]),
             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
@@ -552,9 +554,9 @@ def test_checkpoint_missing_a_weight_is_an_error(tmp_path, torch, transformers):
 
 @pytest.mark.parametrize("v11", [False, True])
 def test_packed_examples_equal_each_alone(v11):
-    """Two examples packed in one row (segment ids 1, 2, then padding 0) give, position for position,
-    the logits each gives alone: the segment mask keeps them apart in encoder self-, decoder self- and
-    cross-attention, and relative positions need no per-example offsets."""
+    """Two examples packed in one row (segment ids 1, 2, then padding 0) give, position for
+    position, the logits each gives alone: the segment mask keeps them apart in encoder self-,
+    decoder self- and cross-attention, and relative positions need no per-example offsets."""
     c = t5.T5Config.preset(
         "tiny",
         vocab_size=101,

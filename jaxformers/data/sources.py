@@ -79,7 +79,8 @@ def resolve_paths(spec: str) -> list[str]:
         files = [spec]
     else:
         raise FileNotFoundError(
-            f"corpus {spec!r} does not exist: give a text file, a folder of .txt/.md files, a glob, "
+            f"corpus {spec!r} does not exist: give a text file, a folder of .txt/.md files, "
+            "a glob, "
             f"'{EMBEDDED}' for the embedded corpus, or tfds:NAME for a TFDS catalog dataset"
         )
     files = sorted(f for f in files if os.path.isfile(f))
@@ -142,7 +143,8 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(
-            f"data.val_fraction={val_fraction}: a local corpus needs a held-out share in (0, 1), e.g. 0.05"
+            f"data.val_fraction={val_fraction}: a local corpus needs a held-out share in (0, 1), "
+            "e.g. 0.05"
         )
     files, fmt = (
         (shakespeare_files(), "play_markdown")
@@ -204,8 +206,7 @@ def _examples_builder_class():
             return {split: self._generate_examples(split) for split in self._generators}
 
         def _generate_examples(self, split):
-            for i, ex in enumerate(self._generators[split]()):
-                yield i, ex
+            yield from enumerate(self._generators[split]())
 
     return JaxformersExamples
 
@@ -237,7 +238,8 @@ def catalog_source(name: str, data_dir: str | None = None, val_split: str = "val
     except Exception as e:
         raise RuntimeError(
             f"TFDS dataset {name!r} is not prepared in {data_dir or default_data_dir()} and could "
-            f"not be prepared here ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). Preparing catalog datasets "
+            f"not be prepared here ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). "
+            "Preparing catalog datasets "
             f"needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
             f"`tfds build {name} --file_format=array_record`, or point data.corpus at local files"
         ) from e

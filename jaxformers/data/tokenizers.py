@@ -80,7 +80,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     """Trains a byte-level BPE tokenizer (GPT-2 style) on ``texts``; about a second for 5 MB."""
     if vocab_size < 257 + 1:
         raise ValueError(
-            f"vocab_size={vocab_size} is too small for byte-level BPE: it needs 256 bytes + {EOS_TOKEN}"
+            f"vocab_size={vocab_size} is too small for byte-level BPE: it needs 256 bytes + "
+            f"{EOS_TOKEN}"
         )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -32,8 +32,8 @@ class BertConfig(layers.ModelConfig):
 
     ``architecture`` is the head type, one of ``ARCHITECTURES``. The module classes set it on
     construction; None lets ``model_from_config`` decide: from the weights when loading, else
-    BertForPreTraining (training from scratch). ``num_labels`` and ``classifier_dropout`` (None = use
-    ``hidden_dropout_prob``) serve ``BertForSequenceClassification``. Run fields as GPT2Config:
+    BertForPreTraining (training from scratch). ``num_labels`` and ``classifier_dropout`` (None =
+    use ``hidden_dropout_prob``) serve ``BertForSequenceClassification``. Run fields as GPT2Config:
     ``dtype`` compute, ``param_dtype`` storage, ``scan_layers``, ``remat`` ("none" | "full" |
     "save_dots" | "save_dots_no_batch"), ``attention_impl`` ("xla" | "cudnn" | "auto").
     """
@@ -353,7 +353,8 @@ class BertForPreTraining(nn.Module):
         if masked_lm_positions is not None:
             if masked_lm_positions.ndim != 2 or masked_lm_positions.shape[0] != h.shape[0]:
                 raise ValueError(
-                    f"masked_lm_positions must be [batch, num_predictions], got shape {masked_lm_positions.shape}"
+                    "masked_lm_positions must be [batch, num_predictions], "
+                    f"got shape {masked_lm_positions.shape}"
                 )
             _check_range(
                 masked_lm_positions,
@@ -491,7 +492,8 @@ def config_from_hf(hf: dict, **overrides: Any) -> BertConfig:
     # head and pooler too: for those the weights decide.
     if archs and not known and "BertForMaskedLM" not in archs:
         raise ValueError(
-            f"architectures {archs} holds no BERT head jaxformers implements; supported: {ARCHITECTURES}"
+            f"architectures {archs} holds no BERT head jaxformers implements; "
+            f"supported: {ARCHITECTURES}"
         )
     if known:
         kwargs["architecture"] = known[0]

@@ -56,7 +56,8 @@ class GPT2Config(layers.ModelConfig):
         layers.check_positive(self, "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
         if self.n_embd % self.n_head:
             raise ValueError(
-                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_head dividing n_embd"
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                "pick n_head dividing n_embd"
             )
         layers.activation(self.activation_function)
         self.check_run_fields()
@@ -67,7 +68,8 @@ class GPT2Config(layers.ModelConfig):
 
     def flops_per_example(self, seq_len: int) -> float:
         """Training FLOPs (forward + backward) of one ``seq_len``-token example, PaLM appendix B:
-        per token 6 * (matmul parameters, LM head included) + 12 * L * T * D for attention scores."""
+        per token 6 * (matmul parameters, LM head included) + 12 * L * T * D for attention
+        scores."""
         D, L, F = self.n_embd, self.n_layer, self.d_ff
         matmul_params = L * (4 * D * D + 2 * D * F) + D * self.vocab_size
         return (6.0 * matmul_params + 12.0 * L * seq_len * D) * seq_len
@@ -238,7 +240,8 @@ def hf_weights(c: GPT2Config) -> list[HFWeight]:
         p, h = f"h.{i}.", ("h", i)
         out += [
             *ln(p + "ln_1", (*h, "ln_1")),
-            # The fused output is ordered (q|k|v, head, head_dim): our kernel [D, 3, N, H], bias [3, N, H].
+            # The fused output is ordered (q|k|v, head, head_dim): our kernel [D, 3, N, H],
+            # bias [3, N, H].
             *conv1d(p + "attn.c_attn", (*h, "attn", "qkv"), bias="flat"),
             *conv1d(p + "attn.c_proj", (*h, "attn", "out"), k=2),  # [N, H, D]
             *ln(p + "ln_2", (*h, "ln_2")),

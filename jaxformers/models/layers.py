@@ -556,7 +556,8 @@ def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
 
 
 def layer_name(name: str, i: int) -> str:
-    """The params key of layer ``i`` of an unscanned stack (scanned: one ``name``, layers stacked)."""
+    """The params key of layer ``i`` of an unscanned stack (scanned: one ``name``, layers
+    stacked)."""
     return f"{name}_{i}"
 
 
@@ -565,7 +566,8 @@ def layer_path(path: Sequence[str | int], scan: bool) -> tuple[tuple[str, ...], 
     stored under, its index on the leading "layers" axis or None).
 
     Scanned: ``(("h", "attn", ...), 3)``; unscanned: ``(("h_3", "attn", ...), None)``. A path
-    without an int is stored as it is. The int follows the stack's name, as ``block_stack`` names it.
+    without an int is stored as it is. The int follows the stack's name, as ``block_stack`` names
+    it.
     """
     for j, key in enumerate(path):
         if isinstance(key, int):

@@ -32,13 +32,15 @@ def parse_feed_forward_proj(proj: str) -> tuple[str, bool]:
     parts = proj.split("-")
     if (len(parts) > 1 and parts[0] != "gated") or len(parts) > 2:
         raise ValueError(
-            f"feed_forward_proj={proj!r} is not of the form 'ACT' or 'gated-ACT' (e.g. 'relu', 'gated-gelu')"
+            f"feed_forward_proj={proj!r} is not of the form 'ACT' or 'gated-ACT' "
+            "(e.g. 'relu', 'gated-gelu')"
         )
     act = "gelu_new" if proj == "gated-gelu" else parts[-1]
     return act, parts[0] == "gated"
 
 
-# v1.0 (the T5 paper): ReLU MLP, tied head, scaled decoder output. v1.1: gated GELU, separate head, no scaling.
+# v1.0 (the T5 paper): ReLU MLP, tied head, scaled decoder output. v1.1: gated GELU, separate head,
+# no scaling.
 _V10 = dict(
     vocab_size=32128, feed_forward_proj="relu", tie_word_embeddings=True, scale_decoder_outputs=True
 )
@@ -138,21 +140,23 @@ class T5Config(layers.ModelConfig):
         inputs; target tokens pass the rest of the decoder and the LM head and attend to the targets
         (self) and the inputs (cross). Embedding lookups and norms are not counted.
         """
-        D, I, F, V = self.d_model, self.num_heads * self.d_kv, self.d_ff, self.vocab_size
+        D, inner, F, V = self.d_model, self.num_heads * self.d_kv, self.d_ff, self.vocab_size
         Le, Ld = self.num_layers, self.num_decoder_layers
         mlp = (3 if self.is_gated_act else 2) * D * F
-        enc_params = Le * (4 * D * I + mlp) + Ld * 2 * D * I  # + cross-attention k, v
-        dec_params = Ld * (4 * D * I + 2 * D * I + mlp) + D * V  # self, cross q/o, MLP, head
+        enc_params = Le * (4 * D * inner + mlp) + Ld * 2 * D * inner  # + cross-attention k, v
+        # self, cross q/o, MLP, head
+        dec_params = Ld * (4 * D * inner + 2 * D * inner + mlp) + D * V
         Ti, Tt = input_length, target_length
         matmuls = 6.0 * (Ti * enc_params + Tt * dec_params)
-        attention = 12.0 * I * (Ti * Le * Ti + Tt * Ld * (Tt + Ti))
+        attention = 12.0 * inner * (Ti * Le * Ti + Tt * Ld * (Tt + Ti))
         return matmuls + attention
 
 
 def relative_position_bucket(
     relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
 ) -> Array:
-    """Key position minus query position -> bucket id in [0, num_buckets), as Mesh TensorFlow/transformers.
+    """Key position minus query position -> bucket id in [0, num_buckets), as Mesh
+    TensorFlow/transformers.
 
     Half the buckets (per direction when bidirectional) hold exact distances, the rest logarithmic
     bins up to ``max_distance``; causal buckets send all future keys to bucket 0.
@@ -196,7 +200,8 @@ class T5Block(nn.Module):
         D, N, H, f = c.d_model, c.num_heads, c.d_kv, c.initializer_factor
         norm = functools.partial(layers.layer_norm, c.layer_norm_epsilon, dtype, pdtype, rms=True)
         drop = nn.Dropout(c.dropout_rate)
-        # transformers' initialisation: q std (D H)^-1/2 (the folded 1/sqrt(H)), k/v D^-1/2, o (N H)^-1/2.
+        # transformers' initialisation: q std (D H)^-1/2 (the folded 1/sqrt(H)), k/v D^-1/2,
+        # o (N H)^-1/2.
         attention = functools.partial(
             layers.Attention,
             num_heads=N,
@@ -331,10 +336,12 @@ class T5Stack(nn.Module):
 
 
 class T5ForConditionalGeneration(nn.Module):
-    """T5 with its LM head: ``apply({"params": p}, input_ids, decoder_input_ids) -> logits [B, S, V]``.
+    """T5 with its LM head:
+    ``apply({"params": p}, input_ids, decoder_input_ids) -> logits [B, S, V]``.
 
-    ``encode`` and ``decode`` run the two halves on their own (``model.apply(v, ..., method=model.encode)``),
-    which is what the decoding engine does: encode once, then decode with a KV cache.
+    ``encode`` and ``decode`` run the two halves on their own
+    (``model.apply(v, ..., method=model.encode)``), which is what the decoding engine does: encode
+    once, then decode with a KV cache.
     """
 
     config: T5Config
@@ -456,7 +463,8 @@ class T5ForConditionalGeneration(nn.Module):
     def __call__(
         self,
         input_ids: Array,  # [B, T] int
-        decoder_input_ids: Array,  # [B, S] int (targets shifted right, starting with decoder_start_token_id)
+        # [B, S] int (targets shifted right, starting with decoder_start_token_id)
+        decoder_input_ids: Array,
         attention_mask: Array | None = None,  # [B, T]
         decoder_attention_mask: Array | None = None,  # [B, S]
         deterministic: bool = True,
@@ -499,8 +507,9 @@ def init_decode_cache(
     max_length: int,
     attention_mask: Array | None = None,
 ) -> Any:
-    """The decoder's ``cache`` collection for ``max_length`` decoder tokens, empty (index 0), with the
-    cross-attention keys/values of ``encoder_outputs`` [B, S, D] already projected by ``params``.
+    """The decoder's ``cache`` collection for ``max_length`` decoder tokens, empty (index 0), with
+    the cross-attention keys/values of ``encoder_outputs`` [B, S, D] already projected by
+    ``params``.
 
     Do not build it from ``model.init`` (or zero an abstract one): the cross-attention entries would
     then hold keys/values of random (or zero) weights and be reused as they are.
@@ -550,8 +559,8 @@ def config_from_hf(hf: dict, **overrides: Any) -> T5Config:
 
     4.x marks v1.1 heads with ``tie_word_embeddings: false`` (which also meant "no output scaling");
     5.x always writes ``tie_word_embeddings: true`` and states ``scale_decoder_outputs``. So the
-    scaling follows ``scale_decoder_outputs`` when present, else ``tie_word_embeddings``; the tie set
-    here is corrected by ``model_from_config`` from the weights: the head is untied exactly when
+    scaling follows ``scale_decoder_outputs`` when present, else ``tie_word_embeddings``; the tie
+    set here is corrected by ``model_from_config`` from the weights: the head is untied exactly when
     they hold ``lm_head.weight``.
     """
     if hf.get("is_decoder") or hf.get("is_encoder_decoder") is False:
@@ -580,7 +589,8 @@ def config_from_hf(hf: dict, **overrides: Any) -> T5Config:
 
 def config_to_hf(c: T5Config) -> dict:
     """Both spellings of the head: 5.x reads ``scale_decoder_outputs`` (and ties or not from the
-    weights), 4.x reads ``tie_word_embeddings`` for both tying and scaling, right for v1.0 and v1.1."""
+    weights), 4.x reads ``tie_word_embeddings`` for both tying and scaling, right for v1.0 and
+    v1.1."""
     out = {k: getattr(c, k) for k in _HF_CONFIG_FIELDS}
     out.update(
         model_type="t5",

@@ -33,7 +33,8 @@ class CausalLM:
     input_keys: ClassVar[tuple[str, ...]] = ("inputs",)
 
     def build_data(self, exp: Any, workdir: str) -> TaskData:
-        """Corpus -> tokenizer (trained once, kept in ``workdir/tokenizer``) -> token files -> batches."""
+        """Corpus -> tokenizer (trained once, kept in ``workdir/tokenizer``) -> token files ->
+        batches."""
         check_seq_len(exp)
         d = exp.data
         srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
@@ -79,7 +80,8 @@ def lm_data(
     seed: int,
     eval_batch_size: int | None = None,
 ) -> TaskData:
-    """Batches of ``seq_len``-token windows over two token streams (train shuffled, eval in order)."""
+    """Batches of ``seq_len``-token windows over two token streams (train shuffled, eval in
+    order)."""
     pi, pc = jax.process_index(), jax.process_count()
     train = pipeline.LMBatches(train_tokens, seq_len, batch_size, seed, accum, pi, pc)
     val = pipeline.LMBatches(

@@ -32,7 +32,8 @@ GENRES = {"comedies": 0, "tragedies": 1}
 
 
 def shakespeare_genre(val_fraction: float) -> dict[str, list[tuple[str, int]]]:
-    """(speech, label) pairs from the comedies and tragedies; the last speeches of a play are validation."""
+    """(speech, label) pairs from the comedies and tragedies; the last speeches of a play are
+    validation."""
     out = {"train": [], "validation": []}
     for path in sources.shakespeare_files():
         genre = os.path.basename(os.path.dirname(path))

@@ -39,7 +39,8 @@ class SpanCorruption:
 
     Attributes:
       noise_density, mean_noise_span_length: T5's span corruption (15% noise, spans of mean 3).
-      targets_length: decoder row length; 0 = what ``random_spans_helper`` gives for ``data.seq_len``.
+      targets_length: decoder row length; 0 = what ``random_spans_helper`` gives for
+        ``data.seq_len``.
       z_loss: weight of ``log(Z)^2`` per target token (t5x uses 1e-4); keeps logits from drifting.
       label_smoothing: t5x-style; the constant entropy of the smoothed targets is subtracted so a
         perfect model still scores 0.
