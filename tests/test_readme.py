@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
+
 README = os.path.join(ROOT, "README.md")
 CI_RUN = os.path.join(ROOT, ".ci", "run")
 PLACEHOLDER = re.compile(r"path/to/([A-Za-z0-9_.-]+)")
