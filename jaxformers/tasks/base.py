@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxformers import models
 from jaxformers.data import sources, tokenizers
+from jaxformers.data.pipeline import ExampleBatches
 
 
 class Task(Protocol):
@@ -105,6 +106,39 @@ class TaskData:
 
     def eval_batch(self, i: int) -> dict:
         return self.val.batch(i)
+
+
+def example_data(
+    exp: Any,
+    tokenizer: Any,
+    built: dict,
+    spec: dict,
+    input_lengths: tuple[int, ...],
+    flops_args: tuple,
+    transform: Callable | None = None,
+) -> TaskData:
+    """TaskData over prepared fixed-shape examples (``sources.prepare_examples``' splits).
+
+    ``spec`` is the examples' feature -> (shape, dtype); training batches are shuffled by
+    ``data.seed`` (``transform`` may rewrite an example from its global index), eval batches are in
+    order; the token counts are of the first input (``input_lengths[0]`` per example).
+    """
+    pi, pc = jax.process_index(), jax.process_count()
+    accum = exp.optim.grad_accum
+    train = ExampleBatches(built["train"], exp.batch_size, exp.data.seed, accum, pi, pc, transform)
+    val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
+    T = input_lengths[0]
+    return TaskData(
+        tokenizer,
+        train,
+        val,
+        {k: len(shape) + 1 for k, (shape, _) in spec.items()},
+        input_lengths,
+        sum(input_lengths),
+        flops_args,
+        len(built["train"]) * T,
+        len(built["validation"]) * T,
+    )
 
 
 def check_seq_len(exp: Any) -> None:

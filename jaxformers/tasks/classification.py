@@ -20,13 +20,18 @@ import os
 import re
 from typing import Any, ClassVar
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.data import sources
-from jaxformers.data.pipeline import ExampleBatches, fingerprint
-from jaxformers.tasks.base import TaskData, check_seq_len, class_cross_entropy, tokenizer_for
+from jaxformers.data.pipeline import fingerprint
+from jaxformers.tasks.base import (
+    TaskData,
+    check_seq_len,
+    class_cross_entropy,
+    example_data,
+    tokenizer_for,
+)
 
 GENRES = {"comedies": 0, "tragedies": 1}
 
@@ -106,21 +111,7 @@ class Classification:
         built = sources.prepare_examples(
             name, {s: encode(s) for s in ("train", "validation")}, spec, d.data_dir or None
         )
-        pi, pc = jax.process_index(), jax.process_count()
-        accum = exp.optim.grad_accum
-        train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc)
-        val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(
-            tok,
-            train,
-            val,
-            {k: len(shape) + 1 for k, (shape, _) in spec.items()},
-            (T,),
-            T,
-            (T, 0),
-            len(built["train"]) * T,
-            len(built["validation"]) * T,
-        )
+        return example_data(exp, tok, built, spec, (T,), (T, 0))
 
     def normalizers(self, batch):
         return {"examples": jnp.asarray(batch["label"].size, jnp.float32)}

@@ -14,17 +14,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.data import sources
-from jaxformers.data.pipeline import ExampleBatches, fingerprint
+from jaxformers.data.pipeline import fingerprint
 from jaxformers.objectives import mlm_nsp
 from jaxformers.tasks.base import (
     TaskData,
     check_seq_len,
     class_cross_entropy,
+    example_data,
     source_texts,
     token_cross_entropy,
     tokenizer_for,
@@ -145,21 +145,7 @@ class MLMNSP:
                 )
                 return {**ex, **out}
 
-        pi, pc = jax.process_index(), jax.process_count()
-        accum = exp.optim.grad_accum
-        train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc, transform)
-        val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(
-            tok,
-            train,
-            val,
-            {k: len(shape) + 1 for k, (shape, _) in spec.items()},
-            (T,),
-            T,
-            (T, P),
-            len(built["train"]) * T,
-            len(built["validation"]) * T,
-        )
+        return example_data(exp, tok, built, spec, (T,), (T, P), transform)
 
     def normalizers(self, batch):
         return {

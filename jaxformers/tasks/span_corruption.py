@@ -14,14 +14,19 @@ import dataclasses
 import os
 from typing import Any, ClassVar
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.data import sources
-from jaxformers.data.pipeline import ExampleBatches, fingerprint
+from jaxformers.data.pipeline import fingerprint
 from jaxformers.objectives import span_corruption
-from jaxformers.tasks.base import TaskData, log_normalizer, source_texts, tokenizer_for
+from jaxformers.tasks.base import (
+    TaskData,
+    example_data,
+    log_normalizer,
+    source_texts,
+    tokenizer_for,
+)
 
 KEYS = (
     "encoder_input_tokens",
@@ -139,21 +144,7 @@ class SpanCorruption:
             spec,
             d.data_dir or None,
         )
-        pi, pc = jax.process_index(), jax.process_count()
-        accum = exp.optim.grad_accum
-        train = ExampleBatches(built["train"], exp.batch_size, d.seed, accum, pi, pc)
-        val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
-        return TaskData(
-            tok,
-            train,
-            val,
-            {k: 2 for k in KEYS},
-            (T, S),
-            T + S,
-            (T, S),
-            len(built["train"]) * T,
-            len(built["validation"]) * T,
-        )
+        return example_data(exp, tok, built, spec, (T, S), (T, S))
 
     def normalizers(self, batch):
         return {"tokens": jnp.maximum(jnp.sum(batch["decoder_loss_weights"]), 1.0)}
