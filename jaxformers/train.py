@@ -315,7 +315,7 @@ class MetricWriter:
 def check_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test.{os.getpid()}")  # per process: hosts share it
         with open(probe, "wb") as f:
             f.write(b"\0" * 1024 * 1024)  # a full disk fails here, before any training
         os.remove(probe)
