@@ -30,6 +30,13 @@ from jaxformers.config import (
 from jaxformers.models.bert import BertConfig
 from jaxformers.tasks import MLMNSP
 
+# The variants (--variant NAME; --list-variants), the default first.
+VARIANTS = {
+    "default": "phase 1: 128-token sequences, 900k steps (BERT paper)",
+    "phase2": "phase 2: 512-token sequences for the last 100k steps, from phase 1's params",
+    "tiny": "two-step smoke test on the embedded corpus (the tests run it)",
+}
+
 
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(

@@ -35,6 +35,12 @@ from jaxformers.config import CheckpointConfig, DataConfig, Experiment, OptimCon
 from jaxformers.models.bert import BertConfig
 from jaxformers.tasks import MLMNSP
 
+# The variants (--variant NAME; --list-variants), the default first.
+VARIANTS = {
+    "default": "BERT-tiny MLM+NSP on the embedded corpus, sized for 2 CPU cores",
+    "tiny": "two-step smoke test (the tests run it)",
+}
+
 
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(

@@ -28,6 +28,12 @@ from jaxformers.config import (
 )
 from jaxformers.models.gpt2 import GPT2Config
 
+# The variants (--variant NAME; --list-variants), the default first.
+VARIANTS = {
+    "default": "GPT-2 124M on OpenWebText (TFDS), sized for 8 accelerators",
+    "tiny": "two-step smoke test on the embedded corpus (the tests run it)",
+}
+
 
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(

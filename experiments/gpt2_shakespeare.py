@@ -18,6 +18,12 @@ import dataclasses
 from jaxformers.config import CheckpointConfig, DataConfig, Experiment, OptimConfig, SampleConfig
 from jaxformers.models.gpt2 import GPT2Config
 
+# The variants (--variant NAME; --list-variants), the default first.
+VARIANTS = {
+    "default": "the main job: a small GPT-2 on the embedded corpus, ~5 min on 2 CPU cores",
+    "tiny": "two-step smoke test (the tests run it)",
+}
+
 
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(
@@ -44,14 +50,13 @@ def get_config(variant: str = "default") -> Experiment:
             b2=0.99,
             clip_norm=1.0,
         ),
-        checkpoint=CheckpointConfig(every=500, keep=2),
+        checkpoint=CheckpointConfig(every=150, keep=2),
         sample=SampleConfig(
             prompts=("ROMEO:", "First Citizen:\n"), max_new_tokens=160, temperature=0.8, top_k=40
         ),
         batch_size=32,
         steps=450,
         eval_every=150,
-        eval_batches=8,
         log_every=10,
     )
     if variant == "tiny":

@@ -21,6 +21,12 @@ from jaxformers.config import CheckpointConfig, DataConfig, Experiment, OptimCon
 from jaxformers.models.t5 import T5Config
 from jaxformers.tasks import SpanCorruption
 
+# The variants (--variant NAME; --list-variants), the default first.
+VARIANTS = {
+    "default": "T5.1.1-style span corruption on the embedded corpus, sized for 2 CPU cores",
+    "tiny": "two-step smoke test (the tests run it)",
+}
+
 
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(

@@ -27,6 +27,12 @@ from jaxformers.config import (
 from jaxformers.models.t5 import T5Config
 from jaxformers.tasks import SpanCorruption
 
+# The variants (--variant NAME; --list-variants), the default first.
+VARIANTS = {
+    "default": "T5-small span corruption on C4 (TFDS), sized for accelerators",
+    "tiny": "two-step smoke test on the embedded corpus (the tests run it)",
+}
+
 
 def get_config(variant: str = "default") -> Experiment:
     exp = Experiment(

@@ -1,6 +1,8 @@
-"""``jaxformers train|sample|fill-mask|convert|plot`` (also ``python -m jaxformers``).
+"""``jaxformers train|prepare|sample|fill-mask|convert|plot`` (also ``python -m jaxformers``).
 
     jaxformers train EXPERIMENT.py --workdir DIR [--variant tiny] [--set a.b=value ...]
+    jaxformers prepare EXPERIMENT.py --workdir DIR [--set tokens=N]   (data + sizes, no training)
+    jaxformers train EXPERIMENT.py --list-variants
     jaxformers sample --workdir DIR --prompt TEXT [--method greedy|sample|beam] [--temperature ...]
     jaxformers sample --workdir T5_DIR --input "to be or <extra_id_0> to be"
     jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT; workdir or HF dir)
@@ -23,18 +25,72 @@ import jax
 from jaxformers import config, inference, launch, models, plot, train
 
 
-def _train(args) -> int:
+def describe(trainer: train.Trainer) -> list[str]:
+    """What a run will do, measured on its prepared data: the lines ``prepare`` prints (and
+    ``train`` before step 1)."""
+    exp, d = trainer.exp, trainer.data
+    n_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
+    tokens_per_step = exp.batch_size * d.tokens_per_example
+    per_epoch = d.steps_per_epoch(exp)
+    lines = [
+        f"{exp.name}: {n_params:,} parameters ({models.of_config(exp.model).name}), "
+        f"mesh {dict(trainer.mesh.shape)}",
+        f"data: {d.num_train_tokens:,} train / {d.num_val_tokens:,} validation tokens",
+    ]
+    if d.num_train_bytes:
+        lines[-1] += (
+            f"; {d.num_train_bytes / max(d.num_train_tokens, 1):.3f} bytes (UTF-8) per token "
+            f"({d.num_train_bytes:,} train / {d.num_val_bytes:,} validation bytes)"
+        )
+    lines.append(
+        f"steps: {exp.steps:,} of {exp.batch_size} x {d.tokens_per_example} tokens "
+        f"({tokens_per_step:,} per step, {exp.steps * tokens_per_step:,} in all); "
+        f"{per_epoch:,.1f} steps per epoch, so {exp.steps / per_epoch:.2f} epochs"
+    )
+    flops = d.flops_per_example(exp.model) * exp.batch_size
+    lines.append(
+        f"compute: {flops:.4g} training FLOPs per step (forward and backward), "
+        f"{flops * exp.steps:.4g} in all"
+    )
+    return lines
+
+
+def _build(args) -> train.Trainer:
+    if not args.workdir:
+        raise ValueError(f"{args.command} needs --workdir DIR (where the run keeps its files)")
     launch.initialize(args.coordinator, args.num_processes, args.process_id)
     exp = config.load_experiment(args.experiment, args.variant, args.set)
+    return train.Trainer(exp, args.workdir)
+
+
+def _prepare(args) -> int:
+    if args.list_variants:
+        return _list_variants(args)
+    trainer = _build(args)
+    if jax.process_index() == 0:
+        print("\n".join(describe(trainer)), flush=True)
+        print(f"prepared: data and tokenizer in {trainer.workdir}; train with the same arguments")
+    launch.barrier("jaxformers-prepare-done")
+    return 0
+
+
+def _list_variants(args) -> int:
+    names = config.experiment_variants(args.experiment)
+    for i, (name, what) in enumerate(names.items()):
+        print(f"{name}{' (default)' if i == 0 else ''}: {what}")
+    return 0
+
+
+def _train(args) -> int:
+    if args.list_variants:
+        return _list_variants(args)
+    if args.dry_run:
+        return _prepare(args)
     t = time.time()
-    trainer = train.Trainer(exp, args.workdir)
-    d = trainer.data
-    n_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
-    print(
-        f"{exp.name}: {n_params / 1e6:.2f}M params, {d.num_train_tokens:,} train / "
-        f"{d.num_val_tokens:,} validation tokens, mesh {dict(trainer.mesh.shape)}",
-        flush=True,
-    )
+    trainer = _build(args)
+    exp = trainer.exp
+    if jax.process_index() == 0:
+        print("\n".join(describe(trainer)), flush=True)
     result = trainer.run()
     if result.preempted:
         return 0
@@ -126,26 +182,45 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an experiment (resumes from the workdir's checkpoints)")
-    t.add_argument("experiment", help="path to an experiments/*.py file")
-    t.add_argument("--workdir", required=True)
-    t.add_argument("--variant", default="default", help="the experiment's variant, e.g. tiny")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. optim.lr=1e-3",
+    pr = sub.add_parser(
+        "prepare",
+        help="prepare an experiment's data and tokenizer, print its sizes (tokens, bytes per "
+        "token, steps per epoch, parameters, FLOPs) and exit",
     )
+    for q in (t, pr):
+        q.add_argument("experiment", help="path to an experiments/*.py file")
+        q.add_argument("--workdir", default=None, help="the run's directory (required)")
+        q.add_argument(
+            "--variant",
+            default=None,
+            help="the experiment's variant (default: the first it declares; --list-variants)",
+        )
+        q.add_argument(
+            "--list-variants", action="store_true", help="list the experiment's variants and exit"
+        )
+        q.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a setting, e.g. optim.lr=1e-3; tokens=N or epochs=X set the length",
+        )
+        q.add_argument(
+            "--coordinator",
+            default=None,
+            help="multi-host: HOST:PORT of process 0 (auto on TPU VMs, SLURM)",
+        )
+        q.add_argument(
+            "--num-processes", type=int, default=None, help="multi-host: number of processes"
+        )
+        q.add_argument(
+            "--process-id", type=int, default=None, help="multi-host: this process's index"
+        )
     t.add_argument(
-        "--coordinator",
-        default=None,
-        help="multi-host: HOST:PORT of process 0 (auto on TPU VMs, SLURM)",
+        "--dry-run", action="store_true", help="prepare and print the sizes only (= prepare)"
     )
-    t.add_argument(
-        "--num-processes", type=int, default=None, help="multi-host: number of processes"
-    )
-    t.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
     t.set_defaults(fn=_train)
+    pr.set_defaults(fn=_prepare)
     s = sub.add_parser("sample", help="generate text from a trained workdir")
     s.add_argument("--workdir", required=True)
     s.add_argument("--prompt", default=None, help="GPT-2: the text to continue")

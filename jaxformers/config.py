@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import math
 import os
 from typing import Any
 
@@ -37,9 +38,13 @@ class DataConfig:
     vocab_size: int = 0  # tokenizer size to train; 0 = the model's vocab_size
     lowercase: bool = True  # WordPiece only: an uncased vocabulary
     seq_len: int = 128
-    val_fraction: float = 0.05  # held-out tail of each local document
+    val_fraction: float = 0.05  # held-out tail of each local document (unused with val_corpus)
+    # a validation corpus of its own (file, folder, glob or tfds:NAME[:SPLIT]), read whole; the
+    # training corpus is then used whole
+    val_corpus: str = ""
     seed: int = 0  # shuffling seed
-    data_dir: str = ""  # TFDS data_dir; "" = $JAXFORMERS_DATA_DIR or ~/tensorflow_datasets
+    # TFDS data_dir for prepared data; "" = $JAXFORMERS_DATA_DIR if set, else WORKDIR/data/tfds
+    data_dir: str = ""
 
     def __post_init__(self):
         _require(
@@ -214,9 +219,15 @@ class Experiment:
     checkpoint: CheckpointConfig = CheckpointConfig()
     sample: SampleConfig = SampleConfig()
     batch_size: int = 32  # global, all hosts
+    # The training length: steps, or a budget the data turns into steps (``resolve_steps``):
+    # tokens (of training inputs) or epochs (passes over the training split). Give one; two that
+    # are both set must agree. ``--set tokens=N`` / ``epochs=X`` replace the experiment's steps.
     steps: int = 1000
+    tokens: int = 0
+    epochs: float = 0.0
     eval_every: int = 200  # 0: evaluate only at the end
-    eval_batches: int = 8
+    # 0: the whole validation split, every example (or token) exactly once; N: its first N batches
+    eval_batches: int = 0
     log_every: int = 10
     seed: int = 0  # parameter init and dropout
     init_from: str = (
@@ -243,15 +254,28 @@ class Experiment:
             self.batch_size,
             "must be a whole number of at least 1",
         )
-        _require(_whole(self.steps, 1), "steps", self.steps, "must be a whole number of at least 1")
+        _require(_whole(self.steps, 0), "steps", self.steps, "must be a whole number >= 0")
+        _require(_whole(self.tokens, 0), "tokens", self.tokens, "must be a whole number >= 0")
+        _require(
+            isinstance(self.epochs, (int, float)) and self.epochs >= 0,
+            "epochs",
+            self.epochs,
+            "must be a number >= 0",
+        )
+        _require(
+            bool(self.steps or self.tokens or self.epochs),
+            "steps",
+            self.steps,
+            "leaves the run without a length: give steps=N, tokens=N or epochs=X",
+        )
         _require(
             _whole(self.eval_every, 0), "eval_every", self.eval_every, "must be a whole number >= 0"
         )
         _require(
-            _whole(self.eval_batches, 1),
+            _whole(self.eval_batches, 0),
             "eval_batches",
             self.eval_batches,
-            "must be a whole number of at least 1",
+            "must be a whole number >= 0 (0: the whole validation split)",
         )
         _require(
             _whole(self.log_every, 1),
@@ -291,6 +315,32 @@ class Experiment:
             checkpoint=CheckpointConfig(every=1, keep=2),
         )
         return dataclasses.replace(self, **{**small, **changes})
+
+    def resolve_steps(self, tokens_per_step: int, steps_per_epoch: float) -> Experiment:
+        """The experiment with ``steps`` fixed from whichever of steps / tokens / epochs is set
+        (rounded up to whole steps); two that disagree are an error naming both.
+
+        Args:
+          tokens_per_step: training tokens one step reads (batch_size x tokens per example).
+          steps_per_epoch: steps of one pass over the training split (examples / batch_size).
+        """
+        asked = {}
+        if self.steps:
+            asked["steps"] = (self.steps, f"steps={self.steps}")
+        if self.tokens:
+            n = -(-self.tokens // tokens_per_step)
+            asked["tokens"] = (n, f"tokens={self.tokens:,} ({tokens_per_step:,} per step)")
+        if self.epochs:
+            n = max(1, math.ceil(self.epochs * steps_per_epoch))
+            asked["epochs"] = (n, f"epochs={self.epochs} ({steps_per_epoch:,.1f} steps each)")
+        counts = {n for n, _ in asked.values()}
+        if len(counts) > 1:
+            raise ValueError(
+                "the run's length is given twice and the two disagree: "
+                + "; ".join(f"{why} -> {n:,} steps" for n, why in asked.values())
+                + ". Set one of them (--set steps=0 leaves the choice to tokens or epochs)"
+            )
+        return dataclasses.replace(self, steps=counts.pop())
 
     @property
     def objective(self) -> str:
@@ -382,10 +432,7 @@ def apply_overrides(cfg: Any, settings: list[str] | None) -> Any:
     return _apply(cfg, _tree(settings or []), "")
 
 
-def load_experiment(
-    path: str, variant: str = "default", settings: list[str] | None = None
-) -> Experiment:
-    """Imports an experiment file and returns its ``get_config(variant)`` with overrides applied."""
+def _import_experiment(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"experiment file {path} does not exist")
     spec = importlib.util.spec_from_file_location(f"jaxformers_experiment_{abs(hash(path))}", path)
@@ -393,4 +440,39 @@ def load_experiment(
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path} has no get_config(); an experiment file must define one")
-    return apply_overrides(module.get_config(variant), settings)
+    return module
+
+
+def _variants(module) -> dict[str, str]:
+    # An experiment declares its variants as VARIANTS = {name: what it is}, the default first.
+    return dict(getattr(module, "VARIANTS", None) or {"default": "the experiment as written"})
+
+
+def experiment_variants(path: str) -> dict[str, str]:
+    """The variants an experiment file declares (name -> description), its default first."""
+    return _variants(_import_experiment(path))
+
+
+def load_experiment(
+    path: str, variant: str | None = None, settings: list[str] | None = None
+) -> Experiment:
+    """Imports an experiment file and returns its ``get_config(variant)`` with overrides applied.
+
+    ``variant`` None (or "default") is the first variant the file declares.
+    """
+    module = _import_experiment(path)
+    declared = _variants(module)
+    if variant is None or (variant == "default" and "default" not in declared):
+        variant = next(iter(declared))
+    if variant not in declared:
+        raise ValueError(
+            f"{os.path.basename(path)} has no variant {variant!r}; it has "
+            + ", ".join(declared)
+            + " (--list-variants describes them)"
+        )
+    exp = module.get_config(variant)
+    keys = {kv.split("=", 1)[0].strip() for kv in settings or []}
+    if keys & {"tokens", "epochs"} and "steps" not in keys:
+        # A budget given on the command line replaces the length the experiment file chose.
+        settings = ["steps=0", *settings]
+    return apply_overrides(exp, settings)

@@ -358,6 +358,10 @@ class Trainer:
         self.model = models.build_model(exp.model)
         self.objective = exp.task
         self.data = data if data is not None else self._build_data_in_turn()
+        # A budget in tokens or epochs becomes a number of steps once the data is known.
+        exp = self.exp = exp.resolve_steps(
+            exp.batch_size * self.data.tokens_per_example, self.data.steps_per_epoch(exp)
+        )
         self.schedule = make_schedule(exp.optim, exp.optim.total_steps or exp.steps)
         self.tx = make_optimizer(exp.optim, self.schedule)
         self.rules = sharding.LOGICAL_RULES
@@ -444,15 +448,27 @@ class Trainer:
         ev = jax.jit(eval_step, in_shardings=(self.state_shardings, eval_sh))
         return step, ev
 
+    def num_eval_batches(self) -> int:
+        """The whole validation split (every example or token once), or the first
+        ``eval_batches`` batches of it when that is set and smaller."""
+        n = self.data.val.num_batches
+        return min(n, self.exp.eval_batches) if self.exp.eval_batches else n
+
     def evaluate(self, state, eval_fn) -> dict:
         total = None
+        n = self.num_eval_batches()
         with self.mesh_context():
-            for i in range(self.exp.eval_batches):
+            for i in range(n):
                 local = jax.tree.map(lambda x: x[0], self.data.eval_batch(i))
                 sums = eval_fn(state, sharding.host_to_global(local, self.mesh))
                 total = sums if total is None else _add(total, sums)
         total = jax.device_get(total)
-        return {k: float(v) for k, v in self.objective.finalize(total).items()}
+        metrics = {k: float(v) for k, v in self.objective.finalize(total).items()}
+        if self.data.num_val_bytes and n == self.data.val.num_batches:
+            # Every validation token scored once: nats over the text's bytes compare across
+            # tokenizers (the EOS between documents is scored, its byte count is 0).
+            metrics["bits_per_byte"] = float(total["loss"]) / math.log(2) / self.data.num_val_bytes
+        return metrics
 
     # -- the loop
     def run(self, stop_at: int | None = None) -> RunResult:

@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, play_excerpt
 
-from jaxformers import cli, config
+from jaxformers import cli, config, train
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
 GPT2 = os.path.join(ROOT, "experiments", "gpt2_shakespeare.py")
@@ -138,14 +139,13 @@ def test_cli_errors_exit_2(capsys, tmp_path):
     assert cli.main(["train", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)]) == 2
     assert "nope.py" in capsys.readouterr().err
     assert cli.main(["train", GPT2, "--workdir", str(tmp_path), "--variant", "huge"]) == 2
-    assert "unknown variant 'huge'" in capsys.readouterr().err
+    assert "no variant 'huge'" in capsys.readouterr().err
     assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt", "x"]) == 2
     assert "model.json" in capsys.readouterr().err
     assert cli.main(["plot", "--workdir", str(tmp_path)]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:  # argparse: a missing required option
-        cli.main(["train", GPT2])
-    assert e.value.code == 2
+    assert cli.main(["train", GPT2]) == 2  # a missing --workdir
+    assert "needs --workdir DIR" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():
@@ -192,3 +192,55 @@ def test_plot_adds_an_accuracy_panel_when_accuracies_are_logged(tmp_path):
     # 12 x 120 dpi with the accuracy panel, 7 x 120 without.
     assert png_width(plot.plot_workdir(str(tmp_path / "a"))) == 1440
     assert png_width(plot.plot_workdir(str(tmp_path / "b"))) == 840
+
+
+@pytest.fixture(scope="module")
+def own_corpus(tmp_path_factory):
+    """A train file and a separate validation file, as a user brings them."""
+    play_text = play_excerpt(40_000)
+    root = tmp_path_factory.mktemp("own")
+    cut = play_text.index("\n", len(play_text) * 4 // 5) + 1
+    (root / "train.txt").write_text(play_text[:cut])
+    (root / "val.txt").write_text(play_text[cut:])
+    return str(root / "train.txt"), str(root / "val.txt")
+
+
+def test_prepare_own_files_with_a_token_budget(own_corpus, tmp_path, capsys):
+    """`prepare` with data.val_corpus and tokens=N: the sizes it prints are the run's (exact
+    parameter count, token counts of each file, bytes per token, steps from the budget)."""
+    train_file, val_file = own_corpus
+    wd = str(tmp_path / "w")
+    sets = [f"data.corpus={train_file}", f"data.val_corpus={val_file}", "data.val_fraction=0"]
+    argv = ["prepare", GPT2, "--workdir", wd, "--variant", "tiny"]
+    rc = cli.main([*argv, *[a for s in [*sets, "tokens=10000"] for a in ("--set", s)]])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    exp = config.load_experiment(GPT2, "tiny", [*sets, "tokens=10000"])
+    trainer = train.Trainer(exp, wd)
+    n_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
+    d = trainer.data
+    assert f"{n_params:,} parameters" in out
+    assert f"{d.num_train_tokens:,} train / {d.num_val_tokens:,} validation tokens" in out
+    with open(train_file, "rb") as f:
+        train_bytes = len(f.read())
+    assert f"{train_bytes / d.num_train_tokens:.3f} bytes (UTF-8) per token" in out
+    tokens_per_step = exp.batch_size * exp.data.seq_len
+    steps = -(-10000 // tokens_per_step)
+    assert trainer.exp.steps == steps and f"steps: {steps:,} of" in out
+    assert not os.path.exists(os.path.join(wd, "checkpoints"))  # nothing trained
+    # train --dry-run is the same; a length given twice that disagrees is refused by name.
+    rc = cli.main(["train", *argv[1:], "--dry-run", "--set", f"data.corpus={train_file}"])
+    assert rc == 0 and "steps: 2 of" in capsys.readouterr().out
+    rc = cli.main([*argv, "--set", "tokens=10000", "--set", "steps=3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "tokens=10,000" in err and "steps=3" in err
+
+
+def test_variants_listed_and_default_is_the_first(capsys):
+    assert cli.main(["train", GPT2, "--list-variants"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("default (default):") and lines[1].startswith("tiny:")
+    first = config.load_experiment(GPT2)
+    assert first == config.load_experiment(GPT2, "default")
+    assert cli.main(["prepare", GPT2, "--workdir", "x", "--variant", "huge"]) == 2
+    assert "no variant 'huge'" in capsys.readouterr().err

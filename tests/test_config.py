@@ -26,7 +26,9 @@ T5 = os.path.join(ROOT, "experiments", "t5_shakespeare.py")
 BAD = [
     (GPT2, "batch_size", ["0", "-8"], "batch_size"),
     (GPT2, "steps", ["0", "-5"], "steps"),
-    (GPT2, "eval_batches", ["0", "-1"], "eval_batches"),
+    (GPT2, "eval_batches", ["-1", "2.5"], "eval_batches"),  # 0 is the whole validation split
+    (GPT2, "tokens", ["-1", "1.5"], "tokens"),
+    (GPT2, "epochs", ["-1"], "epochs"),
     (GPT2, "eval_every", ["-1"], "eval_every"),
     (GPT2, "log_every", ["0"], "log_every"),
     (GPT2, "seed", ["-1"], "seed"),
@@ -163,3 +165,20 @@ def test_tokenizer_of_another_family_is_refused(kind, wrong, tmp_path):
         tokenizers.load_or_train(
             kind, str(tmp_path / "missing"), str(tmp_path / "tok2"), lambda: iter([]), 600
         )
+
+
+def test_length_from_tokens_or_epochs_and_disagreement_named():
+    """tokens=N / epochs=X on the command line replace the file's steps; the step count is
+    rounded up; two lengths that disagree are refused naming both."""
+    exp = load_experiment(GPT2, "tiny", ["tokens=1000"])
+    assert (exp.steps, exp.tokens) == (0, 1000)
+    assert exp.resolve_steps(256, 10.0).steps == 4  # ceil(1000 / 256)
+    exp = load_experiment(GPT2, "tiny", ["epochs=2.5"])
+    assert exp.resolve_steps(256, 10.0).steps == 25
+    assert load_experiment(GPT2, "tiny").resolve_steps(256, 10.0).steps == 2
+    agree = load_experiment(GPT2, "tiny", ["steps=4", "tokens=1000"])
+    assert agree.resolve_steps(256, 10.0).steps == 4
+    with pytest.raises(ValueError, match=r"steps=5 -> 5 steps; tokens=1,000 .* -> 4 steps"):
+        load_experiment(GPT2, "tiny", ["steps=5", "tokens=1000"]).resolve_steps(256, 10.0)
+    with pytest.raises(ValueError, match="steps=N, tokens=N or epochs=X"):
+        load_experiment(GPT2, "tiny", ["steps=0"])

@@ -1,6 +1,7 @@
 """Data: local text through TFDS, the embedded corpus, byte-level BPE tokenizers, token files and
 the index-based batches (determinism, epochs, host sharding, accumulation layout)."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -427,10 +428,104 @@ def test_lm_data_other_errors(play_file, tmp_path, data_dir):
 
 
 def test_lm_data_without_validation_text(play_file, tmp_path, data_dir):
-    """val_fraction=0 leaves the validation split empty: a clear ValueError, not TFDS's
-    AssertionError('No examples were yielded') from inside preparation."""
-    with pytest.raises(ValueError, match="val_fraction"):
+    """val_fraction=0 without a validation corpus leaves no validation text: a clear ValueError
+    that names the fix, not TFDS's AssertionError('No examples were yielded')."""
+    with pytest.raises(ValueError, match="val_fraction.*data.val_corpus"):
         CausalLM().build_data(lm_experiment(play_file, val_fraction=0.0), str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 0.1])
+def test_val_corpus_is_the_validation_split_and_train_is_whole(
+    text_folder, tmp_path, data_dir, val_fraction
+):
+    """data.val_corpus: train on every document whole, validate on the other corpus as is."""
+    srcs = sources.text_sources(
+        text_folder, val_fraction, data_dir, val_corpus=os.path.join(text_folder, "b.txt")
+    )
+    train = records(srcs["train"])
+    assert {os.path.basename(k) for k in train} == {"a.txt", "b.txt", "c.txt", "d.md"}
+    assert train["a.txt"] == DOCS["a.txt"]
+    assert records(srcs["validation"]) == {"b.txt": DOCS["b.txt"]}
+
+
+def test_val_corpus_end_to_end_and_exactly_once_eval(play_file, play_text, tmp_path, data_dir):
+    """A train file and a validation file: the token streams are the files' own, and the eval
+    batches score every validation token after the first exactly once, in order."""
+    val = tmp_path / "val.txt"
+    val_text = "ROMEO:\nBut soft, what light through yonder window breaks?\n" * 7
+    val.write_text(val_text)
+    exp = lm_experiment(play_file, data_vocab=300, val_fraction=0.0)
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, val_corpus=str(val)))
+    d = CausalLM().build_data(exp, str(tmp_path / "w"))
+    tok = d.tokenizer
+    assert d.train.windows.tokens.tolist() == tok.encode(play_text) + [tok.eos_id]
+    val_tokens = tok.encode(val_text) + [tok.eos_id]
+    assert d.val.windows.tokens.tolist() == val_tokens
+    scored = []
+    for i in range(d.val.num_batches):
+        b = d.eval_batch(i)
+        t, x = b["targets"][0], b["inputs"][0]
+        assert x.min() >= 0  # inputs stay valid ids under the padding
+        scored += [int(v) for row in t for v in row if v >= 0]
+    assert scored == val_tokens[1:]
+    assert (d.val.num_batches - 1) * 4 * 16 < len(val_tokens) - 1 <= d.val.num_batches * 4 * 16
+
+
+@given(
+    n=st.integers(2, 90),
+    T=st.integers(1, 9),
+    B=st.sampled_from([1, 2, 4]),
+    pc=st.sampled_from([1, 2]),
+)
+@FUZZ
+def test_fuzz_eval_windows_score_each_token_once(n, T, B, pc):
+    """Over every host's eval batches, each token after the first is a target exactly once, with
+    the tokens before it as its inputs (the window it sits in)."""
+    tokens = np.arange(100, 100 + n, dtype=np.uint16)
+    hosts = [LMBatches(tokens, T, B * pc, None, 1, p, pc, pad=True) for p in range(pc)]
+    seen = []
+    for step in range(hosts[0].num_batches):
+        for h in hosts:
+            b = h.batch(step)
+            for x, t in zip(b["inputs"][0], b["targets"][0], strict=True):
+                k = int(np.sum(t >= 0))
+                assert np.all(t[k:] == -1) and np.all(x[1:k] == t[: max(k - 1, 0)])
+                seen += t[:k].tolist()
+    assert sorted(seen) == list(range(101, 100 + n))
+
+
+@given(n=st.integers(1, 30), B=st.sampled_from([1, 2, 4, 8]), pc=st.sampled_from([1, 2]))
+@FUZZ
+def test_fuzz_example_batches_pad_reads_each_example_once(n, B, pc):
+    source = [{"input_mask": np.ones(3, np.int32), "x": np.int32(i + 1)} for i in range(n)]
+    hosts = [pipeline.ExampleBatches(source, B * pc, None, 1, p, pc, pad=True) for p in range(pc)]
+    seen = []
+    for step in range(hosts[0].num_batches):
+        for h in hosts:
+            b = h.batch(step)
+            real = b["input_mask"][0, :, 0] > 0
+            assert np.all(b["x"][0][~real] == 0)
+            seen += b["x"][0][real].tolist()
+    assert sorted(seen) == list(range(1, n + 1))
+
+
+def test_local_corpus_prepared_quietly_into_the_workdir(tmp_path, monkeypatch, capsys):
+    """No TFDS "Downloading ..." wording or absl warning for a local file; one line says what was
+    prepared and where; the default place is the run's own WORKDIR/data/tfds."""
+    monkeypatch.delenv("JAXFORMERS_DATA_DIR", raising=False)
+    p = tmp_path / "mine.txt"
+    p.write_text("".join(f"line {i} of my own text\n" for i in range(80)))
+    cfg = DataConfig(corpus=str(p), val_fraction=0.1)
+    work = tmp_path / "work"
+    srcs = sources.run_sources(cfg, str(work))
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "ownload" not in text and "WARNING" not in text and "custom data" not in text
+    assert text.count("prepared corpus") == 1 and str(work / "data" / "tfds") in text
+    assert len(srcs["train"]) == 1 and len(srcs["validation"]) == 1
+    sources.run_sources(cfg, str(work))  # already prepared: silent
+    out = capsys.readouterr()
+    assert out.out + out.err == ""
 
 
 def test_corpus_whose_held_out_parts_are_blank(tmp_path, data_dir):

@@ -48,13 +48,39 @@ def _write(f, docs, eos_id, dtype):
         np.asarray(list(ids) + [eos_id], dtype=dtype).tofile(f)
 
 
-def tokenize_source(source, tokenizer, cache_dir: str, split: str, fingerprint: str) -> np.ndarray:
-    """All documents of a TFDS data source -> memory-mapped tokens, cached under ``cache_dir``."""
+def tokenize_source(
+    source, tokenizer, cache_dir: str, split: str, fingerprint: str
+) -> tuple[np.ndarray, int]:
+    """All documents of a TFDS data source -> (memory-mapped tokens, UTF-8 bytes of the text),
+    cached under ``cache_dir`` (the byte count in a JSON file beside the tokens)."""
     os.makedirs(cache_dir, exist_ok=True)
     key = hashlib.sha256(f"{fingerprint}:{split}:{len(source)}".encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{split}-{key}.bin")
-    texts = (record_text(source[i]) for i in range(len(source)))
-    return token_file(texts, tokenizer.encode_batch, tokenizer.eos_id, path, tokenizer.vocab_size)
+    meta_path = path[: -len(".bin")] + ".json"
+    counted = {"bytes": 0}
+
+    def texts():
+        for i in range(len(source)):
+            text = record_text(source[i])
+            counted["bytes"] += len(text.encode("utf-8"))
+            yield text
+
+    if not os.path.exists(meta_path):
+        if os.path.exists(path):  # tokens cached by an older version: count the bytes only
+            for _ in texts():
+                pass
+        tokens = token_file(
+            texts(), tokenizer.encode_batch, tokenizer.eos_id, path, tokenizer.vocab_size
+        )
+        tmp = meta_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"bytes": counted["bytes"], "documents": len(source)}, f)
+        os.replace(tmp, meta_path)
+        return tokens, counted["bytes"]
+    with open(meta_path) as f:
+        num_bytes = json.load(f)["bytes"]
+    tokens = token_file((), tokenizer.encode_batch, tokenizer.eos_id, path, tokenizer.vocab_size)
+    return tokens, num_bytes
 
 
 class Windows:
@@ -96,11 +122,20 @@ def check_divisible(global_batch: int, accum: int, process_count: int) -> None:
         )
 
 
+def num_batches(n: int, global_batch: int) -> int:
+    """Batches that hold ``n`` examples once, the last one padded."""
+    return -(-n // global_batch)
+
+
 class ExampleBatches:
     """Batches of fixed-shape examples from a random-access source (a TFDS data source).
 
     ``transform(example, index)`` may rewrite an example deterministically from its global index
     (e.g. dynamic masking draws fresh masks each epoch from a seed derived from the index).
+
+    ``pad=True`` (evaluation) reads every example exactly once, in order: ``num_batches`` batches,
+    rows past the end all zeros. Tasks recognise such rows by their all-zero masks and weights
+    (``input_mask``, ``decoder_loss_weights``), so they count nowhere.
     """
 
     def __init__(
@@ -112,20 +147,25 @@ class ExampleBatches:
         process_index: int = 0,
         process_count: int = 1,
         transform=None,
+        pad: bool = False,
     ):
         check_divisible(global_batch, accum, process_count)
         if len(source) == 0:
             raise ValueError("the dataset split is empty; use a larger corpus")
-        self.source, self.transform = source, transform
+        self.source, self.transform, self.pad = source, transform, pad
         ds = grain.MapDataset.range(len(source))
         if seed is not None:
             ds = ds.shuffle(seed=seed)
-        self.order = ds.repeat()
+        self.order = ds if pad else ds.repeat()
         self.global_batch, self.accum = global_batch, accum
         self.process_index, self.process_count = process_index, process_count
 
     def __len__(self) -> int:
         return len(self.source)
+
+    @property
+    def num_batches(self) -> int:
+        return num_batches(len(self.source), self.global_batch)
 
     def example(self, i: int) -> dict:
         ex = self.source[int(self.order[int(i)])]
@@ -135,11 +175,35 @@ class ExampleBatches:
         rows = step_rows(
             step, self.global_batch, self.accum, self.process_index, self.process_count
         )
-        exs = [self.example(i) for i in rows.reshape(-1)]
+        real = [i for i in rows.reshape(-1) if not self.pad or i < len(self.source)]
+        exs = [self.example(i) for i in real]
+        if len(exs) < rows.size:  # past the end of an evaluation split
+            blank = {k: np.zeros_like(np.asarray(v)) for k, v in self.example(0).items()}
+            exs += [blank] * (rows.size - len(exs))
         return {
             k: np.stack([np.asarray(e[k]) for e in exs]).reshape(rows.shape + np.shape(exs[0][k]))
             for k in exs[0]
         }
+
+
+class EvalWindows(Windows):
+    """Windows that score every token of the stream after the first exactly once: the last
+    window is cut short and padded (inputs 0, targets -1, which the loss weighs 0)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        self.tokens, self.seq_len = tokens, seq_len
+        self.n = -(-(len(tokens) - 1) // seq_len)
+        if self.n < 1:
+            raise ValueError(
+                f"the validation text has {len(tokens)} token(s); it needs at least 2 (one to "
+                "predict from, one to score)"
+            )
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        w = super().__getitem__(i)
+        out = np.full(self.seq_len + 1, -1, np.int32)
+        out[: len(w)] = w
+        return out
 
 
 class LMBatches:
@@ -152,6 +216,8 @@ class LMBatches:
       seed: shuffling seed; None keeps file order (evaluation).
       accum: A, gradient-accumulation microbatches per step.
       process_index, process_count: this host and the host count.
+      pad: evaluation: every token after the first is a target exactly once over ``num_batches``
+        batches; padding rows and the end of the last window have targets -1 (weight 0).
     """
 
     def __init__(
@@ -163,19 +229,29 @@ class LMBatches:
         accum: int = 1,
         process_index: int = 0,
         process_count: int = 1,
+        pad: bool = False,
     ):
         check_divisible(global_batch, accum, process_count)
-        self.windows = Windows(tokens, seq_len)
+        self.windows = (EvalWindows if pad else Windows)(tokens, seq_len)
+        self.pad = pad
         ds = grain.MapDataset.source(self.windows)
         if seed is not None:
             ds = ds.shuffle(seed=seed)
-        self.ds = ds.repeat()  # grain reshuffles every epoch (the seed is combined with the epoch)
+        # grain reshuffles every epoch (the seed is combined with the epoch)
+        self.ds = ds if pad else ds.repeat()
         self.global_batch, self.accum = global_batch, accum
         self.process_index, self.process_count = process_index, process_count
 
     @property
     def num_windows(self) -> int:
         return len(self.windows)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    @property
+    def num_batches(self) -> int:
+        return num_batches(len(self.windows), self.global_batch)
 
     def rows(self, step: int) -> np.ndarray:
         """Global example indices this host reads at ``step``, shaped [A, b_local]."""
@@ -185,8 +261,12 @@ class LMBatches:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         rows = self.rows(step)
-        seqs = np.stack([self.ds[int(i)] for i in rows.reshape(-1)]).reshape(rows.shape + (-1,))
-        return {"inputs": seqs[..., :-1], "targets": seqs[..., 1:]}
+        blank = np.full(self.windows.seq_len + 1, -1, np.int32)
+        seqs = np.stack(
+            [self.ds[int(i)] if i < len(self.ds) or not self.pad else blank for i in rows.flat]
+        ).reshape(rows.shape + (-1,))
+        # Padding is -1 in targets only: inputs must stay valid token ids.
+        return {"inputs": np.maximum(seqs[..., :-1], 0), "targets": seqs[..., 1:]}
 
 
 def fingerprint(obj) -> str:

@@ -7,28 +7,46 @@
   openwebtext, c4/en ...), which needs TensorFlow and the network to prepare.
 
 Local corpora are prepared once by a ``GeneratorBasedBuilder`` as array_record files and read back
-with random access through ``tfds`` data sources: no TensorFlow on this path. The validation split
-of a local corpus is the last ``val_fraction`` of every document (cut at a line break), so even a
-single file has a held-out part drawn from the same distribution.
+with random access through ``tfds`` data sources: no TensorFlow on this path. They are written
+into the run's own ``WORKDIR/data/tfds`` unless the user names a shared cache (``data.data_dir``
+or ``$JAXFORMERS_DATA_DIR``). The validation split of a local corpus is the last ``val_fraction``
+of every document (cut at a line break), so even a single file has a held-out part drawn from the
+same distribution; or, with ``data.val_corpus``, another corpus read whole (the training corpus is
+then used whole too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 from collections.abc import Sequence
 
+import jax
 import tensorflow_datasets as tfds
 
 EMBEDDED = "shakespeare"
 
 
-def default_data_dir() -> str:
-    return os.environ.get("JAXFORMERS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+def default_data_dir(workdir: str | None = None) -> str:
+    """Where prepared datasets go unless ``data.data_dir`` says: ``$JAXFORMERS_DATA_DIR`` (a
+    shared cache the user chose), else the run's own ``WORKDIR/data/tfds``, else TFDS's default
+    (catalog datasets prepared beforehand with ``tfds build``)."""
+    if os.environ.get("JAXFORMERS_DATA_DIR"):
+        return os.environ["JAXFORMERS_DATA_DIR"]
+    if workdir:
+        return os.path.join(workdir, "data", "tfds")
+    return os.path.expanduser("~/tensorflow_datasets")
+
+
+def data_dir_for(data_config, workdir: str | None) -> str:
+    """The TFDS data_dir a run reads and writes (``default_data_dir``)."""
+    return data_config.data_dir or default_data_dir(workdir)
 
 
 def shakespeare_files() -> list[str]:
@@ -121,7 +139,17 @@ def _builder_class():
             )
 
         def _split_generators(self, dl_manager):
-            return {s: self._generate_examples(s) for s in ("train", "validation")}
+            # val_fraction 0: the documents whole, one split (a validation corpus of its own).
+            splits = ("train", "validation") if self._val_fraction > 0 else ("train",)
+            return {s: self._generate_examples(s) for s in splits}
+
+        # TFDS prints "Downloading and preparing dataset ..." for every builder: nothing is
+        # downloaded here, and prepare_local says once what it prepared and where.
+        def _log_download_bytes(self):
+            pass
+
+        def _log_download_done(self):
+            pass
 
         def _generate_examples(self, split):
             for path in self._files:
@@ -140,11 +168,12 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
     """Prepares (once) and returns ``{"train": source, "validation": source}`` of a local corpus.
 
     Each source is a random-access ``tfds`` ArrayRecord data source of ``{"text", "id"}`` records.
+    ``val_fraction=0`` keeps every document whole in "train" (no "validation" split).
     """
-    if not 0.0 < val_fraction < 1.0:
+    if not 0.0 <= val_fraction < 1.0:
         raise ValueError(
-            f"data.val_fraction={val_fraction}: a local corpus needs a held-out share in (0, 1), "
-            "e.g. 0.05"
+            f"data.val_fraction={val_fraction}: a local corpus's held-out share lies in [0, 1), "
+            "e.g. 0.05 (0 with data.val_corpus=FILE)"
         )
     files, fmt = (
         (shakespeare_files(), "play_markdown")
@@ -158,27 +187,49 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
     name = ("shakespeare_" if spec == EMBEDDED else "local_") + h.hexdigest()[:12]
+    with _quiet_tfds():
+        builder = _builder_class()(
+            files=files,
+            fmt=fmt,
+            val_fraction=val_fraction,
+            config=tfds.core.BuilderConfig(name=name, description=spec),
+            data_dir=data_dir or default_data_dir(),
+            file_format="array_record",
+        )
+    what = f"corpus {spec!r}" + (f" ({len(files)} files)" if len(files) > 1 else "")
+    _prepare(builder, what)
+    srcs = builder.as_data_source()
+    return {"train": srcs["train"], "validation": srcs.get("validation")}
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS warns "Using custom data configuration" for every config made at run time (each
+    corpus fingerprint is one): expected here, so not shown."""
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
     tfds.disable_progress_bar()
-    builder = _builder_class()(
-        files=files,
-        fmt=fmt,
-        val_fraction=val_fraction,
-        config=tfds.core.BuilderConfig(name=name, description=spec),
-        data_dir=data_dir or default_data_dir(),
-        file_format="array_record",
-    )
-    _prepare(builder, f"corpus {spec!r}")
-    return builder.as_data_source()
+    try:
+        yield
+    finally:
+        absl_log.setLevel(level)
 
 
 def _prepare(builder, what: str) -> None:
+    if builder.is_prepared():
+        return
     try:
-        builder.download_and_prepare()
+        with _quiet_tfds():
+            builder.download_and_prepare()
     except AssertionError as e:  # TFDS asserts when a split yields nothing
         raise ValueError(
             f"cannot prepare {what}: {e}; the corpus is too small for a train and a validation "
-            "split (add text or raise data.val_fraction)"
+            "split (add text, raise data.val_fraction or give data.val_corpus=FILE)"
         ) from e
+    if jax.process_index() == 0:
+        counts = ", ".join(f"{k} {v.num_examples:,}" for k, v in builder.info.splits.items())
+        print(f"prepared {what}: {counts} records in {builder.data_dir}", flush=True)
 
 
 @functools.cache
@@ -208,6 +259,12 @@ def _examples_builder_class():
         def _generate_examples(self, split):
             yield from enumerate(self._generators[split]())
 
+        def _log_download_bytes(self):  # nothing is downloaded (see JaxformersText)
+            pass
+
+        def _log_download_done(self):
+            pass
+
     return JaxformersExamples
 
 
@@ -219,20 +276,28 @@ def prepare_examples(name: str, generators: dict, spec: dict, data_dir: str | No
       generators: split -> zero-argument callable yielding dicts of numpy arrays.
       spec: feature -> (shape, numpy dtype).
     """
-    tfds.disable_progress_bar()
-    builder = _examples_builder_class()(
-        generators=generators,
-        spec=spec,
-        config=tfds.core.BuilderConfig(name=name, description=name),
-        data_dir=data_dir or default_data_dir(),
-        file_format="array_record",
-    )
-    _prepare(builder, name)
+    with _quiet_tfds():
+        builder = _examples_builder_class()(
+            generators=generators,
+            spec=spec,
+            config=tfds.core.BuilderConfig(name=name, description=name),
+            data_dir=data_dir or default_data_dir(),
+            file_format="array_record",
+        )
+    _prepare(builder, f"examples {name}")
     return builder.as_data_source()
 
 
 def catalog_source(name: str, data_dir: str | None = None, val_split: str = "validation"):
     """A TFDS catalog dataset as random-access data sources (prepared beforehand)."""
+    src = _catalog(name, data_dir)
+    if val_split not in src:
+        val_split = "test" if "test" in src else None
+    return {"train": src["train"], "validation": src[val_split] if val_split else None}
+
+
+def _catalog(name: str, data_dir: str | None) -> dict:
+    """Every split of a prepared TFDS catalog dataset, or an error that says how to prepare it."""
     try:
         src = tfds.data_source(name, data_dir=data_dir or default_data_dir())
     except Exception as e:
@@ -243,16 +308,56 @@ def catalog_source(name: str, data_dir: str | None = None, val_split: str = "val
             f"needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
             f"`tfds build {name} --file_format=array_record`, or point data.corpus at local files"
         ) from e
-    if val_split not in src:
-        val_split = "test" if "test" in src else None
-    return {"train": src["train"], "validation": src[val_split] if val_split else None}
+    return src
 
 
-def text_sources(spec: str, val_fraction: float = 0.05, data_dir: str | None = None):
-    """``{"train": source, "validation": source}`` for any corpus spec (see module docstring)."""
-    if spec.startswith("tfds:"):
-        return catalog_source(spec[len("tfds:") :], data_dir)
-    return prepare_local(spec, val_fraction, data_dir)
+def text_sources(
+    spec: str, val_fraction: float = 0.05, data_dir: str | None = None, val_corpus: str = ""
+):
+    """``{"train": source, "validation": source}`` for any corpus spec (see module docstring).
+
+    ``val_corpus`` (a file, folder, glob or ``tfds:NAME[:SPLIT]``) is the validation split as is;
+    the training corpus is then used whole (its own validation split, if any, is not read).
+    """
+    if not val_corpus:
+        if spec.startswith("tfds:"):
+            return catalog_source(spec[len("tfds:") :], data_dir)
+        if val_fraction <= 0:
+            raise ValueError(
+                f"data.val_fraction={val_fraction} leaves corpus {spec!r} no validation text: "
+                "give a held-out share in (0, 1), e.g. 0.05, or a file of its own with "
+                "--set data.val_corpus=FILE"
+            )
+        return prepare_local(spec, val_fraction, data_dir)
+    train = (
+        catalog_source(spec[len("tfds:") :], data_dir)
+        if spec.startswith("tfds:")
+        else prepare_local(spec, 0.0, data_dir)
+    )["train"]
+    return {"train": train, "validation": _whole_split(val_corpus, data_dir)}
+
+
+def run_sources(data_config, workdir: str | None = None):
+    """The train and validation sources of an experiment's ``DataConfig``."""
+    d = data_config
+    return text_sources(d.corpus, d.val_fraction, data_dir_for(d, workdir), d.val_corpus)
+
+
+def _whole_split(spec: str, data_dir: str | None):
+    """One corpus read whole: local files' documents, or a TFDS split (``tfds:NAME[:SPLIT]``,
+    default ``validation``; a trailing ``:1.2.3`` is a version, not a split)."""
+    if not spec.startswith("tfds:"):
+        return prepare_local(spec, 0.0, data_dir)["train"]
+    name, _, split = spec[len("tfds:") :].rpartition(":")
+    if not name or re.fullmatch(r"[\d.]+", split):
+        name, split = spec[len("tfds:") :], "validation"
+    src = _catalog(name, data_dir)
+    if split not in src:
+        raise ValueError(
+            f"data.val_corpus={spec!r}: TFDS dataset {name!r} has no split {split!r}; "
+            f"it has {', '.join(sorted(src))}"
+        )
+    return src[split]
 
 
 def record_text(record) -> str:

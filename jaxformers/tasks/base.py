@@ -66,7 +66,13 @@ class TaskData:
       tokens_per_example: tokens of one example (throughput).
       flops_args: ``model_config.flops_per_example(*flops_args)`` is one example's training FLOPs.
       num_train_tokens, num_val_tokens: corpus sizes, for the start-of-run summary.
+
+    ``num_train_bytes`` / ``num_val_bytes``: UTF-8 bytes of the text behind the token streams
+    (causal LM; None elsewhere): bytes per token, and bits per byte over the validation split.
     """
+
+    num_train_bytes: int | None = None
+    num_val_bytes: int | None = None
 
     def __init__(
         self,
@@ -94,6 +100,14 @@ class TaskData:
 
     def dummy_inputs(self) -> tuple:
         return tuple(np.zeros((1, n), np.int32) for n in self.input_lengths)
+
+    @property
+    def num_train_examples(self) -> int:
+        """Examples (LM windows, BERT instances, T5 rows ...) in one pass over the train split."""
+        return len(self.train)
+
+    def steps_per_epoch(self, exp: Any) -> float:
+        return self.num_train_examples / exp.batch_size
 
     def train_spec(self) -> dict[str, int]:
         return dict(self.spec)
@@ -126,7 +140,7 @@ def example_data(
     pi, pc = jax.process_index(), jax.process_count()
     accum = exp.optim.grad_accum
     train = ExampleBatches(built["train"], exp.batch_size, exp.data.seed, accum, pi, pc, transform)
-    val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc)
+    val = ExampleBatches(built["validation"], exp.batch_size // accum, None, 1, pi, pc, pad=True)
     T = input_lengths[0]
     return TaskData(
         tokenizer,
@@ -210,19 +224,27 @@ def token_cross_entropy(logits, targets, weights):
     return jnp.sum((logz - target_logit) * weights), jnp.sum(correct * weights)
 
 
-def class_cross_entropy(logits, labels):
-    """Sums of the NLL and of correct argmax predictions of one label per example.
+def class_cross_entropy(logits, labels, weights=None):
+    """Weighted sums of the NLL and of correct argmax predictions of one label per example.
 
     Args:
       logits: [B, C] any float dtype.
       labels: [B] int.
+      weights: [B] float, default all ones.
     """
     logits = logits.astype(jnp.float32)
+    w = jnp.ones(labels.shape, jnp.float32) if weights is None else weights
     nll = jnp.sum(
-        jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
+        w * (jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
     )
-    correct = jnp.sum((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    correct = jnp.sum(w * (jnp.argmax(logits, -1) == labels).astype(jnp.float32))
     return nll, correct
+
+
+def real_rows(batch: dict) -> jax.Array:
+    """[B] float: 1 for real examples, 0 for the all-zero rows that pad the last evaluation
+    batch (``ExampleBatches(pad=True)``); a real BERT example always attends to its [CLS]."""
+    return (batch["input_mask"][:, 0] > 0).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,8 +254,13 @@ def class_cross_entropy(logits, labels):
 class FixedBatches:
     """The same ``[1, b, ...]`` batch at every step (one accumulation microbatch)."""
 
+    num_batches = 1  # as an evaluation split: one batch
+
     def __init__(self, examples: dict[str, np.ndarray]):
         self.examples = {k: v[None] for k, v in examples.items()}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.examples.values()))[0])
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         return self.examples

@@ -37,28 +37,34 @@ class CausalLM:
         batches."""
         check_seq_len(exp)
         d = exp.data
-        srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
+        srcs = sources.run_sources(d, workdir)
         if srcs.get("validation") is None or len(srcs["validation"]) == 0:
             raise ValueError(f"corpus {d.corpus!r} has no validation text; raise data.val_fraction")
         tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
         with open(os.path.join(workdir, "tokenizer", "tokenizer.json")) as f:
-            fp = pipeline.fingerprint([d.corpus, d.val_fraction, f.read()])
+            fp = pipeline.fingerprint([d.corpus, d.val_fraction, d.val_corpus, f.read()])
         cache = os.path.join(workdir, "data")
-        train_tokens = pipeline.tokenize_source(srcs["train"], tok, cache, "train", fp)
-        val_tokens = pipeline.tokenize_source(srcs["validation"], tok, cache, "validation", fp)
-        return lm_data(
+        train_tokens, train_bytes = pipeline.tokenize_source(srcs["train"], tok, cache, "train", fp)
+        val_tokens, val_bytes = pipeline.tokenize_source(
+            srcs["validation"], tok, cache, "validation", fp
+        )
+        data = lm_data(
             tok, train_tokens, val_tokens, d.seq_len, exp.batch_size, exp.optim.grad_accum, d.seed
         )
+        data.num_train_bytes, data.num_val_bytes = train_bytes, val_bytes
+        return data
 
     def normalizers(self, batch):
-        return {"tokens": jnp.asarray(batch["targets"].size, jnp.float32)}
+        return {"tokens": jnp.sum(batch["targets"] >= 0).astype(jnp.float32)}
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
         logits = apply_fn(
             {"params": params}, batch["inputs"], deterministic=deterministic, rngs={"dropout": rng}
         )
-        weights = jnp.ones(batch["targets"].shape, jnp.float32)
-        nll, correct = token_cross_entropy(logits, batch["targets"], weights)
+        # Target -1 marks evaluation padding (pipeline.EvalWindows): weight 0.
+        weights = (batch["targets"] >= 0).astype(jnp.float32)
+        targets = jnp.maximum(batch["targets"], 0)
+        nll, correct = token_cross_entropy(logits, targets, weights)
         sums = {"loss": nll, "correct": correct, "tokens": jnp.sum(weights)}
         return nll / norms["tokens"], sums
 
@@ -85,7 +91,7 @@ def lm_data(
     pi, pc = jax.process_index(), jax.process_count()
     train = pipeline.LMBatches(train_tokens, seq_len, batch_size, seed, accum, pi, pc)
     val = pipeline.LMBatches(
-        val_tokens, seq_len, eval_batch_size or batch_size // accum, None, 1, pi, pc
+        val_tokens, seq_len, eval_batch_size or batch_size // accum, None, 1, pi, pc, pad=True
     )
     return TaskData(
         tokenizer,

@@ -30,6 +30,7 @@ from jaxformers.tasks.base import (
     check_seq_len,
     class_cross_entropy,
     example_data,
+    real_rows,
     tokenizer_for,
 )
 
@@ -82,7 +83,9 @@ class Classification:
     def build_data(self, exp: Any, workdir: str) -> TaskData:
         check_seq_len(exp)
         d = exp.data
-        gens, train_pairs = labelled_text(d.corpus, d.val_fraction, d.data_dir or None)
+        gens, train_pairs = labelled_text(
+            d.corpus, d.val_fraction, sources.data_dir_for(d, workdir)
+        )
         tok = tokenizer_for(exp, workdir, lambda: (t for t, _ in (train_pairs or [])))
         T = d.seq_len
 
@@ -109,12 +112,15 @@ class Classification:
         }
         name = "cls_" + fingerprint([d.corpus, d.val_fraction, T, tok.vocab])
         built = sources.prepare_examples(
-            name, {s: encode(s) for s in ("train", "validation")}, spec, d.data_dir or None
+            name,
+            {s: encode(s) for s in ("train", "validation")},
+            spec,
+            sources.data_dir_for(d, workdir),
         )
         return example_data(exp, tok, built, spec, (T,), (T, 0))
 
     def normalizers(self, batch):
-        return {"examples": jnp.asarray(batch["label"].size, jnp.float32)}
+        return {"examples": jnp.sum(real_rows(batch))}
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
         out = apply_fn(
@@ -125,9 +131,9 @@ class Classification:
             deterministic=deterministic,
             rngs={"dropout": rng},
         )
-        labels = batch["label"]
-        nll, correct = class_cross_entropy(out.logits, labels)
-        sums = {"loss": nll, "correct": correct, "examples": jnp.float32(labels.size)}
+        real = real_rows(batch)
+        nll, correct = class_cross_entropy(out.logits, batch["label"], real)
+        sums = {"loss": nll, "correct": correct, "examples": jnp.sum(real)}
         return nll / norms["examples"], sums
 
     def finalize(self, s):

@@ -25,6 +25,7 @@ from jaxformers.tasks.base import (
     check_seq_len,
     class_cross_entropy,
     example_data,
+    real_rows,
     source_texts,
     token_cross_entropy,
     tokenizer_for,
@@ -79,7 +80,7 @@ class MLMNSP:
     def build_data(self, exp: Any, workdir: str) -> TaskData:
         check_seq_len(exp)
         d = exp.data
-        srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
+        srcs = sources.run_sources(d, workdir)
         tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
         P, T = self.max_predictions_per_seq, d.seq_len
         spec = {
@@ -102,6 +103,7 @@ class MLMNSP:
             [
                 d.corpus,
                 d.val_fraction,
+                d.val_corpus,
                 args,
                 self.dupe_factor,
                 d.seed,
@@ -127,7 +129,7 @@ class MLMNSP:
                 "validation": gen("validation", 1, d.seed + 1),
             },
             spec,
-            d.data_dir or None,
+            sources.data_dir_for(d, workdir),
         )
         transform = None
         if self.dynamic_masking:
@@ -150,7 +152,7 @@ class MLMNSP:
     def normalizers(self, batch):
         return {
             "mlm": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),
-            "nsp": jnp.asarray(batch["next_sentence_labels"].size, jnp.float32),
+            "nsp": jnp.sum(real_rows(batch)),
         }
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
@@ -165,15 +167,15 @@ class MLMNSP:
         )
         w = batch["masked_lm_weights"].astype(jnp.float32)
         mlm_nll, mlm_correct = token_cross_entropy(out.mlm_logits, batch["masked_lm_ids"], w)
-        labels = batch["next_sentence_labels"]
-        nsp_nll, nsp_correct = class_cross_entropy(out.nsp_logits, labels)
+        labels, real = batch["next_sentence_labels"], real_rows(batch)
+        nsp_nll, nsp_correct = class_cross_entropy(out.nsp_logits, labels, real)
         sums = {
             "mlm_loss": mlm_nll,
             "mlm_correct": mlm_correct,
             "mlm_weight": jnp.sum(w),
             "nsp_loss": nsp_nll,
             "nsp_correct": nsp_correct,
-            "nsp_count": jnp.float32(labels.size),
+            "nsp_count": jnp.sum(real),
         }
         return mlm_nll / norms["mlm"] + nsp_nll / norms["nsp"], sums
 

@@ -80,7 +80,7 @@ class SpanCorruption:
 
     def build_data(self, exp: Any, workdir: str) -> TaskData:
         d = exp.data
-        srcs = sources.text_sources(d.corpus, d.val_fraction, d.data_dir or None)
+        srcs = sources.run_sources(d, workdir)
         tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
         T = d.seq_len
         _, helper_targets = span_corruption.random_spans_helper(
@@ -106,6 +106,7 @@ class SpanCorruption:
             [
                 d.corpus,
                 d.val_fraction,
+                d.val_corpus,
                 T,
                 S,
                 self.noise_density,
@@ -142,7 +143,7 @@ class SpanCorruption:
             name,
             {"train": gen("train", d.seed), "validation": gen("validation", d.seed + 1)},
             spec,
-            d.data_dir or None,
+            sources.data_dir_for(d, workdir),
         )
         return example_data(exp, tok, built, spec, (T, S), (T, S))
 
