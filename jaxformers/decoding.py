@@ -179,7 +179,9 @@ def generate(
         way. Greedy and sample (rng convention unchanged: token i draws with ``fold_in(rng, i)``),
         left padding and EOS work; beam search past ``n_positions`` raises. Without ``crop``,
         ``T + max_new_tokens > n_positions`` raises. T5 raises: its relative positions have no
-        window to crop, and its decoder length is ``max_new_tokens`` itself.
+        window to crop, and its decoder length is ``max_new_tokens`` itself. Compilations: the
+        windowed step once per batch size; the cached part, which generates ``n_positions - T``
+        tokens, once per prompt length (no bucketing there: its length decides the cache's).
 
     Returns:
       GPT-2: [B, T + max_new_tokens] (prompt included); T5: [B, max_new_tokens] (no start token).
