@@ -4,6 +4,7 @@
     jaxformers prepare EXPERIMENT.py --workdir DIR [--set tokens=N]   (data + sizes, no training)
     jaxformers train EXPERIMENT.py --list-variants
     jaxformers sample --workdir DIR --prompt TEXT [--method greedy|sample|beam] [--temperature ...]
+                      [--crop]  (GPT-2: past the model's positions, from the last n_positions)
     jaxformers sample --workdir T5_DIR --input "to be or <extra_id_0> to be"
     jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT; workdir or HF dir)
     jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
@@ -111,17 +112,16 @@ def _train(args) -> int:
             # would have to join: sample afterwards with `jaxformers sample` on one host.
             print(f"samples: jaxformers sample --workdir {args.workdir} --prompt ...")
         elif models.of_config(exp.model).decoder == "causal" and exp.sample.max_new_tokens > 0:
-            for prompt in exp.sample.prompts:
-                text = inference.sample_text(
-                    args.workdir,
-                    prompt,
-                    exp.sample.max_new_tokens,
-                    "sample",
-                    exp.sample.temperature,
-                    exp.sample.top_k,
-                    None,
-                    seed=0,
-                )
+            # Cropped past the context (the experiment asks for max_new_tokens explicitly), one
+            # seed per prompt (inference.sample_prompts).
+            texts = inference.sample_prompts(
+                args.workdir,
+                exp.sample.prompts,
+                exp.sample.max_new_tokens,
+                exp.sample.temperature,
+                exp.sample.top_k,
+            )
+            for prompt, text in zip(exp.sample.prompts, texts):
                 print(f"\n--- sample ({prompt!r}) ---\n{text}")
     # Every process leaves together: none may reach the runtime's shutdown while another still
     # works.
@@ -152,6 +152,7 @@ def _sample(args) -> int:
             args.seed,
             args.num_beams,
             args.input,
+            crop=args.crop,
         )
     )
     return 0
@@ -236,6 +237,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=40)
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--crop",
+        action="store_true",
+        help="GPT-2: generate all --max-new-tokens, predicting each token past the model's "
+        "positions from the last n_positions tokens (nanoGPT's sampling); without it the "
+        "request is cut to fit",
+    )
     s.set_defaults(fn=_sample)
     fm = sub.add_parser("fill-mask", help="top-k tokens for each [MASK] with a BERT model")
     fm.add_argument(

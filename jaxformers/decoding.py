@@ -14,6 +14,11 @@ all live inside the compiled ``while_loop``. The prompt length is bucketed (padd
 ``prompt_bucket``; on the left for GPT-2, on the right of the encoder input for T5) so nearby
 lengths share one compilation.
 
+GPT-2 with ``crop=True`` keeps generating past ``n_positions``, as nanoGPT's sampler: the cached
+loop runs while the sequence fits; each further token is predicted by a full forward over the last
+``n_positions`` tokens (the learned absolute positions shift with the window, so a cache cannot be
+reused), one compiled call per token over a fixed ``[B, n_positions]`` window.
+
 Token choice follows transformers: greedy is argmax; sampling applies temperature, then top-k, then
 top-p, then draws (``process_logits``); beam search is transformers 5's ``_beam_search`` (see
 ``_beam_search``) with ``num_beams``, ``length_penalty`` and ``early_stopping``. After a sequence's
@@ -141,6 +146,7 @@ def generate(
     early_stopping: bool | str = False,
     prompt_bucket: int = 16,
     return_logits: bool = False,
+    crop: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Generates with a KV cache, all steps in one compiled loop.
 
@@ -166,6 +172,16 @@ def generate(
       prompt_bucket: prompts are padded to a multiple of this so nearby lengths share a compilation.
       return_logits: greedy/sample only: also return the float32 logits each token was chosen from,
         [B, max_new_tokens, V] (zeros after every row has stopped).
+      crop: GPT-2 only: generate past ``n_positions`` (nanoGPT's sampling). While prompt and new
+        tokens fit, the cached loop runs as without ``crop`` (the same tokens); each later token is
+        predicted from the last ``n_positions`` tokens of its row by a full forward pass (positions
+        counted from the window's start). A prompt longer than ``n_positions`` is cropped the same
+        way. Greedy and sample (rng convention unchanged: token i draws with ``fold_in(rng, i)``),
+        left padding and EOS work; beam search past ``n_positions`` raises. Without ``crop``,
+        ``T + max_new_tokens > n_positions`` raises. T5 raises: its relative positions have no
+        window to crop, and its decoder length is ``max_new_tokens`` itself. Compilations: the
+        windowed step once per batch size; the cached part, which generates ``n_positions - T``
+        tokens, once per prompt length (no bucketing there: its length decides the cache's).
 
     Returns:
       GPT-2: [B, T + max_new_tokens] (prompt included); T5: [B, max_new_tokens] (no start token).
@@ -192,12 +208,20 @@ def generate(
         raise ValueError(
             f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}"
         )
-    mask = (mask != 0).astype(np.int32)
+    mask = prompt_mask = (mask != 0).astype(np.int32)
     if (mask.sum(-1) == 0).any():
         raise ValueError(
             "a prompt is empty (its attention_mask is all zeros); give every row at least one token"
         )
     check_token_ids(input_ids, c.vocab_size)
+    if crop and kind != "causal":
+        raise ValueError(
+            f"crop=True applies to causal LMs (GPT-2); a {family.name} model has relative "
+            "positions and no context window to crop: its decoder generates up to "
+            f"n_positions={c.n_positions} tokens"
+        )
+    total = int(max_new_tokens)  # all new tokens; the cached loop generates the first M of them
+    M = total
     bucket = max(1, int(prompt_bucket))
     Tb = -(-T // bucket) * bucket
     if kind == "causal":
@@ -205,14 +229,25 @@ def generate(
             raise ValueError(
                 "GPT-2 prompts must be left-padded: an attention_mask row has a 0 after a 1"
             )
-        if T + max_new_tokens > c.n_positions:
+        if T + total > c.n_positions and not crop:
             raise ValueError(
-                f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the model's "
-                f"n_positions={c.n_positions}; lower max_new_tokens to {c.n_positions - T} "
-                "or shorten the prompt"
+                f"prompt length {T} + max_new_tokens {total} exceeds the model's "
+                f"n_positions={c.n_positions}; lower max_new_tokens to {c.n_positions - T}, "
+                "shorten the prompt, or pass crop=True to keep generating from the last "
+                f"{c.n_positions} tokens"
             )
-        # The cache holds Tb + max_new_tokens - 1 slots and may not outgrow n_positions.
-        Tb = min(Tb, c.n_positions - max_new_tokens + 1)
+        if T + total > c.n_positions:
+            if method == "beam":
+                raise ValueError(
+                    f"beam search with crop=True past n_positions={c.n_positions} is not "
+                    f"implemented; use greedy or sample, or lower max_new_tokens to "
+                    f"{max(c.n_positions - T, 0)}"
+                )
+            # The cached loop fills the context; _cropped_tail windows the rest (M may be 0: a
+            # prompt that fills the context already).
+            M = max(c.n_positions - T, 0)
+        # The cache holds Tb + M - 1 slots and may not outgrow n_positions (no cache when M = 0).
+        Tb = min(Tb, c.n_positions - M + 1) if M else T
         pad = eos_token_id if pad_token_id is None else pad_token_id
         pad = 0 if pad is None else pad
         ids = np.concatenate([np.zeros((B, Tb - T), np.int32), input_ids.astype(np.int32)], axis=1)
@@ -241,7 +276,7 @@ def generate(
     rules = nn.get_logical_axis_rules()
     spec = _Spec(
         kind=kind,
-        max_new_tokens=int(max_new_tokens),
+        max_new_tokens=M,
         method=method,
         use_top_k=method == "sample" and bool(top_k),
         use_top_p=method == "sample" and top_p is not None and top_p < 1.0,
@@ -255,14 +290,12 @@ def generate(
     eos = np.int32(-1 if eos_token_id is None else eos_token_id)  # -1: no token is EOS
     # transformers divides a finished hypothesis' score by (generated length ** length_penalty),
     # computed in Python floats and rounded to float32: a table indexed by length does the same.
-    lengths = np.arange(max_new_tokens + 1)
+    lengths = np.arange(M + 1)
     denom = np.array(
         [float(n) ** length_penalty if n else 1.0 for n in lengths], np.float64
     ).astype(np.float32)
     # early_stopping="never" with a positive length penalty bounds scores at the maximal length.
-    never_len = np.int32(
-        max_new_tokens if (early_stopping == "never" and length_penalty > 0) else 0
-    )
+    never_len = np.int32(M if (early_stopping == "never" and length_penalty > 0) else 0)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     settings = dict(
         eos=eos,
@@ -274,11 +307,19 @@ def generate(
         top_k=np.int32(top_k or 0),
         top_p=np.float32(1.0 if top_p is None else top_p),
     )
-    fn = _compiled(model, spec)
-    out = fn(params, jnp.asarray(ids), jnp.asarray(mask), rng, jax.tree.map(jnp.asarray, settings))
-    tokens, logits = out
-    if kind == "causal":
-        tokens = tokens[:, Tb - T :]
+    settings = jax.tree.map(jnp.asarray, settings)
+    if M > 0:
+        fn = _compiled(model, spec)
+        tokens, logits = fn(params, jnp.asarray(ids), jnp.asarray(mask), rng, settings)
+        if kind == "causal":
+            tokens = tokens[:, Tb - T :]
+    else:  # crop=True with a prompt that fills the context: every token comes from the window
+        tokens = jnp.asarray(input_ids, jnp.int32)
+        logits = jnp.zeros((B, 0, c.vocab_size), jnp.float32) if return_logits else None
+    if M < total:
+        tokens, logits = _cropped_tail(
+            model, params, spec, tokens, prompt_mask, logits, total, rng, settings
+        )
     return (tokens, logits) if return_logits else tokens
 
 
@@ -380,21 +421,24 @@ _ADAPTERS = {"causal": (_causal_start, _causal_step), "seq2seq": (_seq2seq_start
 # Search loops. Each iteration feeds one token per row and chooses the next from its logits.
 
 
+def _choose(spec: _Spec, settings, logits, rng, i):
+    """The next token [B] int32 from float32 ``logits`` [B, V]: argmax, or a draw with
+    ``fold_in(rng, i)`` (i: the index of the new token) from the filtered distribution."""
+    if spec.method == "greedy":
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    z = process_logits(
+        logits,
+        settings["temperature"],
+        settings["top_k"] if spec.use_top_k else None,
+        settings["top_p"] if spec.use_top_p else None,
+    )
+    return jax.random.categorical(jax.random.fold_in(rng, i), z, axis=-1).astype(jnp.int32)
+
+
 def _sample_loop(spec: _Spec, V, tok, state, step, rng, settings):
     """Greedy or sampling: one token per row per iteration; stops early once every row hit EOS."""
     M, eos, pad = spec.max_new_tokens, settings["eos"], settings["pad"]
     B = tok.shape[0]
-
-    def choose(logits, i):
-        if spec.method == "greedy":
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        z = process_logits(
-            logits,
-            settings["temperature"],
-            settings["top_k"] if spec.use_top_k else None,
-            settings["top_p"] if spec.use_top_p else None,
-        )
-        return jax.random.categorical(jax.random.fold_in(rng, i), z, axis=-1).astype(jnp.int32)
 
     def cond(carry):
         i, _, _, _, finished, _ = carry
@@ -404,7 +448,7 @@ def _sample_loop(spec: _Spec, V, tok, state, step, rng, settings):
         i, tok, state, out, finished, rec = carry
         logits, state = step(state, tok)
         logits = logits.astype(jnp.float32)
-        tok = jnp.where(finished, pad, choose(logits, i))
+        tok = jnp.where(finished, pad, _choose(spec, settings, logits, rng, i))
         finished = finished | (tok == eos)
         out = out.at[:, i].set(tok)
         if rec is not None:
@@ -554,3 +598,71 @@ def _compiled(model, spec: _Spec):
         return gen, rec
 
     return generate_loop
+
+
+# ----------------------------------------------------------------------------------------------
+# crop=True past n_positions (GPT-2): a sliding window, one compiled full forward per token.
+
+
+def _cropped_tail(model, params, spec: _Spec, tokens, prompt_mask, logits, total, rng, settings):
+    """Continues ``tokens`` [B, T + M] (the prompt and the M tokens the cached loop generated) to
+    [B, T + total], each new token chosen from a forward pass over the row's last ``n_positions``
+    tokens. ``prompt_mask`` [B, T] marks left padding; ``logits`` [B, M, V] or None (not
+    recorded). Returns (tokens, logits [B, total, V] or None), as ``generate``.
+
+    The loop runs in Python, one call of the compiled ``crop_step`` per token: its window has the
+    fixed shape [B, n_positions], so every step, prompt length and ``max_new_tokens`` shares one
+    compilation (a compiled loop would have to be traced for each number of steps).
+    """
+    P = model.config.n_positions
+    B, L = tokens.shape
+    M = spec.max_new_tokens
+    T = L - M
+    full_mask = jnp.concatenate(
+        [jnp.asarray(prompt_mask, jnp.int32), jnp.ones((B, M), jnp.int32)], axis=1
+    )
+    window, wmask = tokens[:, -P:], full_mask[:, -P:]
+    # Rows that stopped in the cached loop stay stopped (with no EOS, eos = -1 matches nothing).
+    finished = jnp.any(tokens[:, T:] == settings["eos"], axis=1)
+    stops = int(settings["eos"]) >= 0
+    step = _window_step(model, dataclasses.replace(spec, max_new_tokens=0, return_logits=False))
+    new, recs = [], []
+    for i in range(M, total):
+        if stops and bool(jnp.all(finished)):  # every row stopped: the rest is padding
+            break
+        window, wmask, finished, tok, z = step(
+            params, window, wmask, finished, jnp.int32(i), rng, settings
+        )
+        new.append(tok)
+        recs.append(z)
+    gen = jnp.full((B, total - M), settings["pad"], jnp.int32)
+    if new:
+        gen = gen.at[:, : len(new)].set(jnp.stack(new, axis=1))
+    tokens = jnp.concatenate([tokens, gen], axis=1)
+    if logits is not None:
+        rec = jnp.zeros((B, total - M, model.config.vocab_size), jnp.float32)
+        if recs:
+            rec = rec.at[:, : len(recs)].set(jnp.stack(recs, axis=1))
+        logits = jnp.concatenate([logits, rec], axis=1)
+    return tokens, logits
+
+
+@functools.lru_cache(maxsize=64)
+def _window_step(model, spec: _Spec):
+    """One token per row from a [B, n_positions] window; compiled once per model, batch size and
+    (static) method."""
+
+    @jax.jit
+    def crop_step(params, window, mask, finished, i, rng, settings):
+        # Positions count from each row's first token in the window (GPT-2's learned absolute
+        # positions: the window's oldest token sits at position 0, as in nanoGPT's cropped idx).
+        pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        logits = model.apply({"params": params}, window, attention_mask=mask, position_ids=pos)
+        logits = logits[:, -1].astype(jnp.float32)
+        tok = jnp.where(finished, settings["pad"], _choose(spec, settings, logits, rng, i))
+        finished = finished | (tok == settings["eos"])
+        window = jnp.concatenate([window[:, 1:], tok[:, None]], axis=1)
+        mask = jnp.concatenate([mask[:, 1:], jnp.ones_like(mask[:, :1])], axis=1)
+        return window, mask, finished, tok, logits
+
+    return crop_step

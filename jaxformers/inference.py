@@ -3,7 +3,8 @@
 A training workdir's export is ``model.json`` (the family and its model config), ``params/`` (an
 orbax params-only checkpoint) and ``tokenizer/``; an HF directory is ``config.json`` +
 ``model.safetensors`` + the tokenizer's files. ``load`` reads either; ``sample_text`` and
-``fill_mask`` are what ``jaxformers sample`` and ``jaxformers fill-mask`` print; ``import_hf`` and
+``fill_mask`` are what ``jaxformers sample`` and ``jaxformers fill-mask`` print, ``sample_prompts``
+the samples at the end of ``jaxformers train``; ``import_hf`` and
 ``export_hf`` convert between the two layouts. ``model.json`` is written and read only here.
 """
 
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -83,9 +85,68 @@ def sample_text(
     seed: int = 0,
     num_beams: int = 4,
     model_input: str | None = None,
+    *,
+    crop: bool = False,
 ) -> str:
     """Causal LM (GPT-2): continues ``prompt``. Seq2seq (T5): generates from ``model_input`` (or
-    ``prompt``) until EOS or ``max_new_tokens``."""
+    ``prompt``) until EOS or ``max_new_tokens``.
+
+    GPT-2 with ``crop``: exactly ``max_new_tokens`` tokens, the context cropped to the model's last
+    ``n_positions`` tokens once it is full (``decoding.generate(crop=True)``). Without it the
+    request is cut to what fits, and a line on stderr says so and by how much.
+    """
+    model, params, tok = _load_generator(path)
+    return _generate_text(
+        model,
+        params,
+        tok,
+        model_input if model_input is not None else prompt,
+        max_new_tokens,
+        method,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        num_beams,
+        crop,
+    )
+
+
+def sample_prompts(
+    path: str,
+    prompts: list[str] | tuple[str, ...],
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+) -> list[str]:
+    """The end-of-training samples: one sampled continuation per prompt, ``max_new_tokens`` each
+    (cropped past the context: the experiment asked for that many), the model loaded once.
+
+    Prompt i samples with seed i: one shared seed gave every prompt the same random draws, and
+    samples that shared whole lines.
+    """
+    model, params, tok = _load_generator(path)
+    return [
+        _generate_text(
+            model,
+            params,
+            tok,
+            p,
+            max_new_tokens,
+            "sample",
+            temperature,
+            top_k,
+            top_p=None,
+            seed=i,
+            num_beams=1,
+            crop=True,
+        )  # fmt: skip
+        for i, p in enumerate(prompts)
+    ]
+
+
+def _load_generator(path: str):
+    """``load``, for a model that generates text (GPT-2 or T5)."""
     model, params, tok = load(path)
     family = models.of_model(model)
     if family.decoder is None:
@@ -93,7 +154,14 @@ def sample_text(
             f"{path} holds a {family.name} model, which does not generate text; "
             "sample needs a GPT-2 or T5 model"
         )
-    text = model_input if model_input is not None else prompt
+    return model, params, tok
+
+
+def _generate_text(
+    model, params, tok, text, max_new_tokens, method, temperature, top_k, top_p, seed, num_beams,
+    crop,
+) -> str:  # fmt: skip
+    family = models.of_model(model)
     ids = tok.encode(text)
     if not ids:
         raise ValueError(
@@ -101,12 +169,30 @@ def sample_text(
         )
     limit = family.max_positions(model.config)
     if family.decoder == "seq2seq":
+        if crop:
+            raise ValueError(
+                "--crop applies to GPT-2 models; a T5 model has relative positions and no context "
+                "window to crop"
+            )
         ids = ids + [tok.eos_id]
         room, eos = max_new_tokens, tok.eos_id
+    elif crop:
+        room, eos = max_new_tokens, None
     else:
         room, eos = min(max_new_tokens, limit - len(ids)), None
         if room < 1:
-            raise ValueError(f"the prompt has {len(ids)} tokens, the model only {limit} positions")
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens, the model only {limit} positions; --crop "
+                f"continues from the prompt's last {limit} tokens"
+            )
+        if room < max_new_tokens:
+            print(
+                f"jaxformers: the model has {limit} positions; generated {room} of the "
+                f"{max_new_tokens} requested tokens (the prompt took {len(ids)}); --crop "
+                f"(crop=True) keeps generating with the context cropped to the last {limit} "
+                "tokens",
+                file=sys.stderr,
+            )
     out = decoding.generate(
         model,
         params,
@@ -119,6 +205,7 @@ def sample_text(
         num_beams=num_beams,
         eos_token_id=eos,
         rng=jax.random.PRNGKey(seed),
+        crop=crop,
     )
     return tok.decode(np.asarray(out[0]).tolist())
 

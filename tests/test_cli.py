@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -122,6 +123,72 @@ def test_sample_and_plot(trained, capsys, tmp_path):
     assert capsys.readouterr().out.strip() == png
     with open(png, "rb") as f:
         assert f.read(8) == PNG_MAGIC
+
+
+@pytest.fixture(scope="module")
+def random_gpt2_workdir(tmp_path_factory):
+    """(workdir, tokenizer) of an untrained GPT-2 export with 33 positions, as a finished run
+    writes it (params, model.json, tokenizer/): the sampling tests need no training."""
+    from helpers import play_excerpt
+
+    from jaxformers import checkpoint, inference
+    from jaxformers.data.tokenizers import train_bpe
+    from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+    wd = str(tmp_path_factory.mktemp("random_gpt2"))
+    tok = train_bpe([play_excerpt(20_000)], 300)
+    tok.save(os.path.join(wd, "tokenizer"))
+    c = GPT2Config(
+        vocab_size=tok.vocab_size, n_positions=33, n_embd=24, n_layer=1, n_head=2, eos_token_id=0
+    )
+    variables = GPT2LMHeadModel(c).init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))
+    params = nn.meta.unbox(variables["params"])  # plain arrays, as a training run exports them
+    checkpoint.export_params(params, os.path.join(wd, "params"))
+    inference.write_model_json(wd, c)
+    return wd, tok
+
+
+def test_sample_past_the_context_says_so_or_crops(random_gpt2_workdir, capsys):
+    """Without --crop the request is cut to the model's 33 positions, and stderr says by how much;
+    with --crop every requested token is generated (decoding.generate(crop=True)'s tokens)."""
+    from jaxformers import decoding, inference
+
+    wd, tok = random_gpt2_workdir
+    n = len(tok.encode("ROMEO:"))
+    argv = ["sample", "--workdir", wd, "--prompt", "ROMEO:", "--method", "greedy"]
+    assert cli.main([*argv, "--max-new-tokens", "300"]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        f"the model has 33 positions; generated {33 - n} of the 300 requested tokens "
+        f"(the prompt took {n}); --crop"
+    ) in err
+    assert cli.main([*argv, "--max-new-tokens", "10"]) == 0  # it fits: no message
+    assert capsys.readouterr().err == ""
+
+    assert cli.main([*argv, "--max-new-tokens", "100", "--crop"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    model, params, _ = inference.load(wd)
+    ids = decoding.generate(
+        model, params, np.asarray([tok.encode("ROMEO:")]), max_new_tokens=100, crop=True
+    )
+    assert ids.shape == (1, n + 100)
+    assert out == tok.decode(np.asarray(ids[0]).tolist()) + "\n"
+
+
+def test_end_of_run_samples_differ_between_prompts(random_gpt2_workdir):
+    """The end-of-run samples (cli._train prints inference.sample_prompts): each prompt draws with
+    its own seed, so one prompt given twice gets two samples; each has every requested token,
+    past the 33 positions."""
+    from jaxformers import inference
+
+    wd, tok = random_gpt2_workdir
+    a, b = inference.sample_prompts(wd, ("ROMEO:", "ROMEO:"), 40, temperature=1.0, top_k=0)
+    assert a.startswith("ROMEO:") and b.startswith("ROMEO:")
+    assert a != b
+    # Seed i of prompt i: the first sample is sample_text's with seed 0 (and crop).
+    assert a == inference.sample_text(wd, "ROMEO:", 40, "sample", 1.0, 0, None, 0, crop=True)
+    assert b == inference.sample_text(wd, "ROMEO:", 40, "sample", 1.0, 0, None, 1, crop=True)
 
 
 def test_unknown_set_key_exits_2(capsys, tmp_path):

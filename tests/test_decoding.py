@@ -811,3 +811,133 @@ def test_bad_prompts(gpt2, t5, family):
     else:
         with pytest.raises(ValueError, match="n_positions"):
             decoding.generate(model, params, np.full((1, P_T5 + 1), 2), max_new_tokens=3)
+
+
+# -------------------------------------------------------------------------------- crop=True (GPT-2)
+
+
+def sliding_window_greedy(logits_fn, ids, max_new_tokens, positions):
+    """nanoGPT's sampler, greedy, as plain Python: each token is the argmax of the logits at the
+    last of the sequence's last ``positions`` tokens. ``logits_fn``: [B, positions] int ->
+    [B, positions, V]; a shorter window is right-padded to that fixed shape (one compilation),
+    which a causal model's logits before the padding do not see."""
+    seq = np.asarray(ids)
+    for _ in range(max_new_tokens):
+        window = seq[:, -positions:]
+        t = window.shape[1]
+        window = np.pad(window, ((0, 0), (0, positions - t)))
+        logits = np.asarray(logits_fn(window))[:, t - 1]
+        seq = np.concatenate([seq, logits.argmax(-1)[:, None].astype(seq.dtype)], axis=1)
+    return seq
+
+
+@pytest.mark.parametrize("T,new", [(6, 45), (40, 4)])  # the context fills mid-run; a long prompt
+def test_crop_greedy_equals_sliding_window_reference(gpt2_odd, T, new):
+    """crop=True past n_positions = 37: the same tokens as a plain loop over our model's full
+    forward on the last 37 tokens, and as the same loop over transformers' GPT2LMHeadModel."""
+    import torch
+
+    m, model, params = gpt2_odd
+    ids = odd_prompts((2, T), seed=6)
+    ours = np.asarray(
+        decoding.generate(model, params, ids, max_new_tokens=new, method="greedy", crop=True)
+    )
+    assert ours.shape == (2, T + new)
+    forward = jax.jit(lambda x: model.apply({"params": params}, x))
+    ref = sliding_window_greedy(forward, ids, new, P_ODD)
+    np.testing.assert_array_equal(ours, ref)
+    with torch.no_grad():
+        hf_ref = sliding_window_greedy(
+            lambda x: m(torch.as_tensor(x, dtype=torch.long)).logits.numpy(), ids, new, P_ODD
+        )
+    np.testing.assert_array_equal(ours, hf_ref)
+    assert_varied(ours[:, -min(new, 14) :], 3)  # the cropped tokens are not a degenerate repeat
+
+
+def test_crop_changes_nothing_while_the_sequence_fits(gpt2_odd):
+    """While prompt and new tokens fit, crop=True is the cached loop itself; past the context, its
+    first tokens are those of the longest uncropped run."""
+    _, model, params = gpt2_odd
+    ids = odd_prompts((3, 5), seed=7)
+    for kw in (dict(method="greedy"), dict(method="sample", top_k=5, rng=jax.random.PRNGKey(2))):
+        for new in (12, P_ODD - 5):
+            plain = decoding.generate(model, params, ids, max_new_tokens=new, **kw)
+            cropped = decoding.generate(model, params, ids, max_new_tokens=new, crop=True, **kw)
+            np.testing.assert_array_equal(np.asarray(cropped), np.asarray(plain))
+        longer = decoding.generate(model, params, ids, max_new_tokens=P_ODD + 3, crop=True, **kw)
+        np.testing.assert_array_equal(np.asarray(longer)[:, :P_ODD], np.asarray(plain))
+
+
+def test_crop_sampling_reproducible_and_filtered(gpt2_flat, gpt2_odd):
+    """Sampling past the context: T + max_new_tokens tokens, the same for the same key, other
+    tokens for another; top_k=1 samples the greedy tokens; return_logits covers every new token."""
+    _, model, params = gpt2_flat
+    ids, new = odd_prompts((2, 4), seed=8), 50
+    kw = dict(max_new_tokens=new, method="sample", temperature=1.0, top_p=0.95, crop=True)
+    a, la = decoding.generate(
+        model, params, ids, rng=jax.random.PRNGKey(7), return_logits=True, **kw
+    )
+    b = decoding.generate(model, params, ids, rng=jax.random.PRNGKey(7), **kw)
+    c = decoding.generate(model, params, ids, rng=jax.random.PRNGKey(8), **kw)
+    a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
+    assert a.shape == (2, 4 + new) and la.shape == (2, new, V_ODD)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[:, :4], ids)
+    assert (a[:, P_ODD:] != c[:, P_ODD:]).mean() > 0.5  # near-uniform: the cropped part differs
+    # The recorded logits of a cropped step are the window's forward pass.
+    window = jnp.asarray(a[:, 4 + new - 1 - P_ODD : 4 + new - 1])
+    last = np.asarray(model.apply({"params": params}, window))[:, -1]
+    np.testing.assert_allclose(np.asarray(la[:, -1]), last, rtol=1e-5, atol=1e-5)
+
+    _, model, params = gpt2_odd
+    greedy = decoding.generate(model, params, ids, max_new_tokens=new, crop=True)
+    top1 = decoding.generate(
+        model, params, ids, max_new_tokens=new, method="sample", top_k=1, temperature=0.7,
+        rng=jax.random.PRNGKey(3), crop=True,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy))
+
+
+def test_crop_left_padding_and_eos(gpt2_odd):
+    """A left-padded row crops its own tokens (the same new tokens as alone); a row that hits EOS
+    in the cropped part holds padding after it."""
+    _, model, params = gpt2_odd
+    ids = odd_prompts((2, 6), seed=9)
+    mask = np.ones_like(ids)
+    mask[1, :2] = 0
+    new = 40
+    both = np.asarray(
+        decoding.generate(model, params, ids, max_new_tokens=new, attention_mask=mask, crop=True)
+    )
+    for r, prompt in enumerate((ids[:1], ids[1:, 2:])):
+        alone = np.asarray(decoding.generate(model, params, prompt, max_new_tokens=new, crop=True))
+        np.testing.assert_array_equal(both[r, 6:], alone[0, -new:])
+    eos = first_new_token(both[0], start=P_ODD)  # first seen in the cropped part
+    out = np.asarray(
+        decoding.generate(
+            model,
+            params,
+            ids[:1],
+            max_new_tokens=new,
+            eos_token_id=eos,
+            pad_token_id=PAD,
+            crop=True,
+        )  # fmt: skip
+    )
+    stop = list(both[0]).index(eos)
+    np.testing.assert_array_equal(out[0, : stop + 1], both[0, : stop + 1])
+    assert (out[0, stop + 1 :] == PAD).all() and out.shape == (1, 6 + new)
+
+
+def test_crop_errors(gpt2, t5):
+    """Without crop the length error names crop=True; beam search past the context and T5 with
+    crop are errors that say why."""
+    _, model, params = gpt2
+    ids = np.full((1, 4), 2, np.int32)
+    with pytest.raises(ValueError, match="crop=True"):
+        decoding.generate(model, params, ids, max_new_tokens=P_GPT2)
+    with pytest.raises(ValueError, match="beam search with crop=True"):
+        decoding.generate(model, params, ids, max_new_tokens=P_GPT2, method="beam", crop=True)
+    _, t_model, t_params, _ = t5["v1.0"]
+    with pytest.raises(ValueError, match="crop=True applies to causal LMs"):
+        decoding.generate(t_model, t_params, ids, max_new_tokens=3, crop=True)
