@@ -6,11 +6,15 @@
     jaxformers sample --workdir DIR --prompt TEXT [--method greedy|sample|beam] [--temperature ...]
                       [--crop]  (GPT-2: past the model's positions, from the last n_positions)
     jaxformers sample --workdir T5_DIR --input "to be or <extra_id_0> to be"
-    jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT; workdir or HF dir)
+    jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT)
     jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
 
-Running ``train`` again with the same workdir resumes from its latest checkpoint.
+Running ``train`` again with the same workdir resumes from its latest checkpoint. Wherever a
+Hugging Face directory is read (sample, fill-mask, convert --from-hf, init_from), a Hugging Face
+Hub id works too (owner/name or owner/name@revision): its config, safetensors and tokenizer files
+are fetched into huggingface_hub's cache (HF_HUB_CACHE; with HF_HUB_OFFLINE=1 only the cache is
+read). A path that exists always wins over a Hub id.
 """
 
 from __future__ import annotations
@@ -162,7 +166,9 @@ def _convert(args) -> int:
     """Hugging Face dir <-> jaxformers export (workdir with model.json + orbax params +
     tokenizer)."""
     if bool(args.from_hf) == bool(args.to_hf):
-        raise ValueError("give exactly one of --from-hf DIR (import) or --to-hf DIR (export)")
+        raise ValueError(
+            "give exactly one of --from-hf DIR_OR_HUB_ID (import) or --to-hf DIR (export)"
+        )
     if args.from_hf:
         inference.import_hf(args.from_hf, args.workdir)
         print(f"imported {args.from_hf} -> {args.workdir}")
@@ -223,7 +229,11 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_train)
     pr.set_defaults(fn=_prepare)
     s = sub.add_parser("sample", help="generate text from a trained workdir")
-    s.add_argument("--workdir", required=True)
+    s.add_argument(
+        "--workdir",
+        required=True,
+        help="a training workdir, a Hugging Face directory or a Hugging Face Hub id",
+    )
     s.add_argument("--prompt", default=None, help="GPT-2: the text to continue")
     s.add_argument(
         "--input",
@@ -247,14 +257,20 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_sample)
     fm = sub.add_parser("fill-mask", help="top-k tokens for each [MASK] with a BERT model")
     fm.add_argument(
-        "--model", required=True, help="a training workdir or a Hugging Face-format directory"
+        "--model",
+        required=True,
+        help="a training workdir, a Hugging Face directory or a Hugging Face Hub id",
     )
     fm.add_argument("--text", required=True)
     fm.add_argument("--top-k", type=int, default=5)
     fm.set_defaults(fn=_fill_mask)
     cv = sub.add_parser("convert", help="Hugging Face format <-> jaxformers workdir export")
     cv.add_argument("--workdir", required=True)
-    cv.add_argument("--from-hf", default=None, help="import this Hugging Face dir into --workdir")
+    cv.add_argument(
+        "--from-hf",
+        default=None,
+        help="import this Hugging Face directory or Hugging Face Hub id into --workdir",
+    )
     cv.add_argument(
         "--to-hf", default=None, help="export --workdir's params to this Hugging Face dir"
     )

@@ -231,7 +231,7 @@ class Experiment:
     log_every: int = 10
     seed: int = 0  # parameter init and dropout
     init_from: str = (
-        ""  # fine-tuning: a Hugging Face dir or a training workdir whose params seed a fresh run
+        ""  # fine-tuning: an HF dir or Hub id, or a training workdir, whose params seed a fresh run
     )
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the table in perf.py (measured on CPU)
     # a NaN/inf loss or gradient: "stop" (with the last good checkpoint) or "skip" the update

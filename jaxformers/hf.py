@@ -1,5 +1,8 @@
 """Hugging Face format: a directory with ``config.json`` and ``model.safetensors``.
 
+``resolve`` turns a Hugging Face Hub id (``owner/name`` or ``name``, ``@revision`` optional) into
+such a directory, fetched with huggingface_hub into its cache; a path that exists always wins.
+
 ``from_pretrained`` picks the family from ``model_type`` (bert | gpt2 | t5) and returns
 ``(model, params)``; ``save_pretrained`` writes a directory that transformers' ``from_pretrained``
 loads unchanged. Weights are read with safetensors only: pickled ``pytorch_model.bin`` files are
@@ -17,6 +20,7 @@ import functools
 import json
 import math
 import os
+import shlex
 from typing import Any
 
 import flax.linen as nn
@@ -163,6 +167,121 @@ def params_to_hf(params: Any, config: Any) -> dict[str, np.ndarray]:
     return out
 
 
+# ---- a directory or a Hugging Face Hub id ----
+
+# The tokenizer files an HF directory may hold (fetched for a Hub id, copied on import and export).
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "spiece.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+# What ``resolve`` fetches from the Hub: the config, safetensors weights (one file or transformers'
+# shards with their index) and the tokenizer; never pickled weights (*.bin, *.pt, *.ckpt, *.h5,
+# *.msgpack).
+HUB_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*-of-*.safetensors",
+    *TOKENIZER_FILES,
+)
+_PICKLED = "pytorch_model.bin, *.pt, *.ckpt, tf_model.h5, flax_model.msgpack"
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache_dir() -> str:
+    """huggingface_hub's cache: ``HF_HUB_CACHE`` as set now, else its default (~/.cache/...)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
+def resolve(path_or_id: str) -> str:
+    """A local directory for ``path_or_id``: the path itself when it exists, else the snapshot of
+    the Hugging Face Hub model ``owner/name`` or ``name`` (``owner/name@revision`` for a branch,
+    tag or commit; default main) in huggingface_hub's cache, fetched if missing.
+
+    Only ``HUB_FILES`` are fetched. Offline (``HF_HUB_OFFLINE=1``) only the cache is read.
+    Raises FileNotFoundError when ``path_or_id`` is neither an existing path nor a model that
+    can be found, ValueError when the model has no safetensors weights.
+    """
+    if os.path.exists(path_or_id):
+        return path_or_id
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id, at, revision = path_or_id.partition("@")
+    try:
+        if at and not revision:
+            raise HFValidationError("empty revision")
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"{path_or_id} is neither an existing directory nor a Hugging Face Hub id "
+            "('owner/name' or 'name', optionally '@revision')"
+        ) from None
+    cache = hub_cache_dir()
+    offline = constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE")
+    offline = offline or _env_true("TRANSFORMERS_OFFLINE")
+    at_rev = f" at revision {revision!r}" if revision else ""
+    try:
+        snapshot = snapshot_download(
+            repo_id,
+            revision=revision or None,
+            cache_dir=cache,
+            allow_patterns=list(HUB_FILES),
+            local_files_only=offline,
+        )
+    except RepositoryNotFoundError as e:  # online: no such repo (or private, or gated)
+        raise FileNotFoundError(
+            f"{path_or_id} is neither an existing directory nor a model on the Hugging Face Hub "
+            f"({str(e).splitlines()[0]})"
+        ) from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(
+            f"the Hugging Face Hub model {repo_id} has no revision {revision!r}"
+        ) from None
+    except LocalEntryNotFoundError:  # offline, or the Hub unreachable, and not (fully) cached
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
+        raise FileNotFoundError(
+            f"{path_or_id} is not an existing directory, and the Hugging Face Hub model "
+            f"{repo_id}{at_rev} is not in the cache {cache} ({why}). Run once with network "
+            f"access{' (unset HF_HUB_OFFLINE)' if offline else ''}, or fetch it with `hf "
+            f"download {repo_id}"
+            f"{f' --revision {revision}' if revision else ''} --include "
+            f"{' '.join(shlex.quote(p) for p in HUB_FILES)}` (`huggingface-cli download` before "
+            "huggingface_hub 1.0; the cache is HF_HUB_CACHE), or pass a local directory"
+        ) from None
+    except HfHubHTTPError as e:
+        raise RuntimeError(f"cannot fetch {repo_id} from the Hugging Face Hub: {e}") from None
+    if not any(
+        os.path.isfile(os.path.join(snapshot, n))
+        for n in ("model.safetensors", "model.safetensors.index.json")
+    ):
+        cached = f" (only its cached files in {snapshot} were read, offline)" if offline else ""
+        raise ValueError(
+            f"the Hugging Face Hub model {repo_id}{at_rev} has no safetensors weights "
+            f"(model.safetensors or model.safetensors.index.json){cached}; jaxformers never "
+            f"loads pickled weights ({_PICKLED}): convert them once with transformers "
+            "(model.save_pretrained(dir, safe_serialization=True)) and pass that directory"
+        )
+    return snapshot
+
+
 # ---- safetensors I/O ----
 
 
@@ -192,10 +311,11 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def from_pretrained(path: str, dtype: str | None = None, **config_overrides: Any):
-    """Loads a Hugging Face-format directory.
+    """Loads a Hugging Face-format directory or Hub model.
 
     Args:
-      path: directory with config.json and model.safetensors (or a sharded index).
+      path: directory with config.json and model.safetensors (or a sharded index), or a Hugging
+        Face Hub id ``owner/name[@revision]`` (see ``resolve``).
       dtype: compute dtype override ("float32", "bfloat16"); params keep the stored precision
         cast to float32 unless ``param_dtype`` is overridden.
       **config_overrides: fields of the family's config (scan_layers=True, remat="full", ...).
@@ -203,6 +323,7 @@ def from_pretrained(path: str, dtype: str | None = None, **config_overrides: Any
     Returns:
       (model, params): a flax module and its params pytree (numpy/jax arrays).
     """
+    path = resolve(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"no config.json in {path}: not a Hugging Face model directory")

@@ -2,9 +2,10 @@
 
 A training workdir's export is ``model.json`` (the family and its model config), ``params/`` (an
 orbax params-only checkpoint) and ``tokenizer/``; an HF directory is ``config.json`` +
-``model.safetensors`` + the tokenizer's files. ``load`` reads either; ``sample_text`` and
-``fill_mask`` are what ``jaxformers sample`` and ``jaxformers fill-mask`` print, ``sample_prompts``
-the samples at the end of ``jaxformers train``; ``import_hf`` and
+``model.safetensors`` + the tokenizer's files, or a Hugging Face Hub id fetched into such a
+directory (``hf.resolve``). ``load`` reads either; ``sample_text`` and ``fill_mask`` are what
+``jaxformers sample`` and ``jaxformers fill-mask`` print, ``sample_prompts`` the samples at the end
+of ``jaxformers train``; ``import_hf`` and
 ``export_hf`` convert between the two layouts. ``model.json`` is written and read only here.
 """
 
@@ -25,14 +26,7 @@ from jaxformers.data.tokenizers import load_tokenizer
 
 MODEL_JSON = "model.json"
 # The tokenizer files an HF directory may hold, copied on import and export.
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "spiece.model",
-    "tokenizer_config.json",
-)
+TOKENIZER_FILES = hf.TOKENIZER_FILES
 
 
 def write_model_json(workdir: str, config: Any) -> None:
@@ -58,7 +52,9 @@ def read_model_json(workdir: str) -> Any:
 
 
 def load(path: str):
-    """(model, params, tokenizer) from a finished training workdir or a Hugging Face-format dir."""
+    """(model, params, tokenizer) from a finished training workdir, a Hugging Face-format dir or a
+    Hugging Face Hub id (``owner/name[@revision]``, see ``hf.resolve``)."""
+    path = hf.resolve(path)
     if os.path.isfile(os.path.join(path, "config.json")):
         model, params = hf.from_pretrained(path)
         return model, params, load_tokenizer(models.of_model(model).tokenizer, path)
@@ -247,7 +243,9 @@ def _copy_tokenizer(src: str, dst: str) -> None:
 
 
 def import_hf(hf_dir: str, workdir: str) -> None:
-    """An HF directory -> a workdir export (params, ``model.json``, tokenizer)."""
+    """An HF directory or Hub id (``hf.resolve``) -> a workdir export (params, ``model.json``,
+    tokenizer)."""
+    hf_dir = hf.resolve(hf_dir)
     model, params = hf.from_pretrained(hf_dir)
     checkpoint.export_params(params, os.path.join(workdir, "params"))
     write_model_json(workdir, model.config)
