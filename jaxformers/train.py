@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -681,11 +682,43 @@ class _PreemptionFlag:
             signal.signal(signal.SIGTERM, self.old)
 
 
+class _LineProgress:
+    """The progress bar's content as one plain line per log interval, for a log file: a bar's
+    carriage-return refreshes would write a line each."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.total, self.n, self.enabled = total, initial, enabled
+        self.t0, self.n0, self.postfix = time.time(), initial, ""
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+
+    def set_postfix_str(self, s: str, refresh: bool = False) -> None:
+        self.postfix = s
+
+    def set_description(self, s: str, refresh: bool = False) -> None:
+        if not self.enabled:
+            return
+        done = self.n - self.n0
+        eta = (self.total - self.n) * (time.time() - self.t0) / done if done else None
+        parts = [f"step {self.n}/{self.total}", s, self.postfix]
+        if eta is not None:
+            parts.append(f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        print(" ".join(p for p in parts if p), flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(exp, start, end):
+    """A tqdm bar on a terminal; plain lines (``_LineProgress``) when stderr is redirected."""
+    enabled = exp.progress and jax.process_index() == 0
+    if not sys.stderr.isatty():
+        return _LineProgress(end, start, enabled)
     return tqdm(
         total=end,
         initial=start,
-        disable=not exp.progress or jax.process_index() != 0,
+        disable=not enabled,
         unit="step",
         dynamic_ncols=True,
         mininterval=1.0,

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -394,3 +395,16 @@ def test_eval_scores_every_validation_token_once(tmp_path, eval_batches):
         nll += list(-logp[np.arange(len(y)), y])
     assert len(nll) == n
     np.testing.assert_allclose(got["loss"], np.mean(nll), rtol=1e-5)
+
+
+def test_progress_in_a_log_file_is_one_plain_line_per_log_interval(tmp_path, capfd):
+    """stderr not a terminal (a log file; here pytest's capture): no carriage-return bar, one
+    line per log interval with the step, loss, tokens/s, MFU and ETA."""
+    exp = small_experiment(steps=4, log_every=2, progress=True)
+    train.Trainer(exp, str(tmp_path), data=synthetic_data(), devices=jax.devices()[:1]).run()
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err
+    lines = [ln for ln in out.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["2/4", "4/4"]
+    for ln in lines:
+        assert re.fullmatch(r"step \d/4 loss \d+\.\d{3} tok/s=[\d,]+ MFU=[\d.]+% ETA \d+:\d\d", ln)
