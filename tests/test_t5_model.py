@@ -604,3 +604,34 @@ def test_packed_examples_equal_each_alone(v11):
     mixed = np.asarray(apply(e_ids, d_ids))[0]
     alone_b = np.asarray(apply(enc[1][None], dec[1][None]))[0]
     assert np.max(np.abs(mixed[4:7] - alone_b)) > 1e-3
+
+
+def test_untied_head_initialised_by_fan_in_as_t5x():
+    """T5.1.1 (untied head) from scratch: the head kernel [D, V] has std ~ d_model**-0.5
+    (variance scaling by fan-in, as t5x's logits_dense), so the initial loss on random tokens sits
+    near ln(V), not at transformers' std-1.0 init (a loss of ~28 in t5_shakespeare)."""
+
+    c = T5Config.preset(
+        "t5.1.1-small",
+        vocab_size=1009,
+        d_model=96,
+        d_kv=16,
+        num_heads=3,
+        d_ff=127,
+        num_layers=2,
+        num_decoder_layers=2,
+        dropout_rate=0.0,
+    )
+    assert not c.tie_word_embeddings
+    model = T5ForConditionalGeneration(c)
+    rng = np.random.default_rng(0)
+    x = rng.integers(2, c.vocab_size, (4, 23))
+    y = rng.integers(2, c.vocab_size, (4, 11))
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), x, y)["params"])
+    kernel = np.asarray(params["lm_head"]["kernel"])
+    assert kernel.shape == (96, 1009)
+    assert abs(kernel.std() * 96**0.5 - 1.0) < 0.05
+    logits = np.asarray(model.apply({"params": params}, x, y), np.float64)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    nll = logz - np.take_along_axis(logits, y[..., None], -1)[..., 0]
+    assert abs(nll.mean() - np.log(c.vocab_size)) < 1.0

@@ -365,7 +365,12 @@ class T5ForConditionalGeneration(nn.Module):
                 use_bias=False,
                 dtype=dtype,
                 param_dtype=pdtype,
-                kernel_init=_normal(c.initializer_factor),
+                # As t5x's logits_dense: variance scaling by fan-in (std ~ d_model**-0.5), so a
+                # fresh T5.1.1 starts near ln(vocab). transformers' std 1.0 (fine for loading
+                # weights, which is all it is used for there) starts at a loss of ~28.
+                kernel_init=nn.initializers.variance_scaling(
+                    c.initializer_factor, "fan_in", "truncated_normal"
+                ),
             )
 
     def encode(
