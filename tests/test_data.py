@@ -509,7 +509,7 @@ def test_fuzz_example_batches_pad_reads_each_example_once(n, B, pc):
     assert sorted(seen) == list(range(1, n + 1))
 
 
-def test_local_corpus_prepared_quietly_into_the_workdir(tmp_path, monkeypatch, capsys):
+def test_local_corpus_prepared_quietly_into_the_workdir(tmp_path, monkeypatch, capfd):
     """No TFDS "Downloading ..." wording or absl warning for a local file; one line says what was
     prepared and where; the default place is the run's own WORKDIR/data/tfds."""
     monkeypatch.delenv("JAXFORMERS_DATA_DIR", raising=False)
@@ -518,13 +518,13 @@ def test_local_corpus_prepared_quietly_into_the_workdir(tmp_path, monkeypatch, c
     cfg = DataConfig(corpus=str(p), val_fraction=0.1)
     work = tmp_path / "work"
     srcs = sources.run_sources(cfg, str(work))
-    out = capsys.readouterr()
+    out = capfd.readouterr()
     text = out.out + out.err
     assert "ownload" not in text and "WARNING" not in text and "custom data" not in text
     assert text.count("prepared corpus") == 1 and str(work / "data" / "tfds") in text
     assert len(srcs["train"]) == 1 and len(srcs["validation"]) == 1
     sources.run_sources(cfg, str(work))  # already prepared: silent
-    out = capsys.readouterr()
+    out = capfd.readouterr()
     assert out.out + out.err == ""
 
 
@@ -605,3 +605,18 @@ def test_fuzz_sources(text, frac):
     sources.play_markdown_to_text(text)
     tr, va = sources.split_document(text, frac)
     assert tr + va == text
+
+
+def test_val_corpus_from_a_tfds_split(text_folder, tmp_path, data_dir):
+    """data.val_corpus=tfds:NAME:SPLIT reads that split of a prepared TFDS dataset whole (here a
+    local corpus this project prepared, found by its registered builder name); a split it lacks
+    is an error that lists the splits it has."""
+    held_out = sources.prepare_local(os.path.join(text_folder, "a.txt"), 0.0, data_dir)["train"]
+    name = f"jaxformers_text/{held_out.dataset_info.config_name}"
+    srcs = sources.text_sources(
+        os.path.join(text_folder, "b.txt"), 0.0, data_dir, val_corpus=f"tfds:{name}:train"
+    )
+    assert records(srcs["validation"]) == {"a.txt": DOCS["a.txt"]}
+    assert records(srcs["train"]) == {"b.txt": DOCS["b.txt"]}
+    with pytest.raises(ValueError, match="no split 'test'; it has train"):
+        sources.text_sources(text_folder, 0.0, data_dir, val_corpus=f"tfds:{name}:test")

@@ -198,14 +198,16 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
         )
     what = f"corpus {spec!r}" + (f" ({len(files)} files)" if len(files) > 1 else "")
     _prepare(builder, what)
-    srcs = builder.as_data_source()
+    with _quiet_tfds():
+        srcs = builder.as_data_source()
     return {"train": srcs["train"], "validation": srcs.get("validation")}
 
 
 @contextlib.contextmanager
 def _quiet_tfds():
     """TFDS warns "Using custom data configuration" for every config made at run time (each
-    corpus fingerprint is one): expected here, so not shown."""
+    corpus fingerprint is one) and "Variant folder ... has no dataset_info.json" while it scans a
+    folder it is writing: expected here, so not shown."""
     absl_log = logging.getLogger("absl")
     level = absl_log.level
     absl_log.setLevel(logging.ERROR)
@@ -217,8 +219,9 @@ def _quiet_tfds():
 
 
 def _prepare(builder, what: str) -> None:
-    if builder.is_prepared():
-        return
+    with _quiet_tfds():
+        if builder.is_prepared():
+            return
     try:
         with _quiet_tfds():
             builder.download_and_prepare()
@@ -285,7 +288,8 @@ def prepare_examples(name: str, generators: dict, spec: dict, data_dir: str | No
             file_format="array_record",
         )
     _prepare(builder, f"examples {name}")
-    return builder.as_data_source()
+    with _quiet_tfds():
+        return builder.as_data_source()
 
 
 def catalog_source(name: str, data_dir: str | None = None, val_split: str = "validation"):
