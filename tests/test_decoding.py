@@ -854,6 +854,7 @@ def test_crop_greedy_equals_sliding_window_reference(gpt2_odd, T, new):
     assert_varied(ours[:, -min(new, 14) :], 3)  # the cropped tokens are not a degenerate repeat
 
 
+@pytest.mark.slow  # the fast loop keeps the greedy-vs-reference and padding tests
 def test_crop_changes_nothing_while_the_sequence_fits(gpt2_odd):
     """While prompt and new tokens fit, crop=True is the cached loop itself; past the context, its
     first tokens are those of the longest uncropped run."""
@@ -868,6 +869,7 @@ def test_crop_changes_nothing_while_the_sequence_fits(gpt2_odd):
         np.testing.assert_array_equal(np.asarray(longer)[:, :P_ODD], np.asarray(plain))
 
 
+@pytest.mark.slow  # the fast loop keeps the greedy-vs-reference and padding tests
 def test_crop_sampling_reproducible_and_filtered(gpt2_flat, gpt2_odd):
     """Sampling past the context: T + max_new_tokens tokens, the same for the same key, other
     tokens for another; top_k=1 samples the greedy tokens; return_logits covers every new token."""
