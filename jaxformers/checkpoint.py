@@ -2,16 +2,25 @@
 
 A workdir holds ``checkpoints/<step>/{state,meta}``: ``state`` is the sharded pytree
 ``{"step", "params", "opt_state"}`` written asynchronously (training goes on while it is written),
-``meta`` a small JSON record (data position, config fingerprint). Restoring uses an abstract
-target that carries the shardings of the *current* mesh, so a checkpoint saved on one mesh
-restores onto another.
+``meta`` a small JSON record (data position, the run's configuration). Restoring uses an
+abstract target that carries the shardings of the *current* mesh, so a checkpoint saved on one
+mesh restores onto another.
+
+Restoring tells three failures apart. A checkpoint that cannot be read (truncated or garbled
+files) is damaged: it is set aside and the previous one is tried. One that reads but does not fit
+the state now configured (other shapes, another tree) is a changed configuration, never damage:
+``CheckpointMismatch``. A read that fails for a passing reason (an I/O or network error, a
+timeout) is tried again a few times, then ``CheckpointUnreachable``; nothing is set aside.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,6 +29,61 @@ import orbax.checkpoint as ocp
 from jaxformers.launch import barrier
 
 log = logging.getLogger("jaxformers")
+
+# Seconds to wait before each new try of a read that failed for a passing reason (then give up).
+RETRY_DELAYS = (1.0, 4.0, 16.0)
+
+# OSError numbers of storage that is unreachable for now (a network filesystem, a bucket), not of
+# files that are broken.
+_TRANSIENT_ERRNOS = {
+    errno.EIO,
+    errno.ETIMEDOUT,
+    errno.EAGAIN,
+    errno.EBUSY,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.ENETRESET,
+    errno.EPIPE,
+}
+# TensorStore (which reads orbax's arrays, on GCS too) reports such failures with these status
+# codes in the message of a ValueError.
+_TRANSIENT_CODES = ("UNAVAILABLE:", "DEADLINE_EXCEEDED:")
+# What orbax says when the restore target and a readable checkpoint disagree (both ValueError, as
+# most read failures of damaged files are): measured with orbax-checkpoint 0.12.
+_MISMATCH_MESSAGES = ("tree structures do not match", "is not compatible with the stored shape")
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that reads but was written by another configuration (not damage)."""
+
+
+class CheckpointUnreachable(RuntimeError):
+    """A checkpoint that could not be read for a passing reason, after retries (not damage)."""
+
+
+def _causes(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def is_transient(e: BaseException) -> bool:
+    """True for an error of storage that is unreachable for now: a timeout, a lost connection,
+    EIO, a TensorStore UNAVAILABLE / DEADLINE_EXCEEDED (anywhere in the exception's chain)."""
+    for x in _causes(e):
+        if isinstance(x, (TimeoutError, ConnectionError)):
+            return True
+        if isinstance(x, OSError) and x.errno in _TRANSIENT_ERRNOS:
+            return True
+        if any(code in str(x) for code in _TRANSIENT_CODES):
+            return True
+    return False
 
 
 class Checkpointer:
@@ -32,7 +96,12 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=async_save
             ),
-            item_names=("state", "meta"),
+            # Handlers named up front: item_metadata (check_fits) can then read a checkpoint
+            # that this manager did not write.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def all_steps(self) -> list[int]:
@@ -60,13 +129,79 @@ class Checkpointer:
         )
         return out.state, dict(out.meta)
 
-    def restore_latest_good(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-        """The newest checkpoint that restores; a damaged one is skipped with a warning."""
+    def read_meta(self, step: int) -> dict:
+        """The JSON record saved beside the state of ``step``."""
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out.meta)
+
+    def check_fits(self, step: int, abstract_state: Any) -> None:
+        """CheckpointMismatch unless the arrays stored at ``step`` have the shapes of
+        ``abstract_state``'s (compared as multisets: independent of how orbax names the nodes of
+        optimizer states). Reading the array metadata fails on a damaged checkpoint."""
+        stored = jax.tree.leaves(self.manager.item_metadata(step).state)
+        have = sorted(tuple(m.shape) for m in stored if getattr(m, "shape", None) is not None)
+        want = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract_state))
+        if stored and len(have) == len(stored) and have != want:
+            diff = sorted(set(have) ^ set(want))[:6]
+            raise CheckpointMismatch(
+                f"the checkpoint at step {step} in {self.directory} holds {len(have)} arrays "
+                f"that do not fit the {len(want)} of the model and optimizer now configured "
+                f"(shapes on one side only: {', '.join(map(str, diff)) or 'counts differ'})"
+            )
+
+    def _retrying(self, step: int, read: Callable[[], Any]) -> Any:
+        """``read()``, tried again after each of ``RETRY_DELAYS`` while it fails for a passing
+        reason (``is_transient``); then CheckpointUnreachable naming the path."""
+        path = os.path.join(self.directory, str(step))
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                return read()
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                if delay is None:
+                    raise CheckpointUnreachable(
+                        f"cannot read the checkpoint {path} ({type(e).__name__}: {str(e)[:300]}), "
+                        f"tried {len(RETRY_DELAYS) + 1} times; the storage looks unreachable. "
+                        "The checkpoint is left as it is: run again once it can be read"
+                    ) from e
+                log.warning(
+                    "reading %s failed (%s: %s); trying again in %.0f s",
+                    path,
+                    type(e).__name__,
+                    str(e)[:200],
+                    delay,
+                )
+                time.sleep(delay)
+
+    def restore_latest_good(
+        self, abstract_state: Any, check: Callable[[int, dict], None] | None = None
+    ) -> tuple[int, Any, dict] | None:
+        """The newest checkpoint that restores; a damaged one (its files cannot be read) is set
+        aside with a warning and the previous one tried.
+
+        ``check(step, meta)`` runs on the newest readable checkpoint's meta before its state is
+        read; what it raises stops the restore (the config check of ``Trainer``). A checkpoint
+        that does not fit ``abstract_state`` raises CheckpointMismatch; one that keeps failing
+        for a passing reason raises CheckpointUnreachable. Neither is set aside.
+        """
         for step in reversed(self.all_steps()):
             try:
-                state, meta = self.restore(step, abstract_state)
+                meta = self._retrying(step, functools.partial(self.read_meta, step))
+                if check is not None:
+                    check(step, meta)
+                self._retrying(step, functools.partial(self.check_fits, step, abstract_state))
+                read = functools.partial(self.restore, step, abstract_state)
+                state, meta = self._retrying(step, read)
                 return step, state, meta
+            except (CheckpointMismatch, CheckpointUnreachable):
+                raise
             except Exception as e:  # orbax raises many types for truncated/garbled files
+                if any(m in str(e) for m in _MISMATCH_MESSAGES):
+                    raise CheckpointMismatch(
+                        f"the checkpoint at step {step} in {self.directory} does not fit the "
+                        f"state now configured ({str(e)[:300]})"
+                    ) from e
                 log.warning(
                     "checkpoint at step %d is damaged (%s: %s); falling back to the previous one",
                     step,

@@ -10,7 +10,10 @@
     jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
 
-Running ``train`` again with the same workdir resumes from its latest checkpoint. Wherever a
+Running ``train`` again with the same workdir resumes from its latest checkpoint (a larger
+``steps`` extends the run); with settings that change what is trained (model, task, data,
+optimizer, batch size, seed) it refuses and names them, unless ``--restart`` moves the old run
+aside to WORKDIR/previous-<time>/. Wherever a
 Hugging Face directory is read (sample, fill-mask, convert --from-hf, init_from), a Hugging Face
 Hub id works too (owner/name or owner/name@revision): its config, safetensors and tokenizer files
 are fetched into huggingface_hub's cache (HF_HUB_CACHE; with HF_HUB_OFFLINE=1 only the cache is
@@ -65,7 +68,9 @@ def _build(args) -> train.Trainer:
         raise ValueError(f"{args.command} needs --workdir DIR (where the run keeps its files)")
     launch.initialize(args.coordinator, args.num_processes, args.process_id)
     exp = config.load_experiment(args.experiment, args.variant, args.set)
-    return train.Trainer(exp, args.workdir)
+    # A dry run (prepare) never moves anything.
+    restart = getattr(args, "restart", False) and not getattr(args, "dry_run", False)
+    return train.Trainer(exp, args.workdir, restart=restart)
 
 
 def _prepare(args) -> int:
@@ -225,6 +230,13 @@ def parser() -> argparse.ArgumentParser:
         )
     t.add_argument(
         "--dry-run", action="store_true", help="prepare and print the sizes only (= prepare)"
+    )
+    t.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh in a workdir that holds a run: move that run (checkpoints, params, "
+        "model.json, metrics, tensorboard, tokenizer) to WORKDIR/previous-<time>/ first. Without "
+        "it, a workdir whose checkpoints were written with other settings refuses to train",
     )
     t.set_defaults(fn=_train)
     pr.set_defaults(fn=_prepare)

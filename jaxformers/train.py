@@ -327,6 +327,72 @@ def check_workdir(workdir: str) -> None:
         ) from e
 
 
+# ------------------------------------------------------------------------------ the run's record
+
+# What may change between the resumes of one run. Its length: a longer run continues (with
+# optim.total_steps=0 the schedule then follows the new length, as t5x lets a run go on). How the
+# work is laid out, the same arithmetic on other devices: mesh (not recorded at all),
+# optim.grad_accum (the same examples at each step), model.remat, model.attention_impl,
+# data.data_dir (where prepared data is kept). And how the run reports: eval, logging, checkpoint,
+# sample, progress, peak_tflops, nan_policy (not recorded). Every other setting shapes what is
+# trained: a checkpoint written with another value of it does not continue this run.
+LENGTH_KEYS = ("steps", "optim.total_steps")
+_LAYOUT_KEYS = ("optim.grad_accum", "model.remat", "model.attention_impl", "data.data_dir")
+
+# What a run writes in its workdir, set aside by ``restart``; the prepared data (data/) stays,
+# a cache keyed by what it was built from.
+RUN_FILES = (
+    "checkpoints",
+    "checkpoints_damaged",
+    "params",
+    "model.json",
+    "metrics.jsonl",
+    "tensorboard",
+    "loss.png",
+    "tokenizer",
+)
+
+
+def run_config(exp: Experiment) -> dict:
+    """What a run's checkpoints depend on, recorded in each: a flat dict of dotted keys as
+    ``--set`` spells them (``"model.n_embd"``, ``"optim.lr"``, ``"batch_size"``) -> JSON values.
+    Holds the model family and config, the task and its settings, data, optimizer, batch size,
+    seed and the length (``LENGTH_KEYS``, which may change); not the layout keys."""
+    flat: dict[str, Any] = {
+        "model.family": models.of_config(exp.model).name,
+        "task": exp.task.name,
+    }
+    for prefix, cfg in (
+        ("model", exp.model),
+        ("task", exp.task),
+        ("data", exp.data),
+        ("optim", exp.optim),
+    ):
+        for f in dataclasses.fields(cfg):
+            flat[f"{prefix}.{f.name}"] = getattr(cfg, f.name)
+    flat.update(batch_size=exp.batch_size, seed=exp.seed, steps=exp.steps)
+    for k in _LAYOUT_KEYS:
+        flat.pop(k, None)
+    return json.loads(json.dumps(flat, default=str))  # tuples as lists, as a checkpoint reads back
+
+
+def set_run_aside(workdir: str) -> str | None:
+    """Moves a previous run's files (``RUN_FILES``) into ``workdir/previous-<time>/``; returns
+    that folder, or None when there was nothing to move."""
+    present = [n for n in RUN_FILES if os.path.lexists(os.path.join(workdir, n))]
+    if not present:
+        return None
+    aside = os.path.join(workdir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
+    base, n = aside, 1
+    while os.path.lexists(aside):
+        n += 1
+        aside = f"{base}-{n}"
+    os.makedirs(aside)
+    for name in present:
+        os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+    return aside
+
+
 @dataclasses.dataclass
 class RunResult:
     steps_run: int
@@ -343,11 +409,17 @@ class RunResult:
 class Trainer:
     """Builds everything an experiment needs on the mesh and runs the loop."""
 
-    def __init__(self, exp: Experiment, workdir: str, data=None, devices=None):
+    def __init__(
+        self, exp: Experiment, workdir: str, data=None, devices=None, restart: bool = False
+    ):
         """``data`` replaces the experiment's corpus (tests); ``devices`` a subset of
-        jax.devices()."""
+        jax.devices(). ``restart`` moves a previous run in ``workdir`` aside (``set_run_aside``)
+        and starts afresh; without it a workdir whose checkpoints were written with other settings
+        (``run_config``) refuses to train."""
         self.exp, self.workdir = exp, os.path.abspath(workdir)
         check_workdir(self.workdir)
+        if restart:
+            self._restart()
         self.mesh = sharding.make_mesh(exp.mesh.shape, devices)
         sharding.check_batch(exp.batch_size, self.mesh)
         if (exp.batch_size // exp.optim.grad_accum) % sharding.data_parallel_size(self.mesh):
@@ -379,6 +451,15 @@ class Trainer:
         )
         self.abstract_state, self.state_shardings = self.sharded.abstract, self.sharded.shardings
 
+    def _restart(self) -> None:
+        # Before the data is built: the tokenizer of the old run goes aside with it.
+        with WorkdirLock(self.workdir):
+            if jax.process_index() == 0:
+                aside = set_run_aside(self.workdir)
+                if aside:
+                    print(f"--restart: moved the previous run to {aside}", flush=True)
+            launch.barrier("jaxformers-restart")
+
     def _build_data_in_turn(self):
         """Process 0 prepares datasets, tokenizer and token files first; the others then read
         them."""
@@ -400,17 +481,67 @@ class Trainer:
         abstract = checkpoint.abstract_like(
             self.abstract_state.arrays(), self.state_shardings.arrays()
         )
-        found = ckpt.restore_latest_good(abstract) if ckpt.all_steps() else None
+        try:
+            found = (
+                ckpt.restore_latest_good(abstract, check=self._check_config)
+                if ckpt.all_steps()
+                else None
+            )
+        except checkpoint.CheckpointMismatch as e:
+            if "--restart" in str(e):
+                raise
+            raise checkpoint.CheckpointMismatch(f"{e}. {self._restart_advice()}") from e
         if found is None:
             state = self.init_state()
             if self.exp.init_from:
                 state = state.replace(params=self._pretrained_params(state.params))
             return state, 0
-        step, arrays, meta = found
-        if meta.get("fingerprint") not in (None, self.fingerprint()):
-            log.warning("the checkpoint was written by a different configuration; resuming anyway")
+        step, arrays, _ = found
         state = self.abstract_state.replace(**arrays)
         return state, step
+
+    def _check_config(self, step: int, meta: dict) -> None:
+        """Refuses a checkpoint written with other settings that shape what is trained
+        (``run_config``); a different length only stretches or shortens the run."""
+        saved = meta.get("config")
+        if saved is None:  # written before checkpoints recorded their configuration
+            if meta.get("fingerprint") not in (None, self.fingerprint()):
+                log.warning(
+                    "the checkpoint was written by a different configuration; resuming anyway"
+                )
+            return
+        now = run_config(self.exp)
+        diffs = [
+            k for k in sorted(set(saved) & set(now)) if saved[k] != now[k] and k not in LENGTH_KEYS
+        ]
+        if diffs:
+            shown = [f"  {k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in diffs[:12]]
+            if len(diffs) > 12:
+                shown.append(f"  ... and {len(diffs) - 12} more")
+            raise checkpoint.CheckpointMismatch(
+                f"{self.workdir} holds a run with another configuration (its checkpoint at step "
+                f"{step} differs in {len(diffs)} setting{'s' * (len(diffs) > 1)}):\n"
+                + "\n".join(shown)
+                + f"\n{self._restart_advice()}"
+            )
+        changed = [k for k in LENGTH_KEYS if k in saved and saved[k] != now.get(k)]
+        if changed:
+            print(
+                "the run's length changed ("
+                + ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed)
+                + f"); resuming from step {step}, the learning-rate schedule now follows "
+                f"{self.exp.optim.total_steps or self.exp.steps} steps",
+                flush=True,
+            )
+
+    def _restart_advice(self) -> str:
+        return (
+            "To continue that run, train with its settings. To start a new run in this workdir, "
+            "add --restart (train(..., restart=True)): the old run is moved aside to "
+            f"{self.workdir}/previous-<time>/. To start from its trained weights with the new "
+            f"settings, give another --workdir and --set init_from={self.workdir} (it reads the "
+            "params a finished run exports)"
+        )
 
     def _pretrained_params(self, params):
         """``exp.init_from``'s params merged into freshly initialised ones (heads it lacks stay
@@ -480,17 +611,20 @@ class Trainer:
                 exp.checkpoint.keep,
                 exp.checkpoint.async_save,
             )
-            writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
             try:
-                return self._loop(ckpt, writer, stop_at)
+                t_start = time.time()
+                # Restored before anything is written: a refused workdir stays as it was.
+                state, start = self.restore_or_init(ckpt)
+                writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+                try:
+                    return self._loop(ckpt, writer, stop_at, state, start, t_start)
+                finally:
+                    writer.close()
             finally:
                 ckpt.close()
-                writer.close()
 
-    def _loop(self, ckpt, writer, stop_at) -> RunResult:
+    def _loop(self, ckpt, writer, stop_at, state, start, t_start) -> RunResult:
         exp = self.exp
-        t_start = time.time()
-        state, start = self.restore_or_init(ckpt)
         if start:
             print(f"resuming from step {start} in {self.workdir}", flush=True)
         end = exp.steps if stop_at is None else min(stop_at, exp.steps)
@@ -543,7 +677,12 @@ class Trainer:
                     ckpt.save(
                         done,
                         state.arrays(),
-                        {"step": done, "data_position": done, "fingerprint": self.fingerprint()},
+                        {
+                            "step": done,
+                            "data_position": done,
+                            "fingerprint": self.fingerprint(),
+                            "config": run_config(exp),
+                        },
                     )
                 if preempted.set:
                     break
@@ -725,6 +864,13 @@ def _progress(exp, start, end):
     )
 
 
-def train(exp: Experiment, workdir: str, stop_at: int | None = None, devices=None) -> RunResult:
-    """Trains ``exp`` in ``workdir`` (resuming if it holds checkpoints)."""
-    return Trainer(exp, workdir, devices=devices).run(stop_at=stop_at)
+def train(
+    exp: Experiment,
+    workdir: str,
+    stop_at: int | None = None,
+    devices=None,
+    restart: bool = False,
+) -> RunResult:
+    """Trains ``exp`` in ``workdir``: resumes if it holds checkpoints of this configuration,
+    refuses if they were written with another (``restart=True`` moves that run aside first)."""
+    return Trainer(exp, workdir, devices=devices, restart=restart).run(stop_at=stop_at)

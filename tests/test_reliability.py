@@ -432,3 +432,202 @@ def test_workdir_in_use(tmp_path, corpus):
         holder.kill()
         holder.wait()
     assert not os.path.exists(wd / "checkpoints")
+
+
+# ---------------------------------------------------------------------- 8. a changed configuration
+
+
+def _small(**kw):
+    from test_train import small_experiment
+
+    kw.setdefault("checkpoint", CheckpointConfig(every=1, keep=3, async_save=False))
+    return small_experiment(steps=2, **kw)
+
+
+def _small_run(exp, wd, restart=False):
+    from test_train import synthetic_data
+
+    accum = exp.optim.grad_accum
+    data = synthetic_data(accum=accum)
+    return train.Trainer(exp, wd, data=data, devices=jax.devices()[:1], restart=restart).run()
+
+
+def _files(wd):
+    """relative path -> (size, mtime) of every file a run left (the lock aside)."""
+    out = {}
+    for root, _, names in os.walk(wd):
+        for n in names:
+            if not n.startswith(".lock"):
+                p = os.path.join(root, n)
+                out[os.path.relpath(p, wd)] = (os.path.getsize(p), os.stat(p).st_mtime_ns)
+    return out
+
+
+def _steps(wd):
+    return sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit())
+
+
+def _wider(exp):
+    return dataclasses.replace(exp, model=dataclasses.replace(exp.model, n_embd=65))
+
+
+def test_changed_model_refuses_and_touches_nothing(tmp_path):
+    from jaxformers import checkpoint
+
+    wd = str(tmp_path)
+    exp = _small()
+    _small_run(exp, wd)
+    before = _files(wd)
+    assert "model.json" in before and any(p.startswith("params") for p in before)
+    with pytest.raises(checkpoint.CheckpointMismatch) as e:
+        _small_run(_wider(exp), wd)
+    msg = str(e.value)
+    assert "model.n_embd: 60 in the checkpoint, 65 now" in msg
+    assert "differs in 1 setting" in msg and "--restart" in msg and "init_from" in msg
+    assert _files(wd) == before  # nothing moved, nothing written
+    assert not os.path.exists(os.path.join(wd, "checkpoints_damaged"))
+
+
+def test_restart_moves_the_old_run_aside(tmp_path, capsys):
+    from jaxformers import inference
+
+    wd = str(tmp_path)
+    exp = _small()
+    _small_run(exp, wd)
+    old = _files(wd)
+    r = _small_run(_wider(exp), wd, restart=True)
+    assert r.steps_run == 2 and r.final_step == 2  # from step 0
+    (aside,) = glob.glob(os.path.join(wd, "previous-*"))
+    assert f"moved the previous run to {aside}" in capsys.readouterr().out
+    for rel in ("model.json", "metrics.jsonl", "checkpoints/1", "checkpoints/2", "params"):
+        assert os.path.exists(os.path.join(aside, rel)), rel
+    assert {p: v for p, v in _files(aside).items()} == {
+        p: v for p, v in old.items() if not p.startswith("previous-")
+    }
+    assert inference.read_model_json(wd).n_embd == 65
+    assert inference.read_model_json(aside).n_embd == 60
+    assert [r["step"] for r in records(wd)] == [1, 2]  # a new metrics file
+
+
+def test_longer_run_and_other_reporting_resume(tmp_path, capsys):
+    wd = str(tmp_path)
+    exp = _small()
+    _small_run(exp, wd)
+    longer = dataclasses.replace(
+        exp,
+        steps=4,
+        eval_every=3,
+        log_every=2,
+        nan_policy="skip",
+        checkpoint=CheckpointConfig(every=2, keep=2, async_save=False),
+        optim=dataclasses.replace(exp.optim, grad_accum=2),  # the same examples per step
+    )
+    r = _small_run(longer, wd)
+    assert r.steps_run == 2 and r.final_step == 4
+    out = capsys.readouterr().out
+    assert "the run's length changed (steps 2 -> 4); resuming from step 2" in out
+    assert _steps(wd) == [3, 4] or _steps(wd) == [2, 4]
+
+
+def test_damaged_checkpoint_set_aside_fast(tmp_path, caplog):
+    wd = str(tmp_path)
+    exp = _small()
+    _small_run(exp, wd)
+    with open(os.path.join(wd, "checkpoints", "2", "state", "manifest.ocdbt"), "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff" * 40)  # garbled
+    caplog.set_level("WARNING", logger="jaxformers")
+    r = _small_run(dataclasses.replace(exp, steps=3), wd)
+    assert "checkpoint at step 2 is damaged" in caplog.text
+    assert r.steps_run == 2 and r.final_step == 3  # from step 1
+    assert len(os.listdir(os.path.join(wd, "checkpoints_damaged"))) == 1
+
+
+def test_checkpoint_of_other_shapes_is_not_damage(tmp_path):
+    """Without a recorded configuration (older checkpoints) a checkpoint that does not fit the
+    restore target is still a changed configuration: an error, nothing set aside."""
+    from jaxformers import checkpoint
+
+    ck = checkpoint.Checkpointer(str(tmp_path / "ck"), async_save=False)
+    try:
+        ck.save(1, {"a": jnp.ones((5, 3)), "b": jnp.zeros((7,))}, {"step": 1})
+        ck.wait()
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        for tree in (
+            {"a": jnp.ones((6, 3)), "b": jnp.zeros((7,))},  # another shape
+            {"a": jnp.ones((5, 3)), "b": jnp.zeros((7,)), "c": jnp.zeros(2)},  # another tree
+            {"a": jnp.ones((5, 3)), "c": jnp.zeros((7,))},  # renamed, same shapes
+        ):
+            target = checkpoint.abstract_like(tree, jax.tree.map(lambda _: one, tree))
+            with pytest.raises(checkpoint.CheckpointMismatch, match="step 1"):
+                ck.restore_latest_good(target)
+            assert ck.all_steps() == [1]
+        assert not os.path.exists(str(tmp_path / "ck_damaged"))
+    finally:
+        ck.close()
+
+
+def test_transient_read_errors_are_retried_never_set_aside(tmp_path, monkeypatch):
+    import errno
+
+    from jaxformers import checkpoint
+
+    wd = str(tmp_path)
+    exp = _small()
+    _small_run(exp, wd)
+    monkeypatch.setattr(checkpoint, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    real = checkpoint.Checkpointer.restore
+    fails = {"left": 1}
+
+    def flaky(self, step, abstract):
+        if fails["left"]:
+            fails["left"] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return real(self, step, abstract)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "restore", flaky)
+    r = _small_run(dataclasses.replace(exp, steps=3), wd)
+    assert fails["left"] == 0 and r.steps_run == 1 and r.final_step == 3  # retried, resumed at 2
+    for err in (
+        TimeoutError("timed out"),
+        ValueError("UNAVAILABLE: GCS request failed (what TensorStore raises)"),
+    ):
+        before = _files(wd)
+
+        def down(self, step, abstract, err=err):
+            raise err
+
+        monkeypatch.setattr(checkpoint.Checkpointer, "restore", down)
+        with pytest.raises(checkpoint.CheckpointUnreachable) as e:
+            _small_run(dataclasses.replace(exp, steps=5), wd)
+        assert os.path.join(wd, "checkpoints", "3") in str(e.value) and "4 times" in str(e.value)
+        assert _files(wd) == before and not os.path.exists(wd + "/checkpoints_damaged")
+
+
+@pytest.mark.slow
+def test_cli_changed_setting_exits_2_and_restart(tmp_path, corpus, capsys):
+    wd = str(tmp_path / "wd")
+    base = [
+        "train",
+        EXPS["gpt2"],
+        "--variant",
+        "tiny",
+        "--workdir",
+        wd,
+        "--set",
+        f"data.corpus={corpus}",
+        "--set",
+        "steps=1",
+        "--set",
+        "progress=false",
+        "--set",
+        "sample.max_new_tokens=0",
+    ]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--set", "model.n_embd=48"]) == 2
+    err = capsys.readouterr().err
+    assert "model.n_embd: 32 in the checkpoint, 48 now" in err and "--restart" in err
+    assert cli.main([*base, "--set", "model.n_embd=48", "--restart"]) == 0
+    assert "moved the previous run to" in capsys.readouterr().out
+    assert glob.glob(os.path.join(wd, "previous-*", "checkpoints", "1"))
