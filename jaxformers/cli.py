@@ -9,6 +9,8 @@
     jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT)
     jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
+    jaxformers eval --model DIR --text FILE [--context N] [--stride S] [--json]   (GPT-2:
+                    perplexity, bits per byte; or --tfds NAME[:SPLIT]; --lambada FILE|tfds:NAME)
 
 Running ``train`` again with the same workdir resumes from its latest checkpoint (a larger
 ``steps`` extends the run); with settings that change what is trained (model, task, data,
@@ -23,6 +25,7 @@ read). A path that exists always wins over a Hub id.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -30,7 +33,7 @@ import time
 
 import jax
 
-from jaxformers import config, inference, launch, models, plot, train
+from jaxformers import config, evaluate, inference, launch, models, plot, train
 
 
 def describe(trainer: train.Trainer) -> list[str]:
@@ -183,9 +186,57 @@ def _convert(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    given = [f for f in ("text", "tfds", "lambada") if getattr(args, f)]
+    if len(given) != 1:
+        raise ValueError(
+            "give exactly one of --text FILE, --tfds NAME[:SPLIT] (perplexity, bits per byte) or "
+            "--lambada FILE|tfds:NAME[:SPLIT] (last-word accuracy)"
+        )
+    if args.lambada:
+        if args.lambada.startswith("tfds:"):
+            passages = evaluate.tfds_texts(
+                args.lambada[len("tfds:") :], args.field or "text", args.data_dir
+            )
+        else:
+            passages = evaluate.read_passages(args.lambada, args.field or "text")
+    elif args.text:
+        texts = [evaluate.read_text(args.text)]
+    else:
+        texts = evaluate.tfds_texts(args.tfds, args.field or "text", args.data_dir)
+    model, params, tok = inference.load(args.model)
+    t = time.time()
+    if args.lambada:
+        out = evaluate.lambada(model, params, tok, passages, args.batch_size)
+        summary = (
+            f"LAMBADA: accuracy {out['lambada_accuracy']:.4f} on {out['examples']:,} passages, "
+            f"last-word perplexity {out['lambada_perplexity']:.3f}"
+        )
+    else:
+        r = evaluate.perplexity(
+            model, params, tok, texts, context=args.context, stride=args.stride,
+            batch_size=args.batch_size,
+        )  # fmt: skip
+        out = r.as_dict()
+        summary = (
+            f"perplexity {r.perplexity:.4f} ({r.nll_sum / r.tokens:.4f} nats per token) over "
+            f"{r.tokens:,} tokens; {r.bits_per_byte:.4f} bits per byte ({r.bytes:,} bytes)"
+        )
+    print(json.dumps(out) if args.json else f"{summary} [{time.time() - t:.1f} s]")
+    return 0
+
+
 def _plot(args) -> int:
     print(plot.plot_workdir(args.workdir, args.out))
     return 0
+
+
+def _model_argument(p: argparse.ArgumentParser, flag: str) -> None:
+    p.add_argument(
+        flag,
+        required=True,
+        help="a training workdir, a Hugging Face directory or a Hugging Face Hub id",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -241,11 +292,7 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_train)
     pr.set_defaults(fn=_prepare)
     s = sub.add_parser("sample", help="generate text from a trained workdir")
-    s.add_argument(
-        "--workdir",
-        required=True,
-        help="a training workdir, a Hugging Face directory or a Hugging Face Hub id",
-    )
+    _model_argument(s, "--workdir")
     s.add_argument("--prompt", default=None, help="GPT-2: the text to continue")
     s.add_argument(
         "--input",
@@ -268,11 +315,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(fn=_sample)
     fm = sub.add_parser("fill-mask", help="top-k tokens for each [MASK] with a BERT model")
-    fm.add_argument(
-        "--model",
-        required=True,
-        help="a training workdir, a Hugging Face directory or a Hugging Face Hub id",
-    )
+    _model_argument(fm, "--model")
     fm.add_argument("--text", required=True)
     fm.add_argument("--top-k", type=int, default=5)
     fm.set_defaults(fn=_fill_mask)
@@ -287,6 +330,49 @@ def parser() -> argparse.ArgumentParser:
         "--to-hf", default=None, help="export --workdir's params to this Hugging Face dir"
     )
     cv.set_defaults(fn=_convert)
+    ev = sub.add_parser(
+        "eval",
+        help="causal LM (GPT-2): perplexity and bits per byte of a text with a sliding window, or "
+        "LAMBADA last-word accuracy",
+    )
+    _model_argument(ev, "--model")
+    ev.add_argument("--text", default=None, help="a UTF-8 text file, scored as one token stream")
+    ev.add_argument(
+        "--tfds",
+        default=None,
+        metavar="NAME[:SPLIT]",
+        help="a prepared TFDS split (default validation, else test); its documents each end "
+        "with the end-of-text token, as training packs them",
+    )
+    ev.add_argument(
+        "--lambada",
+        default=None,
+        metavar="FILE|tfds:NAME[:SPLIT]",
+        help="LAMBADA: JSONL with a text field per line, or one passage per line; the last word "
+        "is predicted greedily (accuracy)",
+    )
+    ev.add_argument(
+        "--field", default=None, help="the JSONL / TFDS field holding the text (default text)"
+    )
+    ev.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="window length in tokens (default: the model's positions)",
+    )
+    ev.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="tokens between window starts (default: the context, disjoint windows); each "
+        "window scores only its new tokens",
+    )
+    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    ev.add_argument(
+        "--data-dir", default=None, help="TFDS data_dir (default $JAXFORMERS_DATA_DIR or TFDS's)"
+    )
+    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.set_defaults(fn=_eval)
     pl = sub.add_parser("plot", help="plot the loss curves of a workdir as PNG")
     pl.add_argument("--workdir", required=True)
     pl.add_argument("--out", default=None)

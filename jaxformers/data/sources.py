@@ -310,7 +310,8 @@ def _catalog(name: str, data_dir: str | None) -> dict:
             f"not be prepared here ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). "
             "Preparing catalog datasets "
             f"needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
-            f"`tfds build {name} --file_format=array_record`, or point data.corpus at local files"
+            f"`tfds build {name} --file_format=array_record`, or use local files instead "
+            "(data.corpus; jaxformers eval --text or --lambada FILE)"
         ) from e
     return src
 
@@ -352,14 +353,22 @@ def _whole_split(spec: str, data_dir: str | None):
     default ``validation``; a trailing ``:1.2.3`` is a version, not a split)."""
     if not spec.startswith("tfds:"):
         return prepare_local(spec, 0.0, data_dir)["train"]
-    name, _, split = spec[len("tfds:") :].rpartition(":")
+    return catalog_split(spec[len("tfds:") :], data_dir, "validation", f"data.val_corpus={spec!r}")
+
+
+def catalog_split(spec: str, data_dir: str | None, default: str | None, what: str):
+    """The split of a prepared TFDS catalog dataset named by ``NAME[:SPLIT]`` (a trailing
+    ``:1.2.3`` is a version, not a split). Without a split: ``default``, or when that is None the
+    ``validation`` split, else ``test``. ``what`` names the setting in errors."""
+    name, _, split = spec.rpartition(":")
     if not name or re.fullmatch(r"[\d.]+", split):
-        name, split = spec[len("tfds:") :], "validation"
+        name, split = spec, None
     src = _catalog(name, data_dir)
+    if split is None:
+        split = default or next((s for s in ("validation", "test") if s in src), "validation")
     if split not in src:
         raise ValueError(
-            f"data.val_corpus={spec!r}: TFDS dataset {name!r} has no split {split!r}; "
-            f"it has {', '.join(sorted(src))}"
+            f"{what}: TFDS dataset {name!r} has no split {split!r}; it has {', '.join(sorted(src))}"
         )
     return src[split]
 
