@@ -176,6 +176,7 @@ def test_sample_past_the_context_says_so_or_crops(random_gpt2_workdir, capsys):
     assert out == tok.decode(np.asarray(ids[0]).tolist()) + "\n"
 
 
+@pytest.mark.slow
 def test_end_of_run_samples_differ_between_prompts(random_gpt2_workdir):
     """The end-of-run samples (cli._train prints inference.sample_prompts): each prompt draws with
     its own seed, so one prompt given twice gets two samples; each has every requested token,

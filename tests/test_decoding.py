@@ -900,6 +900,7 @@ def test_crop_sampling_reproducible_and_filtered(gpt2_flat, gpt2_odd):
     np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy))
 
 
+@pytest.mark.slow
 def test_crop_left_padding_and_eos(gpt2_odd):
     """A left-padded row crops its own tokens (the same new tokens as alone); a row that hits EOS
     in the cropped part holds padding after it."""

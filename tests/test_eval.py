@@ -15,11 +15,11 @@ from jaxformers.data.tokenizers import train_bpe
 P = 64  # the model's positions
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory, torch, transformers):
-    """(HF dir, torch model, tokenizer): a small GPT-2 trained for a few seconds on the play (so
-    that greedy predictions are words, some right, some wrong), saved with its BPE tokenizer."""
-    d = str(tmp_path_factory.mktemp("eval_gpt2"))
+def _gpt2_dir(root, torch, transformers, train_steps):
+    """(HF dir, torch model, tokenizer): a small GPT-2 saved with its BPE tokenizer, trained for
+    ``train_steps`` Adam steps on the play (150: greedy predictions are words, some right, some
+    wrong)."""
+    d = str(root)
     tok = train_bpe([play_excerpt(20_000)], 300)
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
@@ -30,7 +30,7 @@ def gpt2_dir(tmp_path_factory, torch, transformers):
     data = torch.tensor(tok.encode(play_excerpt(20_000)))
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(train_steps):
         starts = torch.randint(0, len(data) - P, (16,), generator=gen)
         batch = torch.stack([data[s : s + P] for s in starts])
         loss = m(input_ids=batch, labels=batch).loss
@@ -41,6 +41,17 @@ def gpt2_dir(tmp_path_factory, torch, transformers):
     m.save_pretrained(d, safe_serialization=True)
     tok.save(d)
     return d, m, tok
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, torch, transformers):
+    """Untrained: the NLL comparisons need only the same weights on both sides."""
+    return _gpt2_dir(tmp_path_factory.mktemp("eval_gpt2"), torch, transformers, 0)
+
+
+@pytest.fixture(scope="module")
+def trained_gpt2_dir(tmp_path_factory, torch, transformers):
+    return _gpt2_dir(tmp_path_factory.mktemp("eval_gpt2_trained"), torch, transformers, 150)
 
 
 def guide_nll(torch, m, ids, context, stride):
@@ -72,7 +83,14 @@ def run_json(capsys, *args):
     return json.loads(out[0])
 
 
-@pytest.mark.parametrize("context,stride", [(16, 16), (16, 5), (P - 1, 20)])
+@pytest.mark.parametrize(
+    "context,stride",
+    [
+        pytest.param(16, 16, marks=pytest.mark.slow),
+        (16, 5),
+        pytest.param(P - 1, 20, marks=pytest.mark.slow),
+    ],
+)
 def test_sliding_window_nll_equals_transformers(gpt2_dir, torch, tmp_path, capsys, context, stride):
     d, m, tok = gpt2_dir
     text = play_excerpt(1500)
@@ -117,8 +135,11 @@ def lambada_passages():
     ]
 
 
-def test_lambada_equals_greedy_generation_in_transformers(gpt2_dir, torch, tmp_path, capsys):
-    d, m, tok = gpt2_dir
+@pytest.mark.slow  # trains the model it checks (~20 s); the fast loop keeps the NLL contract test
+def test_lambada_equals_greedy_generation_in_transformers(
+    trained_gpt2_dir, torch, tmp_path, capsys
+):
+    d, m, tok = trained_gpt2_dir
     passages = lambada_passages()
     path = tmp_path / "lambada.jsonl"
     path.write_text("".join(json.dumps({"text": p}) + "\n" for p in passages), encoding="utf-8")
@@ -174,6 +195,7 @@ def test_bad_input_exits_2_with_the_problem_and_the_fix(gpt2_dir, tmp_path, caps
     assert "line 2" in err and "no field 'text'" in err and "--field" in err
 
 
+@pytest.mark.slow  # the other bad-input cases stay in the fast loop
 def test_a_model_that_is_not_causal_is_refused(tmp_path, capsys):
     import jax
 

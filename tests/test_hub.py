@@ -51,7 +51,7 @@ def random_gpt2(out_dir, seed):
         vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=4
     )
     model = gpt2.GPT2LMHeadModel(config)
-    params = model.init(jax.random.key(seed), np.zeros((1, 4), np.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(seed), np.zeros((1, 4), np.int32))["params"]
     hf.save_pretrained(model, params, str(out_dir))
     tok.save(str(out_dir))
     return str(out_dir)

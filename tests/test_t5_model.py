@@ -618,8 +618,8 @@ def test_untied_head_initialised_by_fan_in_as_t5x():
         d_kv=16,
         num_heads=3,
         d_ff=127,
-        num_layers=2,
-        num_decoder_layers=2,
+        num_layers=1,
+        num_decoder_layers=1,
         dropout_rate=0.0,
     )
     assert not c.tie_word_embeddings
