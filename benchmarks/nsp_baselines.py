@@ -39,7 +39,9 @@ def segments(batches) -> dict[str, np.ndarray]:
             out[k].append(
                 x.reshape((-1,) + x.shape[-1:]) if k != "next_sentence_labels" else x.reshape(-1)
             )
-    return {k: np.concatenate(v) for k, v in out.items()}
+    out = {k: np.concatenate(v) for k, v in out.items()}
+    real = out["input_mask"][:, 0] > 0  # the all-zero rows that pad the last eval batch
+    return {k: v[real] for k, v in out.items()}
 
 
 def multi_hot(ids, keep, vocab_size) -> np.ndarray:
@@ -107,7 +109,9 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     data = exp.task.build_data(exp, args.workdir)
     tr = segments(data.train_batch(i) for i in range(args.train_batches))
-    va = segments(data.eval_batch(i) for i in range(exp.eval_batches))
+    n_eval = data.val.num_batches
+    n_eval = min(n_eval, exp.eval_batches) if exp.eval_batches else n_eval  # as the Trainer
+    va = segments(data.eval_batch(i) for i in range(n_eval))
     vocab = data.tokenizer.vocab
     word_ids = np.array(
         [i for i, t in enumerate(vocab) if sum(c.isalpha() for c in t) >= 3], np.int64

@@ -627,6 +627,12 @@ class Trainer:
         exp = self.exp
         if start:
             print(f"resuming from step {start} in {self.workdir}", flush=True)
+        if start > exp.steps:
+            print(
+                f"the workdir's checkpoint is at step {start}, past steps={exp.steps}: nothing "
+                f"to train (--set steps=N with N > {start} continues the run)",
+                flush=True,
+            )
         end = exp.steps if stop_at is None else min(stop_at, exp.steps)
         step_fn, eval_fn = self.compiled_steps()
         rng = jax.random.PRNGKey(exp.seed + 1)

@@ -529,6 +529,10 @@ def test_longer_run_and_other_reporting_resume(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "the run's length changed (steps 2 -> 4); resuming from step 2" in out
     assert _steps(wd) == [3, 4] or _steps(wd) == [2, 4]
+    # A shorter steps than the checkpoint trains nothing and says so.
+    r = _small_run(dataclasses.replace(longer, steps=3), wd)
+    assert r.final_step == 4 and r.steps_run == 0
+    assert "checkpoint is at step 4, past steps=3: nothing to train" in capsys.readouterr().out
 
 
 def test_damaged_checkpoint_set_aside_fast(tmp_path, caplog):
