@@ -406,10 +406,15 @@ def _apply(cfg: Any, tree: dict, prefix: str) -> Any:
             if not dataclasses.is_dataclass(current):
                 raise ValueError(f"{key} is a plain value, not a group: use --set {key}=...")
             changes[head] = _apply(current, value, key + ".")
+        elif key == "task":
+            # --set task=NAME picks another task with its default settings.
+            changes[head] = tasks.get(value)()
         elif dataclasses.is_dataclass(current):
+            fields = [key + "." + f.name for f in dataclasses.fields(current)]
             raise ValueError(
-                f"{key} is a group; set one of its fields: "
-                f"{', '.join(key + '.' + f.name for f in dataclasses.fields(current))}"
+                f"{key} is a group; set one of its fields: {', '.join(fields)}"
+                if fields
+                else f"{key} is a group without fields to set"
             )
         else:
             changes[head] = _coerce(value, current, key)

@@ -182,3 +182,12 @@ def test_length_from_tokens_or_epochs_and_disagreement_named():
         load_experiment(GPT2, "tiny", ["steps=5", "tokens=1000"]).resolve_steps(256, 10.0)
     with pytest.raises(ValueError, match="steps=N, tokens=N or epochs=X"):
         load_experiment(GPT2, "tiny", ["steps=0"])
+
+
+def test_task_by_name_and_an_unknown_task_named():
+    from jaxformers.tasks import MLMNSP
+
+    # the experiment's own task settings (dupe_factor 20 ...) give way to the task's defaults
+    assert load_experiment(BERT, "tiny", ["task=mlm_nsp"]).task == MLMNSP()
+    with pytest.raises(ValueError, match=r"unknown task 'mlm'; choose one of causal_lm, .*mlm_nsp"):
+        load_experiment(GPT2, "tiny", ["task=mlm"])

@@ -29,5 +29,8 @@ __all__ = [
 def get(name: str) -> type:
     """The task class named ``name`` (``"causal_lm"``, ``"mlm_nsp"``, ...)."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+        raise ValueError(
+            f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))} "
+            "(e.g. --set task=causal_lm)"
+        )
     return TASKS[name]
