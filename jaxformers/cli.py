@@ -33,7 +33,7 @@ import time
 
 import jax
 
-from jaxformers import config, evaluate, inference, launch, models, plot, train
+from jaxformers import config, evaluate, inference, launch, models, perf, plot, train
 
 
 def describe(trainer: train.Trainer) -> list[str]:
@@ -111,7 +111,7 @@ def _train(args) -> int:
     print(
         f"done: step {result.final_step}, {result.wall_seconds:.0f} s in all (setup included: "
         f"{time.time() - t:.0f} s), {result.tokens_per_second:,.0f} tokens/s, "
-        f"MFU {result.mfu:.1%}, "
+        f"MFU {perf.describe_mfu(result.mfu)}, "
         f"compile {result.compile_seconds:.1f} s",
         flush=True,
     )

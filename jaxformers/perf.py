@@ -8,13 +8,19 @@ backward, plus 12 x layers x sequence length x width for the attention scores an
 Each model config provides ``flops_per_token(seq_len)``.
 
 Peaks are dense bfloat16 per chip from the vendors' data sheets; on a CPU the f32 or bf16 matmul
-peak is measured (a 2048^3 product), since CPUs differ too much for a table.
+peak is measured (a 2048^3 product), since CPUs differ too much for a table. A measured peak is the
+best of measurements taken before and after the workload (``best_measured``): one taken while the
+machine was busy is too low and made an MFU of 103% once. An MFU above 1 is therefore never a
+figure: ``describe_mfu`` prints it as invalid, and an unknown device reports MFU as unknown
+(``peak_tflops`` returns 0) instead of stopping the run.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -29,18 +35,34 @@ PEAK_TFLOPS = {
     "TPU v6 lite": 918.0,  # v6e (Trillium)
     "TPU v6e": 918.0,
     "NVIDIA A100": 312.0,
-    "NVIDIA H100": 989.0,  # SXM; the PCIe card is 756
+    # Longer names first: "NVIDIA H100 PCIe" must not match the SXM entry.
+    "NVIDIA H100 PCIe": 756.0,
+    "NVIDIA H100 NVL": 835.0,
+    "NVIDIA H100": 989.0,  # SXM
     "NVIDIA H200": 989.0,
+    "NVIDIA L40S": 362.0,
+    "NVIDIA L4": 121.0,
+    "NVIDIA A10": 125.0,
+    "Tesla V100": 125.0,  # fp16 tensor cores (no bf16 on V100)
 }
 
 
 @functools.lru_cache(maxsize=8)
 def measure_matmul_tflops(dtype=jnp.float32, n: int = 2048, reps: int = 5) -> float:
     """Best-of-``reps`` TFLOP/s of an n^3 matmul on the default device (measured once per
-    process)."""
+    process; ``best_measured`` measures again)."""
+    return _matmul_tflops(jnp.dtype(dtype), n, reps)
+
+
+def _matmul_tflops(dtype, n: int, reps: int) -> float:
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
     return 2 * n**3 / _best_seconds(f, (a, a), reps) / 1e12
+
+
+def best_measured(peak: float, dtype: str = "float32") -> float:
+    """The larger of ``peak`` (measured before the workload) and a fresh measurement after it."""
+    return max(peak, _matmul_tflops(jnp.dtype(dtype), 2048, 5))
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,8 +84,12 @@ def _best_seconds(f, args, reps: int) -> float:
     return best
 
 
+MEASURED = "measured"
+
+
 def peak_tflops(override: float = 0.0, dtype: str = "float32") -> tuple[float, str]:
-    """(peak TFLOP/s per device, where the number came from)."""
+    """(peak TFLOP/s per device, where the number came from); (0.0, "unknown ...") with a warning
+    for a device kind the table lacks: MFU is then unknown, the run goes on."""
     if override > 0:
         return override, "given"
     kind = jax.devices()[0].device_kind
@@ -71,14 +97,34 @@ def peak_tflops(override: float = 0.0, dtype: str = "float32") -> tuple[float, s
         if kind.startswith(name):
             return peak, f"table ({kind}, dense bf16)"
     if jax.devices()[0].platform == "cpu":
-        return measure_matmul_tflops(jnp.dtype(dtype)), f"measured ({dtype} 2048^3 matmul)"
-    raise ValueError(
-        f"no peak FLOP/s known for device kind {kind!r}; "
-        "pass it with --set peak_tflops=<TFLOP/s per device>"
+        return measure_matmul_tflops(jnp.dtype(dtype)), f"{MEASURED} ({dtype} 2048^3 matmul)"
+    warnings.warn(
+        f"no peak FLOP/s known for device kind {kind!r}: MFU is reported as unknown; "
+        "give it with --set peak_tflops=<dense TFLOP/s per device>",
+        stacklevel=2,
     )
+    return 0.0, f"unknown ({kind})"
 
 
 def mfu(
     flops_per_step: float, step_seconds: float, peak_tflops_per_device: float, num_devices: int
 ) -> float:
+    """The MFU, or NaN when the peak is unknown (0)."""
+    if peak_tflops_per_device <= 0:
+        return float("nan")
     return flops_per_step / (step_seconds * num_devices * peak_tflops_per_device * 1e12)
+
+
+def mfu_is_valid(value: float) -> bool:
+    """An MFU is a figure only in (0, 1]: above 1 the peak was wrong (e.g. measured on a busy
+    machine), NaN means the peak is unknown."""
+    return math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def describe_mfu(value: float) -> str:
+    """``"37.3%"``, ``"unknown"`` (no peak) or ``"invalid (103%: the peak is too low)"``."""
+    if math.isnan(value):
+        return "unknown"
+    if not mfu_is_valid(value):
+        return f"invalid ({value:.0%} > 100%: the peak is too low)"
+    return f"{value:.1%}"

@@ -669,7 +669,9 @@ class Trainer:
                     dt = (time.time() - t_window) / window_steps
                     tps = tokens_per_step / dt
                     mfu = perf.mfu(flops_per_step, dt, peak, n_dev)
-                    bar.set_postfix_str(f"tok/s={tps:,.0f} MFU={mfu:.1%}", refresh=False)
+                    bar.set_postfix_str(
+                        f"tok/s={tps:,.0f} MFU={perf.describe_mfu(mfu)}", refresh=False
+                    )
                 bar.update(1)
                 done = step + 1
                 if exp.eval_every and done % exp.eval_every == 0 and done != end:
@@ -707,6 +709,11 @@ class Trainer:
             eval_metrics = self.evaluate(state, eval_fn)
             writer.write(final, "eval", eval_metrics)
             self.export(state)
+        if peak_src.startswith(perf.MEASURED) and tps > 0 and jax.process_index() == 0:
+            # The CPU peak measured again after the work: the better of the two is the peak (one
+            # taken while the machine was busy is too low and inflates the MFU).
+            peak = perf.best_measured(peak, getattr(exp.model, "dtype", "float32"))
+            mfu = perf.mfu(flops_per_step, tokens_per_step / tps, peak, n_dev)
         perf_rec = {
             "tokens_per_second": tps,
             "mfu": mfu,

@@ -63,3 +63,40 @@ def test_nsp_baseline_features_by_hand():
     xs = rng.normal(size=(200, 3)).astype(np.float32)
     ys = (xs[:, 0] - xs[:, 2] > 0).astype(np.int32)
     assert np.mean(nb.fit_logistic(xs, ys, l2=0.0)(xs) == (ys == 1)) > 0.97
+
+
+def test_mfu_above_one_is_invalid_and_an_unknown_peak_is_unknown():
+    """The guard against impossible figures: MFU > 1 means the peak was wrong (a CPU peak
+    measured on a busy machine gave 103% once), so it is printed as invalid, never as a figure."""
+    from jaxformers import perf
+
+    assert perf.describe_mfu(0.373) == "37.3%"
+    assert perf.describe_mfu(1.03).startswith("invalid (103% > 100%")
+    assert not perf.mfu_is_valid(1.03) and perf.mfu_is_valid(1.0) and perf.mfu_is_valid(0.0)
+    assert perf.describe_mfu(perf.mfu(1e12, 1.0, 0.0, 1)) == "unknown"  # no peak known
+
+
+class _Device:
+    def __init__(self, kind, platform="gpu"):
+        self.device_kind, self.platform = kind, platform
+
+
+@pytest.mark.parametrize(
+    "kind,peak",
+    [("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA L4", 121.0)],
+)
+def test_peak_table_longer_names_first(monkeypatch, kind, peak):
+    from jaxformers import perf
+
+    monkeypatch.setattr(perf.jax, "devices", lambda: [_Device(kind)])
+    assert perf.peak_tflops()[0] == peak
+
+
+def test_unknown_device_warns_and_reports_mfu_unknown(monkeypatch):
+    from jaxformers import perf
+
+    monkeypatch.setattr(perf.jax, "devices", lambda: [_Device("NVIDIA GeForce RTX 4090")])
+    with pytest.warns(UserWarning, match="RTX 4090.*--set peak_tflops"):
+        peak, src = perf.peak_tflops()
+    assert peak == 0.0 and src.startswith("unknown")
+    assert perf.describe_mfu(perf.mfu(1e12, 1.0, peak, 1)) == "unknown"
