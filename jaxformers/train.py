@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxformers import checkpoint, inference, launch, models, perf, sharding
@@ -642,7 +643,7 @@ class Trainer:
         n_dev = (
             1 if jax.devices()[0].platform == "cpu" else self.mesh.size
         )  # a CPU peak is machine-wide
-        preempted = _PreemptionFlag()
+        preempted = _PreemptionFlag(exp.log_every)
         bar = _progress(exp, start, end)
         losses, eval_metrics = {}, {}
         pending = None
@@ -674,10 +675,13 @@ class Trainer:
                     )
                 bar.update(1)
                 done = step + 1
+                # Decided at the same loop position on every process, so all save the same step.
+                # The last step ends the run anyway (its eval and export included).
+                stop = done != end and preempted.agreed(done)
                 if exp.eval_every and done % exp.eval_every == 0 and done != end:
                     eval_metrics = self.evaluate(state, eval_fn)
                     writer.write(done, "eval", eval_metrics)
-                if done % exp.checkpoint.every == 0 or done == end or preempted.set:
+                if done % exp.checkpoint.every == 0 or done == end or stop:
                     self._after_step(
                         *pending, writer, losses, bar, ckpt, end
                     )  # never save a non-finite state
@@ -692,7 +696,7 @@ class Trainer:
                             "config": run_config(exp),
                         },
                     )
-                if preempted.set:
+                if stop:
                     break
             if pending is not None:
                 self._after_step(*pending, writer, losses, bar, ckpt, end)
@@ -701,8 +705,8 @@ class Trainer:
         if preempted.set:
             ckpt.wait()
             print(
-                f"preempted (SIGTERM): saved a checkpoint at step {final} in {self.workdir}; "
-                "run the same command again to resume",
+                f"preempted ({preempted.stopped_by}): saved a checkpoint at step {final} "
+                f"in {self.workdir}; run the same command again to resume",
                 flush=True,
             )
         elif final == exp.steps:
@@ -814,24 +818,72 @@ class _MeshRules:
 
 
 class _PreemptionFlag:
-    """SIGTERM sets a flag; the loop finishes its step, saves and exits."""
+    """SIGTERM or SIGINT asks for a graceful stop: the loop finishes its step, every process saves
+    the same step once, and the run exits.
 
-    def __init__(self):
-        self.set = False
+    Each process only sets a local flag in its handler; ``agreed(done)`` turns the flags into one
+    decision that is the same on every process. A second Ctrl-C (SIGINT) aborts at once with
+    KeyboardInterrupt, as Python's default does. (JAX's own preemption sync point watches SIGTERM
+    only, through a C++ notifier that a Python handler replaces, so it is not used.)
+
+    One process decides on its own, at every step. Several processes agree with a tiny collective
+    (``process_allgather`` of one int32 per process: the signal number, 0 for none). It is called
+    by every process at the same loop position on the same steps: those where ``done`` is a
+    multiple of ``log_every``, where the loop already waits for the device. Measured on CPU with 2
+    processes (gloo): 2.3 ms a call, so every step would cost 2.3 ms plus a device sync per step;
+    at ``log_every`` the stop comes at most ``log_every - 1`` steps later.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, every: int = 1):
+        self.every = every
+        self.signum = 0  # this process's request (the first signal), 0 for none
+        self.interrupts = 0
+        self.stopped_by = None  # the signal's name once the processes agreed to stop
+        self.old = {}
+
+    @property
+    def set(self) -> bool:
+        return self.stopped_by is not None
 
     def __enter__(self):
-        try:
-            self.old = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread
-            self.old = None
+        for sig in self.SIGNALS:
+            try:
+                self.old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
         return self
 
-    def _handler(self, *_):
-        self.set = True
+    def _handler(self, signum, frame):
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                raise KeyboardInterrupt
+            print(
+                "stopping at the next step boundary; press Ctrl-C again to abort",
+                file=sys.stderr,
+                flush=True,
+            )
+        if not self.signum:
+            self.signum = int(signum)
+
+    def agreed(self, done: int) -> bool:
+        """Whether every process stops after step ``done``; the same answer on all of them."""
+        if jax.process_count() == 1:
+            signum = self.signum
+        elif done % self.every:
+            return False
+        else:
+            flags = np.asarray(multihost_utils.process_allgather(np.int32(self.signum)))
+            signum = next((int(f) for f in flags.ravel() if f), 0)
+        if signum:
+            self.stopped_by = signal.Signals(signum).name
+        return self.set
 
     def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
 
 
 class _LineProgress:

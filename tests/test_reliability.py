@@ -128,21 +128,14 @@ def free_port():
 # ---------------------------------------------------------------------------------- 1. multi-host
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path, corpus, data_dir):
-    one = tmp_path / "one"
-    run_ok(
-        train_cmd("gpt2", one, corpus, "steps=5"), sub_env(data_dir, 8)
-    )  # also prepares the corpus
-    two = tmp_path / "two"
-    port = free_port()
-    procs = [
+def _two_procs(workdir, corpus, data_dir, port, *sets):
+    return [
         subprocess.Popen(
             train_cmd(
                 "gpt2",
-                two,
+                workdir,
                 corpus,
-                "steps=5",
+                *sets,
                 extra=(
                     "--coordinator",
                     f"127.0.0.1:{port}",
@@ -160,8 +153,11 @@ def test_two_processes_match_one(tmp_path, corpus, data_dir):
         )
         for i in range(2)
     ]
+
+
+def _finish(procs, timeout=240):
     try:
-        outs = [p.communicate(timeout=150)[0] for p in procs]
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
@@ -169,6 +165,17 @@ def test_two_processes_match_one(tmp_path, corpus, data_dir):
         pytest.fail("2-process run hung:\n" + "\n----\n".join(o[-1500:] for o in outs))
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, corpus, data_dir):
+    one = tmp_path / "one"
+    run_ok(
+        train_cmd("gpt2", one, corpus, "steps=5"), sub_env(data_dir, 8)
+    )  # also prepares the corpus
+    two = tmp_path / "two"
+    outs = _finish(_two_procs(two, corpus, data_dir, free_port(), "steps=5"), timeout=150)
     assert "mesh {'data': 8" in outs[0]
     a, b = losses(one), losses(two)
     assert sorted(a) == [1, 2, 3, 4, 5]
@@ -237,6 +244,40 @@ def test_sigterm_saves_and_resumes(tmp_path, corpus, data_dir):
     out2 = run_ok(train_cmd("gpt2", wd, corpus, f"steps={step + 2}", "checkpoint.every=1000"), env)
     assert f"resuming from step {step}" in out2
     assert f"done: step {step + 2}" in out2
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_process_stops_all_at_one_step(tmp_path, corpus, data_dir):
+    """SIGTERM to process 1 only: both processes stop after the same step, save it once, exit 0;
+    running again ends with the losses of an uninterrupted 2-process run, bit for bit."""
+    sets = ("steps=40", "checkpoint.every=1000", "log_every=2")
+    run_ok(train_cmd("gpt2", tmp_path / "prep", corpus, "steps=1"), sub_env(data_dir, 8))
+    full = tmp_path / "full"
+    _finish(_two_procs(full, corpus, data_dir, free_port(), *sets))
+    want = losses(full)
+    assert sorted(want) == list(range(2, 41, 2))
+
+    wd = tmp_path / "wd"
+    procs = _two_procs(wd, corpus, data_dir, free_port(), *sets)
+    try:
+        wait_for(lambda: len(records(wd)) >= 2, procs[1])  # training has begun (step 4 logged)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = _finish(procs, timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    pat = r"preempted \(SIGTERM\): saved a checkpoint at step (\d+)"
+    stops = [re.findall(pat, out) for out in outs]
+    assert all(len(s) == 1 for s in stops), [o[-2000:] for o in outs]
+    step = int(stops[0][0])
+    assert int(stops[1][0]) == step and 4 <= step < 40 and step % 2 == 0
+    assert _steps(wd) == [step]  # saved once, at that step
+
+    outs = _finish(_two_procs(wd, corpus, data_dir, free_port(), *sets))
+    assert f"resuming from step {step}" in outs[0]
+    assert "done: step 40" in outs[0]
+    assert losses(wd) == want  # bit for bit
 
 
 # ---------------------------------------------------------------------------------- 4. kill -9
@@ -637,3 +678,47 @@ def test_cli_changed_setting_exits_2_and_restart(tmp_path, corpus, capsys):
     assert cli.main([*base, "--set", "model.n_embd=48", "--restart"]) == 0
     assert "moved the previous run to" in capsys.readouterr().out
     assert glob.glob(os.path.join(wd, "previous-*", "checkpoints", "1"))
+
+
+# ---------------------------------------------------------------------------------- 9. Ctrl-C
+
+
+def _interrupted_run(exp, wd, at_step, times=1):
+    """A run that gets ``times`` SIGINTs while it builds the batch of step ``at_step``."""
+    from test_train import synthetic_data
+
+    data = synthetic_data()
+    batch = data.train_batch
+
+    def train_batch(step):
+        if step == at_step:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return batch(step)
+
+    data.train_batch = train_batch
+    return train.Trainer(exp, wd, data=data, devices=jax.devices()[:1]).run()
+
+
+def test_ctrl_c_saves_resumes_and_second_ctrl_c_aborts(tmp_path, capsys):
+    from test_train import small_experiment
+
+    exp = small_experiment(steps=6, checkpoint=CheckpointConfig(every=1000, keep=3))
+    handler = signal.getsignal(signal.SIGINT)
+    want = _small_run(exp, str(tmp_path / "full")).train_losses
+    wd = str(tmp_path / "wd")
+    first = _interrupted_run(exp, wd, at_step=2)  # the flag is seen after step 3 (done = 3)
+    out = capsys.readouterr()
+    assert "stopping at the next step boundary; press Ctrl-C again to abort" in out.err
+    assert "preempted (SIGINT): saved a checkpoint at step 3" in out.out
+    assert first.preempted and first.final_step == 3 and _steps(wd) == [3]
+    assert first.train_losses == {s: want[s] for s in (1, 2, 3)}
+    second = _small_run(exp, wd)
+    assert second.final_step == 6 and not second.preempted
+    assert second.train_losses == {s: want[s] for s in (4, 5, 6)}  # bit for bit
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+    with pytest.raises(KeyboardInterrupt):
+        _interrupted_run(exp, str(tmp_path / "abort"), at_step=1, times=2)
+    assert not _steps(str(tmp_path / "abort"))
+    assert signal.getsignal(signal.SIGINT) is handler
