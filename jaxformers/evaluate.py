@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformers import models
+from jaxformers.tasks.base import log_normalizer
 
 
 def check_causal(model, what: str = "eval") -> int:
@@ -256,8 +257,8 @@ def _target_fn(model):
 
     def fn(params, inputs, targets):
         logits = model.apply({"params": params}, inputs).astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        token_nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        return token_nll, jnp.argmax(logits, axis=-1) == targets
+        logz, target_logit, _ = log_normalizer(logits, targets)  # the training loss's NLL
+        # argmax, not log_normalizer's tie-tolerant "correct": LAMBADA's hit is greedy's token.
+        return logz - target_logit, jnp.argmax(logits, axis=-1) == targets
 
     return jax.jit(fn)

@@ -57,26 +57,28 @@ def tokenize_source(
     key = hashlib.sha256(f"{fingerprint}:{split}:{len(source)}".encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{split}-{key}.bin")
     meta_path = path[: -len(".bin")] + ".json"
-    counted = {"bytes": 0}
-
-    def texts():
-        for i in range(len(source)):
-            text = record_text(source[i])
-            counted["bytes"] += len(text.encode("utf-8"))
-            yield text
-
     if not os.path.exists(meta_path):
-        if os.path.exists(path):  # tokens cached by an older version: count the bytes only
-            for _ in texts():
-                pass
+        # Tokens and their byte count are written together (tokens cached without one, by an
+        # older version, are written again).
+        if os.path.exists(path):
+            os.remove(path)
+        num_bytes = 0
+
+        def texts():
+            nonlocal num_bytes
+            for i in range(len(source)):
+                text = record_text(source[i])
+                num_bytes += len(text.encode("utf-8"))
+                yield text
+
         tokens = token_file(
             texts(), tokenizer.encode_batch, tokenizer.eos_id, path, tokenizer.vocab_size
         )
         tmp = meta_path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"bytes": counted["bytes"], "documents": len(source)}, f)
+            json.dump({"bytes": num_bytes, "documents": len(source)}, f)
         os.replace(tmp, meta_path)
-        return tokens, counted["bytes"]
+        return tokens, num_bytes
     with open(meta_path) as f:
         num_bytes = json.load(f)["bytes"]
     tokens = token_file((), tokenizer.encode_batch, tokenizer.eos_id, path, tokenizer.vocab_size)
