@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxformers import storage
 from jaxformers.launch import barrier
 
 log = logging.getLogger("jaxformers")
@@ -90,7 +91,7 @@ class Checkpointer:
     """A thin layer over ``ocp.CheckpointManager`` with the two items ``state`` and ``meta``."""
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -216,10 +217,9 @@ class Checkpointer:
         again."""
         if jax.process_index() == 0:
             aside = self.directory + "_damaged"
-            os.makedirs(aside, exist_ok=True)
-            os.replace(
-                os.path.join(self.directory, str(step)),
-                os.path.join(aside, f"{step}-{int(time.time())}"),
+            storage.move(
+                storage.join(self.directory, str(step)),
+                storage.join(aside, f"{step}-{int(time.time())}"),
             )
             log.warning("moved the damaged checkpoint of step %d to %s", step, aside)
         barrier(f"jaxformers-set-aside-{step}")
@@ -242,7 +242,7 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 
 def export_params(params: Any, directory: str) -> str:
     """Writes params only (for inference), synchronously. Returns the path."""
-    path = os.path.abspath(directory)
+    path = storage.absolute(directory)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path, params, force=True)
     ckptr.wait_until_finished()
@@ -252,8 +252,8 @@ def export_params(params: Any, directory: str) -> str:
 def load_params(directory: str, abstract: Any | None = None) -> Any:
     """Reads params written by ``export_params`` (onto one device unless ``abstract`` says
     otherwise)."""
-    path = os.path.abspath(directory)
-    if not os.path.isdir(path):
+    path = storage.absolute(directory)
+    if not storage.isdir(path):
         raise FileNotFoundError(f"no exported params at {path}; train first (jaxformers train ...)")
     ckptr = ocp.StandardCheckpointer()
     if abstract is None:

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxformers import checkpoint, decoding, hf, models
+from jaxformers import checkpoint, decoding, hf, models, storage
 from jaxformers.data.tokenizers import load_tokenizer
 
 MODEL_JSON = "model.json"
@@ -31,19 +31,13 @@ TOKENIZER_FILES = hf.TOKENIZER_FILES
 
 def write_model_json(workdir: str, config: Any) -> None:
     """Records what ``load`` needs to rebuild the model: its family and config."""
-    with open(os.path.join(workdir, MODEL_JSON), "w") as f:
-        json.dump(
-            {"family": models.of_config(config).name, "config": dataclasses.asdict(config)},
-            f,
-            indent=2,
-        )
+    meta = {"family": models.of_config(config).name, "config": dataclasses.asdict(config)}
+    storage.write_text(storage.join(workdir, MODEL_JSON), json.dumps(meta, indent=2))
 
 
 def read_model_json(workdir: str) -> Any:
     """The model config a training run exported (``write_model_json``)."""
-    path = os.path.join(workdir, MODEL_JSON)
-    with open(path) as f:
-        meta = json.load(f)
+    meta = json.loads(storage.read_text(storage.join(workdir, MODEL_JSON)))
     family = models.get(meta["family"])
     # JSON has no tuples: lists come back as the tuples the frozen configs hold.
     return family.config_class(
@@ -54,11 +48,16 @@ def read_model_json(workdir: str) -> Any:
 def load(path: str):
     """(model, params, tokenizer) from a finished training workdir, a Hugging Face-format dir or a
     Hugging Face Hub id (``owner/name[@revision]``, see ``hf.resolve``)."""
-    path = hf.resolve(path)
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if storage.is_url(path):
+        path = storage.absolute(path)
+        if storage.isfile(storage.join(path, "config.json")):
+            path = storage.download(path)  # an HF directory on cloud storage: read locally
+    else:
+        path = hf.resolve(path)
+    if storage.isfile(storage.join(path, "config.json")):
         model, params = hf.from_pretrained(path)
         return model, params, load_tokenizer(models.of_model(model).tokenizer, path)
-    if not os.path.isfile(os.path.join(path, MODEL_JSON)):
+    if not storage.isfile(storage.join(path, MODEL_JSON)):
         raise FileNotFoundError(
             f"{path} is neither a finished training workdir ({MODEL_JSON}) nor a "
             "Hugging Face model directory (config.json)"
@@ -66,8 +65,9 @@ def load(path: str):
     config = read_model_json(path)
     family = models.of_config(config)
     model = family.build(config)
-    params = checkpoint.load_params(os.path.join(path, "params"))
-    return model, params, load_tokenizer(family.tokenizer, os.path.join(path, "tokenizer"))
+    params = checkpoint.load_params(storage.join(path, "params"))
+    tok_dir = storage.download(storage.join(path, "tokenizer"))  # local files for the libraries
+    return model, params, load_tokenizer(family.tokenizer, tok_dir)
 
 
 def sample_text(
@@ -236,10 +236,11 @@ def fill_mask(path: str, text: str, top_k: int = 5) -> list[list[tuple[str, floa
 
 
 def _copy_tokenizer(src: str, dst: str) -> None:
-    os.makedirs(dst, exist_ok=True)
+    storage.makedirs(dst)
     for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copy(os.path.join(src, name), dst)
+        path = storage.join(src, name)
+        if storage.isfile(path):
+            storage.write_bytes(storage.join(dst, name), storage.read_bytes(path))
 
 
 def import_hf(hf_dir: str, workdir: str) -> None:
@@ -247,16 +248,16 @@ def import_hf(hf_dir: str, workdir: str) -> None:
     tokenizer)."""
     hf_dir = hf.resolve(hf_dir)
     model, params = hf.from_pretrained(hf_dir)
-    checkpoint.export_params(params, os.path.join(workdir, "params"))
+    checkpoint.export_params(params, storage.join(workdir, "params"))
     write_model_json(workdir, model.config)
-    _copy_tokenizer(hf_dir, os.path.join(workdir, "tokenizer"))
+    _copy_tokenizer(hf_dir, storage.join(workdir, "tokenizer"))
 
 
 def export_hf(workdir: str, hf_dir: str) -> None:
     """A workdir export -> an HF directory that transformers' ``from_pretrained`` reads."""
     model, params, _ = load(workdir)
     hf.save_pretrained(model, params, hf_dir)
-    tok_dir = os.path.join(workdir, "tokenizer")
+    tok_dir = storage.download(storage.join(workdir, "tokenizer"))  # local files
     if os.path.isdir(tok_dir):
         for name in os.listdir(tok_dir):
             shutil.copy(os.path.join(tok_dir, name), hf_dir)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
+
+from jaxformers import storage
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = storage.join(workdir, "metrics.jsonl")
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path} is missing: nothing has been trained in {workdir}")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def accuracy_keys(recs: list[dict]) -> list[str]:
@@ -60,9 +61,11 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(os.path.basename(os.path.normpath(workdir)))
-    out = out or os.path.join(workdir, "loss.png")
+    fig.suptitle(workdir.rstrip("/").rsplit("/", 1)[-1])
+    out = out or storage.join(workdir, "loss.png")
     fig.tight_layout()
-    fig.savefig(out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    storage.write_bytes(out, buf.getvalue())
     plt.close(fig)
     return out

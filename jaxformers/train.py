@@ -30,7 +30,7 @@ from flax import struct
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from jaxformers import checkpoint, inference, launch, models, perf, sharding
+from jaxformers import checkpoint, inference, launch, models, perf, sharding, storage
 from jaxformers.config import Experiment
 from jaxformers.data import pipeline
 
@@ -255,15 +255,19 @@ def _no_schedule(step):
 
 class WorkdirLock:
     """One run per workdir: an exclusive flock on ``workdir/.lock`` (released if the process
-    dies)."""
+    dies); on object storage a lock object (``storage.ObjectLock``)."""
 
     def __init__(self, workdir: str):
         # One lock file per process: the hosts of one multi-host run share the workdir.
-        self.path = os.path.join(
+        self.path = storage.join(
             workdir, ".lock" if jax.process_index() == 0 else f".lock.{jax.process_index()}"
         )
+        self.remote = storage.ObjectLock(self.path) if storage.is_url(workdir) else None
 
     def __enter__(self):
+        if self.remote is not None:
+            self.remote.acquire()
+            return self
         self.f = open(self.path, "w")
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -277,53 +281,83 @@ class WorkdirLock:
         return self
 
     def __exit__(self, *exc):
+        if self.remote is not None:
+            self.remote.release()
+            return
         fcntl.flock(self.f, fcntl.LOCK_UN)
         self.f.close()
 
 
 class MetricWriter:
     """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (tensorboardX, no
-    TensorFlow)."""
+    TensorFlow). On object storage, where nothing can be appended, the file is rewritten whole at
+    most every ``flush_seconds`` and on ``flush``/``close``."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, flush_seconds: float = 60.0):
         self.enabled = enabled
         if not enabled:
             return
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self.path = storage.join(workdir, "metrics.jsonl")
+        self.remote = storage.is_url(workdir)
+        self.flush_seconds, self.flushed_at, self.dirty = flush_seconds, time.time(), False
+        if self.remote:
+            self.lines = storage.read_text(self.path) if storage.exists(self.path) else ""
+        else:
+            self.jsonl = open(self.path, "a")
+        self.tb = None
+        logdir = storage.join(workdir, "tensorboard")
+        if self.remote and not logdir.startswith(("gs://", "s3://")):
+            return  # tensorboardX writes local folders, gs:// and s3:// only
         try:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.tb = SummaryWriter(logdir)
         except ImportError:  # TensorBoard files are a convenience, the JSONL is the record
-            self.tb = None
+            pass
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self.enabled:
             return
         rec = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
-        self.jsonl.write(json.dumps(rec) + "\n")
-        self.jsonl.flush()
+        line = json.dumps(rec) + "\n"
+        if self.remote:
+            self.lines += line
+            self.dirty = True
+            if time.time() - self.flushed_at > self.flush_seconds:
+                self.flush()
+        else:
+            self.jsonl.write(line)
+            self.jsonl.flush()
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
 
+    def flush(self) -> None:
+        if self.enabled and self.remote and self.dirty:
+            storage.write_text(self.path, self.lines)
+            self.flushed_at, self.dirty = time.time(), False
+
     def close(self):
         if self.enabled:
-            self.jsonl.close()
+            if self.remote:
+                self.flush()
+            else:
+                self.jsonl.close()
             if self.tb is not None:
                 self.tb.close()
 
 
 def check_workdir(workdir: str) -> None:
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{os.getpid()}")  # per process: hosts share it
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 1024 * 1024)  # a full disk fails here, before any training
-        os.remove(probe)
+        storage.makedirs(workdir)
+        # per process: hosts share it
+        probe = storage.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
+        size = 1024 if storage.is_url(workdir) else 1024 * 1024  # a full disk fails here
+        storage.write_bytes(probe, b"\0" * size)
+        storage.remove(probe)
     except OSError as e:
         raise RuntimeError(
-            f"workdir {workdir} is not writable ({e.strerror}); "
+            f"workdir {workdir} is not writable ({e.strerror or e}); "
             "choose another --workdir or free space"
         ) from e
 
@@ -342,6 +376,8 @@ _LAYOUT_KEYS = ("optim.grad_accum", "model.remat", "model.attention_impl", "data
 
 # What a run writes in its workdir, set aside by ``restart``; the prepared data (data/) stays,
 # a cache keyed by what it was built from.
+# What a run on a remote workdir builds in a local mirror of it and then uploads.
+STAGED = ("tokenizer", "data")
 RUN_FILES = (
     "checkpoints",
     "checkpoints_damaged",
@@ -380,17 +416,17 @@ def run_config(exp: Experiment) -> dict:
 def set_run_aside(workdir: str) -> str | None:
     """Moves a previous run's files (``RUN_FILES``) into ``workdir/previous-<time>/``; returns
     that folder, or None when there was nothing to move."""
-    present = [n for n in RUN_FILES if os.path.lexists(os.path.join(workdir, n))]
+    present = [n for n in RUN_FILES if storage.exists(storage.join(workdir, n))]
     if not present:
         return None
-    aside = os.path.join(workdir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
+    aside = storage.join(workdir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
     base, n = aside, 1
-    while os.path.lexists(aside):
+    while storage.exists(aside):
         n += 1
         aside = f"{base}-{n}"
-    os.makedirs(aside)
+    storage.makedirs(aside)
     for name in present:
-        os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+        storage.move(storage.join(workdir, name), storage.join(aside, name))
     return aside
 
 
@@ -417,7 +453,7 @@ class Trainer:
         jax.devices(). ``restart`` moves a previous run in ``workdir`` aside (``set_run_aside``)
         and starts afresh; without it a workdir whose checkpoints were written with other settings
         (``run_config``) refuses to train."""
-        self.exp, self.workdir = exp, os.path.abspath(workdir)
+        self.exp, self.workdir = exp, storage.absolute(workdir)
         check_workdir(self.workdir)
         if restart:
             self._restart()
@@ -465,10 +501,22 @@ class Trainer:
         """Process 0 prepares datasets, tokenizer and token files first; the others then read
         them."""
         if jax.process_index() == 0:
-            data = self.exp.task.build_data(self.exp, self.workdir)
+            data = self._build_data()
         launch.barrier("jaxformers-data-prepared")
         if jax.process_index() != 0:
-            data = self.exp.task.build_data(self.exp, self.workdir)
+            data = self._build_data()
+        return data
+
+    def _build_data(self):
+        """The task's data. A remote workdir's tokenizer and prepared data (``STAGED``) are read
+        and written by libraries that open local files: they are built in a local mirror of the
+        workdir (``storage.mirror``), fetched from it first and sent back after (process 0)."""
+        if not storage.is_url(self.workdir):
+            return self.exp.task.build_data(self.exp, self.workdir)
+        local = storage.download(self.workdir, only=STAGED)
+        data = self.exp.task.build_data(self.exp, local)
+        if jax.process_index() == 0:
+            storage.upload(self.workdir, only=STAGED)
         return data
 
     def mesh_context(self):
@@ -608,7 +656,7 @@ class Trainer:
         exp = self.exp
         with WorkdirLock(self.workdir):
             ckpt = checkpoint.Checkpointer(
-                os.path.join(self.workdir, "checkpoints"),
+                storage.join(self.workdir, "checkpoints"),
                 exp.checkpoint.keep,
                 exp.checkpoint.async_save,
             )
@@ -696,6 +744,7 @@ class Trainer:
                             "config": run_config(exp),
                         },
                     )
+                    writer.flush()  # a remote metrics.jsonl is current with each checkpoint
                 if stop:
                     break
             if pending is not None:
@@ -760,7 +809,7 @@ class Trainer:
 
     def export(self, state) -> None:
         """Params-only export plus what inference needs to rebuild the model."""
-        checkpoint.export_params(state.params, os.path.join(self.workdir, "params"))
+        checkpoint.export_params(state.params, storage.join(self.workdir, "params"))
         config = self.exp.model
         eos = getattr(getattr(self.data, "tokenizer", None), "eos_id", None)
         if models.of_config(config).decoder == "causal" and eos is not None:

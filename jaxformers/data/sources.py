@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import jax
 import tensorflow_datasets as tfds
 
+from jaxformers import storage
+
 EMBEDDED = "shakespeare"
 
 
@@ -85,6 +87,8 @@ def play_markdown_to_text(md: str) -> str:
 
 def resolve_paths(spec: str) -> list[str]:
     """A file, a folder (all .txt/.md below it) or a glob -> sorted list of files."""
+    if storage.is_url(spec):  # a file or folder on cloud storage: read from a local copy
+        spec = storage.download(spec)
     if os.path.isdir(spec):
         files = [
             p
@@ -187,20 +191,44 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
     name = ("shakespeare_" if spec == EMBEDDED else "local_") + h.hexdigest()[:12]
-    with _quiet_tfds():
-        builder = _builder_class()(
+
+    def make(root):
+        return _builder_class()(
             files=files,
             fmt=fmt,
             val_fraction=val_fraction,
             config=tfds.core.BuilderConfig(name=name, description=spec),
-            data_dir=data_dir or default_data_dir(),
+            data_dir=root,
             file_format="array_record",
         )
+
     what = f"corpus {spec!r}" + (f" ({len(files)} files)" if len(files) > 1 else "")
-    _prepare(builder, what)
-    with _quiet_tfds():
-        srcs = builder.as_data_source()
+    srcs = _prepared_sources(make, data_dir or default_data_dir(), what)
     return {"train": srcs["train"], "validation": srcs.get("validation")}
+
+
+def _prepared_sources(make, root: str, what: str):
+    """The data sources of ``make(data_dir)``'s builder, prepared first if need be.
+
+    A ``root`` on cloud storage (``gs://...``): array_record reads and writes local files only
+    (without TensorFlow), so the builder works in a local mirror of ``root`` (``storage.mirror``),
+    filled from ``root`` first; what process 0 prepares there is uploaded to ``root``.
+    """
+    remote = storage.is_url(root)
+    local = storage.mirror(root)
+    with _quiet_tfds():
+        builder = make(local)
+    if remote:
+        rel = os.path.relpath(builder.data_dir, local)
+        if storage.isdir(storage.join(root, rel)):
+            storage.download(root, only=[rel])
+            with _quiet_tfds():
+                builder = make(local)  # reads the dataset_info that came
+    _prepare(builder, what)
+    if remote and jax.process_index() == 0:
+        storage.upload(root, only=[rel])
+    with _quiet_tfds():
+        return builder.as_data_source()
 
 
 @contextlib.contextmanager
@@ -279,17 +307,17 @@ def prepare_examples(name: str, generators: dict, spec: dict, data_dir: str | No
       generators: split -> zero-argument callable yielding dicts of numpy arrays.
       spec: feature -> (shape, numpy dtype).
     """
-    with _quiet_tfds():
-        builder = _examples_builder_class()(
+
+    def make(root):
+        return _examples_builder_class()(
             generators=generators,
             spec=spec,
             config=tfds.core.BuilderConfig(name=name, description=name),
-            data_dir=data_dir or default_data_dir(),
+            data_dir=root,
             file_format="array_record",
         )
-    _prepare(builder, f"examples {name}")
-    with _quiet_tfds():
-        return builder.as_data_source()
+
+    return _prepared_sources(make, data_dir or default_data_dir(), f"examples {name}")
 
 
 def catalog_source(name: str, data_dir: str | None = None, val_split: str = "validation"):
@@ -302,8 +330,13 @@ def catalog_source(name: str, data_dir: str | None = None, val_split: str = "val
 
 def _catalog(name: str, data_dir: str | None) -> dict:
     """Every split of a prepared TFDS catalog dataset, or an error that says how to prepare it."""
+    root = data_dir or default_data_dir()
+    if storage.is_url(root):  # read through a local mirror (see _prepared_sources)
+        folder = name.replace(":", "/")
+        if storage.isdir(storage.join(root, folder)):
+            storage.download(root, only=[folder])
     try:
-        src = tfds.data_source(name, data_dir=data_dir or default_data_dir())
+        src = tfds.data_source(name, data_dir=storage.mirror(root))
     except Exception as e:
         raise RuntimeError(
             f"TFDS dataset {name!r} is not prepared in {data_dir or default_data_dir()} and could "

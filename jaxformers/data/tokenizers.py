@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from jaxformers import storage
 from jaxformers.data.sentencepiece_vocab import SentencePieceVocab, train_sentencepiece
 from jaxformers.data.wordpiece import WordPieceTokenizer, train_wordpiece
 
@@ -158,6 +159,8 @@ def load_or_train(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {KINDS}")
+    if storage.is_url(setting):  # a tokenizer on cloud storage: the libraries read local files
+        setting = storage.download(setting)
     if os.path.isfile(os.path.join(tok_dir, _FILES[kind])):  # resuming: the very same vocabulary
         return load_tokenizer(kind, tok_dir, lowercase)
     os.makedirs(tok_dir, exist_ok=True)

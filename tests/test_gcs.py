@@ -1,0 +1,195 @@
+"""Workdirs and data on cloud storage (``gs://``), for real against a GCS emulator these tests start
+(tests/gcs_emulator.py): the lock object, whole-file writes, staging, orbax params, and a training
+run killed with SIGKILL and resumed bit for bit, then read by ``sample`` and ``convert``."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from gcs_emulator import Emulator
+from helpers import ROOT
+
+from jaxformers import storage
+
+pytest.importorskip("gcsfs")
+pytest.importorskip("gcp_storage_emulator")
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    with Emulator() as env:
+        yield env
+
+
+def _fresh_listing():
+    """gcsfs caches listings per process; another process's writes show after this."""
+    import gcsfs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def test_paths_and_whole_file_writes(gcs, tmp_path):
+    assert (
+        storage.is_url("gs://b/x") and not storage.is_url("/x") and not storage.is_url("file://x")
+    )
+    assert storage.join("gs://bucket/run/", "a", "b.txt") == "gs://bucket/run/a/b.txt"
+    assert storage.absolute("gs://bucket/run/") == "gs://bucket/run"
+    base = "gs://bucket/t1"
+    storage.write_text(storage.join(base, "m.json"), '{"a": 1}')
+    storage.write_bytes(storage.join(base, "d", "x.bin"), b"\0\1\2")
+    assert storage.read_text(storage.join(base, "m.json")) == '{"a": 1}'
+    assert storage.walk_files(base) == ["d/x.bin", "m.json"]
+    # a folder moves object by object (no rename on object storage)
+    storage.move(storage.join(base, "d"), storage.join(base, "aside", "d"))
+    assert storage.walk_files(base) == ["aside/d/x.bin", "m.json"]
+    # staging: a local mirror filled from the URL, new local files sent back
+    os.environ["JAXFORMERS_CACHE"] = str(tmp_path / "cache")
+    try:
+        local = storage.download(base, only=["aside"])
+        assert local.startswith(str(tmp_path / "cache"))
+        assert open(os.path.join(local, "aside", "d", "x.bin"), "rb").read() == b"\0\1\2"
+        assert not os.path.exists(os.path.join(local, "m.json"))  # only what was asked
+        with open(os.path.join(local, "aside", "new.txt"), "w") as f:
+            f.write("made here")
+        assert storage.upload(base, only=["aside"]) == 1  # x.bin is there already
+        assert storage.read_text(storage.join(base, "aside", "new.txt")) == "made here"
+    finally:
+        del os.environ["JAXFORMERS_CACHE"]
+
+
+def test_lock_object_is_exclusive_and_expires(gcs):
+    path = "gs://bucket/lockrun/.lock"
+    a = storage.ObjectLock(path, ttl=60)
+    a.acquire()
+    held = json.loads(storage.read_text(path))
+    assert held["pid"] == os.getpid() and held["token"] == a.token
+    with pytest.raises(RuntimeError, match="in use by another training run"):
+        storage.ObjectLock(path, ttl=60).acquire()
+    a.release()
+    assert not storage.exists(path)
+    b = storage.ObjectLock(path, ttl=60)
+    b.acquire()  # free again
+    b._stop.set()  # b "is killed": no more refreshes, no release
+    b._thread.join()
+    # refreshed 61 s ago: stale, taken over
+    stale = {"host": "h", "pid": 1, "token": "x", "time": time.time() - 61}
+    storage.write_text(path, json.dumps(stale))
+    c = storage.ObjectLock(path, ttl=60)
+    c.acquire()
+    assert json.loads(storage.read_text(path))["token"] == c.token
+    b.release()  # a late release of a lock taken over leaves the new holder's lock alone
+    assert json.loads(storage.read_text(path))["token"] == c.token
+    c.release()
+
+
+def test_params_export_round_trip(gcs):
+    import jax
+
+    from jaxformers import checkpoint
+
+    params = {"w": np.arange(35, dtype=np.float32).reshape(5, 7), "b": {"c": np.ones(3, np.int32)}}
+    checkpoint.export_params(params, "gs://bucket/p1/params")
+    got = checkpoint.load_params("gs://bucket/p1/params")
+    jax.tree.map(np.testing.assert_array_equal, got, params)
+    with pytest.raises(FileNotFoundError, match="no exported params"):
+        checkpoint.load_params("gs://bucket/nothing/params")
+
+
+# ------------------------------------------------------------------------------ a whole run
+
+
+def _env(gcs, tmp_path, data_dir):
+    env = dict(os.environ)
+    env.update(
+        gcs,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAXFORMERS_CACHE=str(tmp_path / "cache"),
+        JAXFORMERS_LOCK_TTL="4",  # a killed run's lock expires after 4 s (default 120)
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    env.pop("JAXFORMERS_DATA_DIR", None)  # the run's data goes into its gs:// workdir
+    if "JAXFORMERS_TEST_COMPILE_CACHE" in os.environ:
+        env["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXFORMERS_TEST_COMPILE_CACHE"]
+    return env
+
+
+def _train(workdir, corpus):
+    sets = ("progress=false", f"data.corpus={corpus}", "steps=3", "log_every=1")
+    cmd = [sys.executable, "-m", "jaxformers", "train", "experiments/gpt2_shakespeare.py"]
+    cmd += ["--variant", "tiny", "--workdir", workdir, "--set", "checkpoint.every=1"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _losses(text):
+    recs = [json.loads(x) for x in text.splitlines() if x.strip()]
+    return {r["step"]: r["loss"] for r in recs if r["split"] == "train"}
+
+
+@pytest.mark.slow
+def test_train_on_gcs_killed_resumes_bit_for_bit(gcs, tmp_path, corpus, data_dir):
+    env = _env(gcs, tmp_path, data_dir)
+    run = lambda cmd: subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+
+    local = tmp_path / "local"
+    p = run(_train(str(local), corpus))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    want = _losses((local / "metrics.jsonl").read_text())
+    assert sorted(want) == [1, 2, 3]
+
+    wd = "gs://bucket/run"
+    proc = subprocess.Popen(
+        _train(wd, corpus), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    try:
+        t = time.time()
+        while True:  # kill once the first checkpoint is on the bucket
+            _fresh_listing()
+            if storage.exists(f"{wd}/checkpoints/1/meta"):
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() - t < 240, "no checkpoint appeared"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    _fresh_listing()
+    assert storage.exists(f"{wd}/.lock")  # left behind by the killed run
+
+    p = run(_train(wd, corpus))  # refused while the lock is fresh
+    assert p.returncode != 0 and "in use by another training run" in p.stdout + p.stderr
+    time.sleep(4.5)
+    p = run(_train(wd, corpus))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    assert "resuming from step" in out
+    _fresh_listing()
+    got = _losses(storage.read_text(f"{wd}/metrics.jsonl"))
+    assert got == want  # bit for bit
+    assert not storage.exists(f"{wd}/.lock")
+    for name in ("model.json", "tokenizer/tokenizer.json", "params/_METADATA"):
+        assert storage.exists(f"{wd}/{name}"), name
+    assert storage.walk_files(f"{wd}/data/tfds")  # prepared data kept beside the run
+    assert any(n.startswith("events.") for n in storage.listdir(f"{wd}/tensorboard"))
+
+    # inference reads the gs:// workdir
+    p = run([sys.executable, "-m", "jaxformers", "sample", "--workdir", wd, "--prompt", "KING",
+             "--max-new-tokens", "5", "--method", "greedy"])  # fmt: skip
+    assert p.returncode == 0 and "KING" in p.stdout, p.stdout + p.stderr[-3000:]
+    hf_dir = str(tmp_path / "hf")
+    p = run([sys.executable, "-m", "jaxformers", "convert", "--workdir", wd, "--to-hf", hf_dir])
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    assert os.path.isfile(os.path.join(hf_dir, "model.safetensors"))
+    assert os.path.isfile(os.path.join(hf_dir, "tokenizer.json"))
