@@ -211,10 +211,11 @@ def fill_mask(path: str, text: str, top_k: int = 5) -> list[list[tuple[str, floa
     if "[MASK]" not in text:
         raise ValueError("the text has no [MASK] token; write e.g. --text 'the [MASK] of the play'")
     model, params, tok = load(path)
-    if getattr(model.config, "architecture", None) != "BertForPreTraining":
+    mlm_heads = ("BertForPreTraining", "BertForMaskedLM")
+    if getattr(model.config, "architecture", None) not in mlm_heads:
         raise ValueError(
             f"{path} holds a {type(model).__name__} without a masked-LM head; "
-            "fill-mask needs BertForPreTraining weights"
+            "fill-mask needs BertForPreTraining or BertForMaskedLM weights"
         )
     ids = tok.encode(text, add_special_tokens=True)
     limit = models.of_model(model).max_positions(model.config)
@@ -227,7 +228,8 @@ def fill_mask(path: str, text: str, top_k: int = 5) -> list[list[tuple[str, floa
         attention_mask=np.ones((1, len(ids)), np.int32),
         masked_lm_positions=np.asarray([positions]),
     )
-    probs = np.asarray(jax.nn.softmax(out.mlm_logits[0].astype("float32"), axis=-1))
+    logits = out.mlm_logits if hasattr(out, "mlm_logits") else out.logits
+    probs = np.asarray(jax.nn.softmax(logits[0].astype("float32"), axis=-1))
     result = []
     for p in probs:
         best = np.argsort(-p)[:top_k]

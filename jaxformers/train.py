@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from jaxformers import checkpoint, inference, launch, models, perf, sharding, storage
 from jaxformers.config import Experiment
 from jaxformers.data import pipeline
+from jaxformers.models import layers
 
 log = logging.getLogger("jaxformers")
 
@@ -595,12 +596,7 @@ class Trainer:
     def _pretrained_params(self, params):
         """``exp.init_from``'s params merged into freshly initialised ones (heads it lacks stay
         fresh)."""
-        _, loaded, _ = inference.load(self.exp.init_from)
-        merged, fresh = merge_pretrained(
-            jax.device_get(params),
-            jax.device_get(loaded),
-            base=models.of_config(self.exp.model).base,
-        )
+        merged, fresh = load_pretrained(self.exp.init_from, jax.device_get(params), self.exp.model)
         print(
             f"initialised from {self.exp.init_from}; "
             f"freshly initialised: {', '.join(fresh) or 'nothing'}",
@@ -819,6 +815,54 @@ class Trainer:
             inference.write_model_json(self.workdir, config)
 
 
+def load_pretrained(path: str, params: dict, config: Any) -> tuple[dict, list[str]]:
+    """``init_from``: the params of ``path`` (a training workdir, an HF directory or a Hub id, read
+    by ``inference.load``) merged into ``params``, the fresh ones of a model of ``config``
+    (``merge_pretrained``). Returns (merged params, paths left freshly initialised)."""
+    _, loaded, _ = inference.load(path)
+    return merge_pretrained(params, jax.device_get(loaded), base=models.of_config(config).base)
+
+
+def _numbered(tree: dict, name: str) -> int:
+    """How many layers of the unscanned stack ``name`` (``name_0`` ...) ``tree`` holds."""
+    n = 0
+    while layers.layer_name(name, n) in tree:
+        n += 1
+    return n
+
+
+def _stack_len(stack: Any) -> int:
+    """The layer count of a scanned stack: its leaves' leading "layers" dimension."""
+    return int(np.shape(jax.tree.leaves(stack)[0])[0])
+
+
+def _layers_differ(path: str, theirs: int, ours: int) -> ValueError:
+    return ValueError(
+        f"pretrained {path} has {theirs} layers, the model wants {ours}; "
+        "the model config must match the checkpoint's"
+    )
+
+
+def _stack_source(k: str, v: Any, target: dict, source: dict, path: str) -> Any:
+    """``source``'s entry for ``target[k]`` when the two lay a layer stack out differently
+    (``layers.block_stack``: scanned, one ``name`` with the layers stacked on a leading axis;
+    unscanned, ``name_0`` ... ``name_{L-1}``): stacked or unstacked to the target's layout, or
+    None when ``source`` has no such stack. Differing layer counts are refused."""
+    if isinstance(v, dict) and layers.layer_name(k, 0) in source:  # ours scanned, theirs not
+        ours, theirs = _stack_len(v), _numbered(source, k)
+        if ours != theirs:
+            raise _layers_differ(path, theirs, ours)
+        each = [source[layers.layer_name(k, i)] for i in range(theirs)]
+        return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *each)
+    name, _, i = k.rpartition("_")
+    if name and i.isdigit() and isinstance(source.get(name), dict):  # theirs scanned, ours not
+        ours, theirs = _numbered(target, name), _stack_len(source[name])
+        if ours != theirs:
+            raise _layers_differ(f"{path[: -len(k)]}{name}", theirs, ours)
+        return jax.tree.map(lambda x: np.asarray(x)[int(i)], source[name])
+    return None
+
+
 def merge_pretrained(
     target: dict, source: dict, prefix: str = "", base: str | None = None
 ) -> tuple[dict, list[str]]:
@@ -826,27 +870,37 @@ def merge_pretrained(
 
     ``base`` is the subtree a head model keeps its base model in (the registry's ``Family.base``,
     "bert" for BERT): a base model saved on its own (BertModel) fills that subtree of a model with
-    a head. Returns (merged params, paths left freshly initialised).
+    a head. Layer stacks are converted between the scanned and the unscanned layout (stacked or
+    unstacked). A tensor of another shape, or a stack of another number of layers, is refused with
+    both sizes named: it is never left silently random. Returns (merged params, paths left freshly
+    initialised: what ``source`` does not have at all, e.g. a new task head).
     """
     if not prefix and base and base in target and base not in source:
         source = {base: source}
+    for k in target:  # unscanned on both sides: the same number of layers
+        name, _, i = k.rpartition("_")
+        if name and i == "0" and name not in target and _numbered(source, name):
+            ours, theirs = _numbered(target, name), _numbered(source, name)
+            if ours != theirs:
+                raise _layers_differ(f"{prefix}{name}", theirs, ours)
     merged, fresh = {}, []
     for k, v in target.items():
         path = f"{prefix}{k}"
-        if k not in source:
+        src = source[k] if k in source else _stack_source(k, v, target, source, path)
+        if src is None:
             merged[k] = v
             fresh.append(path)
         elif isinstance(v, dict):
-            merged[k], f = merge_pretrained(v, source[k], path + "/")
+            merged[k], f = merge_pretrained(v, src, path + "/")
             fresh += f
-        elif np.shape(source[k]) != np.shape(v):
+        elif np.shape(src) != np.shape(v):
             raise ValueError(
-                f"pretrained {path} has shape {np.shape(source[k])}, "
+                f"pretrained {path} has shape {np.shape(src)}, "
                 f"the model wants {np.shape(v)}; "
                 "the model config must match the checkpoint's"
             )
         else:
-            merged[k] = np.asarray(source[k], np.asarray(v).dtype)
+            merged[k] = np.asarray(src, np.asarray(v).dtype)
     return merged, fresh
 
 

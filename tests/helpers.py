@@ -23,6 +23,19 @@ def rel_err(ours, ref) -> float:
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
+def assert_layers_close(ours, ref, n: int, tol: float = 1e-5) -> None:
+    """Two tuples of per-layer arrays (hidden states, attention probabilities): ``n`` of each,
+    every one equal to ``tol`` relative (``rel_err``)."""
+    assert ours is not None and len(ours) == len(ref) == n, (
+        None if ours is None else len(ours),
+        len(ref),
+        n,
+    )
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        err = rel_err(a, b.detach().numpy() if hasattr(b, "detach") else b)
+        assert err < tol, (i, err)
+
+
 def assert_close(a, b, rel=1e-5):
     """Two {step: loss} dicts with the same steps and losses equal to ``rel``."""
     assert sorted(a) == sorted(b)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import rel_err
+from helpers import assert_layers_close, rel_err
 
 from jaxformers import hf, sharding
 from jaxformers.models import bert
@@ -40,7 +40,7 @@ def inputs(seed=0, lengths=(11, 7, 4)):
     return ids, tt, mask
 
 
-def torch_out(model, ids, tt, mask):
+def torch_out(model, ids, tt, mask, **kw):
     import torch
 
     with torch.no_grad():
@@ -48,6 +48,7 @@ def torch_out(model, ids, tt, mask):
             input_ids=torch.tensor(ids, dtype=torch.long),
             token_type_ids=torch.tensor(tt, dtype=torch.long),
             attention_mask=torch.tensor(mask, dtype=torch.long),
+            **kw,
         )
 
 
@@ -97,17 +98,42 @@ def random_ours(cls, seed=0, **kw):
 def hf_dirs(tmp_path_factory, torch, transformers):
     """Random transformers models saved in HF format, one per head."""
     out = {}
-    heads = (
-        ("BertModel", {}),
-        ("BertForPreTraining", {}),
-        ("BertForSequenceClassification", {"num_labels": 3}),
-    )
-    for name, kw in heads:
+    for name, (cls_name, kw) in HF_HEADS.items():
         d = str(tmp_path_factory.mktemp(name))
-        model = random_hf(name, **kw)
+        model = random_hf(cls_name, **kw)
         model.save_pretrained(d)
         out[name] = (d, model)
     return out
+
+
+# name -> (transformers class, config fields); odd label counts.
+HF_HEADS = {
+    "BertModel": ("BertModel", {}),
+    "BertForPreTraining": ("BertForPreTraining", {}),
+    "BertForSequenceClassification": ("BertForSequenceClassification", {"num_labels": 3}),
+    "BertForMaskedLM": ("BertForMaskedLM", {}),
+    "BertForTokenClassification": ("BertForTokenClassification", {"num_labels": 7}),
+    "BertForQuestionAnswering": ("BertForQuestionAnswering", {}),
+    "regression": (
+        "BertForSequenceClassification",
+        {"num_labels": 1, "problem_type": "regression"},
+    ),
+}
+
+
+ARCHITECTURES_IN_HF_DIRS = [n for n in HF_HEADS if n in bert.ARCHITECTURES]
+assert sorted(ARCHITECTURES_IN_HF_DIRS) == sorted(bert.ARCHITECTURES)
+
+
+def head_pairs(out, r):
+    """(ours, transformers') output pairs of any head."""
+    if isinstance(out, bert.BertOutput):
+        return [(out.last_hidden_state, r.last_hidden_state), (out.pooler_output, r.pooler_output)]
+    if isinstance(out, bert.BertForPreTrainingOutput):
+        return [(out.mlm_logits, r.prediction_logits), (out.nsp_logits, r.seq_relationship_logits)]
+    if isinstance(out, bert.BertForQuestionAnsweringOutput):
+        return [(out.start_logits, r.start_logits), (out.end_logits, r.end_logits)]
+    return [(out.logits, r.logits)]
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -145,43 +171,102 @@ def test_sequence_classification_matches_transformers(hf_dirs):
 
 
 @pytest.mark.parametrize(
-    "cls,scan",
+    "name,scan",
     [
-        (bert.BertModel, True),
-        (bert.BertForPreTraining, False),
-        (bert.BertForPreTraining, True),
-        (bert.BertForSequenceClassification, False),
+        ("BertForMaskedLM", False),
+        ("BertForTokenClassification", True),
+        ("BertForQuestionAnswering", False),
+        ("regression", True),
     ],
 )
-def test_save_pretrained_loads_in_transformers(tmp_path, torch, transformers, cls, scan):
-    kw = {"num_labels": 3} if cls is bert.BertForSequenceClassification else {}
+def test_heads_from_transformers(hf_dirs, name, scan):
+    """transformers-saved checkpoints of every head load as that head with its logits."""
+    d, ref = hf_dirs[name]
+    cls_name, kw = HF_HEADS[name]
+    model, params = hf.from_pretrained(d, scan_layers=scan)
+    assert type(model).__name__ == cls_name and model.config.architecture == cls_name
+    assert ("pooler" in params["bert"]) == (cls_name == "BertForSequenceClassification")
+    if "num_labels" in kw:
+        assert model.config.num_labels == kw["num_labels"]
+    assert model.config.is_regression == (name == "regression")
+    ids, tt, mask = inputs(6)
+    out = ours_out(model, params, ids, tt, mask)
+    for ours, theirs in head_pairs(out, torch_out(ref, ids, tt, mask)):
+        assert rel_err(ours, theirs) < TOL
+    shapes = {
+        "BertForMaskedLM": (B, T, HF_KW["vocab_size"]),
+        "BertForTokenClassification": (B, T, 7),
+        "BertForQuestionAnswering": (B, T),
+        "regression": (B, 1),
+    }
+    assert jax.tree.leaves(out)[0].shape == shapes[name]
+
+
+@pytest.mark.parametrize(
+    "name,scan",
+    [
+        ("BertModel", True),
+        ("BertForPreTraining", False),
+        ("BertForPreTraining", True),
+        ("BertForSequenceClassification", False),
+        ("BertForMaskedLM", True),
+        ("BertForTokenClassification", False),
+        ("BertForQuestionAnswering", True),
+        ("regression", False),
+    ],
+)
+def test_save_pretrained_loads_in_transformers(tmp_path, torch, transformers, name, scan):
+    cls_name, kw = HF_HEADS[name]
+    cls = bert.MODEL_CLASSES[cls_name]
     model, params = random_ours(cls, scan_layers=scan, **kw)
     hf.save_pretrained(model, params, str(tmp_path))
     with open(tmp_path / "config.json") as f:
-        assert json.load(f)["architectures"] == [cls.__name__]
-    ref, info = getattr(transformers, cls.__name__).from_pretrained(
+        written = json.load(f)
+    assert written["architectures"] == [cls_name]
+    assert written["problem_type"] == kw.get("problem_type")
+    ref, info = getattr(transformers, cls_name).from_pretrained(
         str(tmp_path), output_loading_info=True
     )
     assert (
         not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     ), info
+    assert ref.config.num_labels == model.config.num_labels
     ids, tt, mask = inputs(3)
     out = ours_out(model, params, ids, tt, mask)
-    r = torch_out(ref.eval(), ids, tt, mask)
-    if cls is bert.BertModel:
-        pairs = [(out.last_hidden_state, r.last_hidden_state), (out.pooler_output, r.pooler_output)]
-    elif cls is bert.BertForPreTraining:
-        pairs = [(out.mlm_logits, r.prediction_logits), (out.nsp_logits, r.seq_relationship_logits)]
-    else:
-        pairs = [(out.logits, r.logits)]
-    for ours, theirs in pairs:
+    for ours, theirs in head_pairs(out, torch_out(ref.eval(), ids, tt, mask)):
         assert rel_err(ours, theirs) < TOL
     # And back: the same params.
     model2, params2 = hf.from_pretrained(str(tmp_path), scan_layers=scan)
-    assert type(model2) is cls
+    assert type(model2) is cls and model2.config == model.config
     jax.tree.map(
         lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params2, params
     )
+
+
+ALL_LAYERS = dict(output_hidden_states=True, output_attentions=True)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_all_layer_outputs_match_transformers(hf_dirs, transformers, scan):
+    """Every layer's hidden state (embedding output first) and attention probabilities, through a
+    head model (its output record carries them), scanned and looped; padded rows included."""
+    d = hf_dirs["BertForPreTraining"][0]
+    ref = transformers.BertForPreTraining.from_pretrained(d, attn_implementation="eager").eval()
+    model, params = hf.from_pretrained(d, scan_layers=scan)
+    ids, tt, mask = inputs(5)
+    out = ours_out(model, params, ids, tt, mask, **ALL_LAYERS)
+    r = torch_out(ref, ids, tt, mask, **ALL_LAYERS)
+    L = HF_KW["num_hidden_layers"]
+    assert_layers_close(out.hidden_states, r.hidden_states, L + 1)
+    assert_layers_close(out.attentions, r.attentions, L)
+    assert out.attentions[0].shape == (B, HF_KW["num_attention_heads"], T, T)
+    assert rel_err(out.mlm_logits, r.prediction_logits) < TOL
+    # One flag gives its own field only; none gives neither (the outputs as before).
+    only = ours_out(model, params, ids, tt, mask, output_attentions=True)
+    assert only.hidden_states is None and len(only.attentions) == L
+    plain = ours_out(model, params, ids, tt, mask)
+    assert plain.hidden_states is None and plain.attentions is None
+    assert len(jax.tree.leaves(plain)) == 2
 
 
 def test_gathered_masked_positions_equal_full_logits():
@@ -207,24 +292,23 @@ def test_gathered_masked_positions_equal_full_logits():
 
 
 def test_head_from_weights(hf_dirs, tmp_path):
-    for name, expect in (
-        ("BertForPreTraining", bert.BertForPreTraining),
-        ("BertModel", bert.BertModel),
-    ):
+    """Without ``architectures`` (or with the Hub's ambiguous BertForMaskedLM) the weights
+    decide."""
+    for name in ARCHITECTURES_IN_HF_DIRS:
         d = tmp_path / name
         d.mkdir()
         src = hf_dirs[name][0]
         with open(os.path.join(src, "config.json")) as f:
             cfg = json.load(f)
-        if name == "BertForPreTraining":  # what Google's checkpoints on the Hub say
+        if name in ("BertForPreTraining", "BertForMaskedLM"):  # what Google's checkpoints say
             cfg["architectures"] = ["BertForMaskedLM"]
         else:
             del cfg["architectures"]
         (d / "config.json").write_text(json.dumps(cfg))
         os.symlink(os.path.join(src, "model.safetensors"), d / "model.safetensors")
         model, params = hf.from_pretrained(str(d))
-        assert type(model) is expect and model.config.architecture == name
-        assert ("mlm_bias" in params) == (name == "BertForPreTraining")
+        assert type(model) is bert.MODEL_CLASSES[name] and model.config.architecture == name
+        assert ("mlm_bias" in params) == (name in ("BertForPreTraining", "BertForMaskedLM"))
     # A pre-training checkpoint read as the bare encoder (the "bert." prefix is dropped).
     model, params = hf.from_pretrained(hf_dirs["BertForPreTraining"][0], architecture="BertModel")
     assert type(model) is bert.BertModel and "pooler" in params
@@ -315,6 +399,28 @@ def test_minilm_sentence_embeddings(minilm_dir, torch, transformers):
     assert sim[3, 4] > sim[3, 5] and sim[3, 4] > sim[3, 2]
 
 
+def test_minilm_all_layer_outputs(minilm_dir, torch, transformers):
+    """The real all-MiniLM-L6-v2 weights: every layer's hidden states and attentions as
+    transformers' (eager attention), a padded batch."""
+    tok = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
+    enc = tok(
+        ["A man is playing a guitar.", "Photosynthesis converts light into chemical energy."],
+        padding=True,
+        return_tensors="np",
+    )
+    ids, tt, mask = (
+        enc[k].astype(np.int32) for k in ("input_ids", "token_type_ids", "attention_mask")
+    )
+    assert mask.min() == 0
+    model, params = hf.from_pretrained(minilm_dir, scan_layers=True)
+    out = jax.jit(lambda p: ours_out(model, p, ids, tt, mask, **ALL_LAYERS))(params)
+    ref = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    r = torch_out(ref, ids, tt, mask, **ALL_LAYERS)
+    assert_layers_close(out.hidden_states, r.hidden_states, 7)
+    assert_layers_close(out.attentions, r.attentions, 6)
+    assert rel_err(out.last_hidden_state, r.last_hidden_state) < TOL
+
+
 @pytest.mark.parametrize("cls_name", ["BertForPreTraining", "BertModel"])
 def test_base_param_count_matches_transformers(torch, transformers, cls_name):
     with torch.device("meta"):
@@ -394,10 +500,12 @@ def test_errors():
     with pytest.raises(ValueError, match="position_embedding_type"):
         bert.config_from_hf({**HF_KW, "position_embedding_type": "relative_key"})
     with pytest.raises(ValueError, match="no BERT head"):
-        bert.config_from_hf({**HF_KW, "architectures": ["BertForTokenClassification"]})
-    with pytest.raises(ValueError, match="without the NSP head"):
-        bert.model_from_config(
-            bert.BertConfig(**HF_KW), tensors={"cls.predictions.bias": np.zeros(101)}
+        bert.config_from_hf({**HF_KW, "architectures": ["BertForMultipleChoice"]})
+    with pytest.raises(ValueError, match="problem_type="):
+        bert.BertConfig(problem_type="ordinal")
+    with pytest.raises(ValueError, match="needs an MLM head"):
+        bert.BertForTokenClassification(model.config).apply(
+            {"params": params}, jnp.asarray(ids), masked_lm_positions=jnp.zeros((B, 2), jnp.int32)
         )
 
 

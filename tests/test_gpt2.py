@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import rel_err
+from helpers import assert_layers_close, rel_err
 
 from jaxformers import hf
 from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
@@ -133,6 +133,35 @@ def test_from_pretrained_logits_match_transformers(hf_dir, scan):
     assert ours.shape == (3, 29, V) and ours.dtype == jnp.float32
     ref = torch_logits(m, ids)
     assert rel_err(ours, ref) < 1e-5
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_all_layer_outputs_match_transformers(hf_dir, scan):
+    """hidden_states (the last after ln_f, as transformers) and attention probabilities, with a
+    padding mask; flags off, the logits array as before."""
+    import torch
+
+    path, m = hf_dir
+    model, params = hf.from_pretrained(path, scan_layers=scan)
+    ids = random_ids((3, 13), seed=5)
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    out = jax.jit(lambda p, i, m: model.apply({"params": p}, i, attention_mask=m, **flags))(
+        params, jnp.asarray(ids), jnp.asarray(mask)
+    )
+    with torch.no_grad():
+        r = m(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask),
+            **flags,
+        )
+    assert_layers_close(out.hidden_states, r.hidden_states, L + 1)
+    assert_layers_close(out.attentions, r.attentions, L)
+    assert out.attentions[0].shape == (3, N, 13, 13)
+    assert rel_err(out.logits, r.logits.numpy()) < 1e-5
+    plain = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    assert isinstance(plain, jax.Array) and rel_err(plain, r.logits.numpy()) < 1e-5
 
 
 @pytest.mark.slow

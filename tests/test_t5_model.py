@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import rel_err
+from helpers import assert_layers_close, rel_err
 
 from jaxformers import hf
 from jaxformers.models import layers, t5
@@ -194,6 +194,36 @@ def test_save_pretrained_loads_in_transformers(hf_dirs, transformers, variant, t
     model2, params2 = hf.from_pretrained(str(tmp_path))
     assert model2.config == dataclasses.replace(model.config, scan_layers=False)
     assert rel_err(forward(model2, params2, ids, dec, mask, dmask), ref) < 1e-5
+
+
+@pytest.mark.parametrize("variant,scan", [("v1.0", False), ("v1.1", True)])
+def test_all_layer_outputs_match_transformers(hf_dirs, variant, scan):
+    """Encoder and decoder hidden states (the last after the final norm, as transformers), encoder
+    self-, decoder self- and cross-attention probabilities, with padding on both sides."""
+    import torch
+
+    d, ref_model = hf_dirs[variant]
+    model, params = hf.from_pretrained(d, scan_layers=scan)
+    ids, mask, dec, dmask = make_inputs()
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    out = jax.jit(lambda p: model.apply({"params": p}, ids, dec, mask, dmask, **flags))(params)
+    with torch.no_grad():
+        r = ref_model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask),
+            decoder_input_ids=torch.tensor(dec, dtype=torch.long),
+            decoder_attention_mask=torch.tensor(dmask),
+            **flags,
+        )
+    L_enc, L_dec = ODD["num_layers"], ODD["num_decoder_layers"]
+    assert_layers_close(out.encoder_hidden_states, r.encoder_hidden_states, L_enc + 1)
+    assert_layers_close(out.encoder_attentions, r.encoder_attentions, L_enc)
+    assert_layers_close(out.decoder_hidden_states, r.decoder_hidden_states, L_dec + 1)
+    assert_layers_close(out.decoder_attentions, r.decoder_attentions, L_dec)
+    assert_layers_close(out.cross_attentions, r.cross_attentions, L_dec)
+    assert out.cross_attentions[0].shape == (B, ODD["num_heads"], T_DEC, T_ENC)
+    assert rel_err(out.encoder_last_hidden_state, r.encoder_last_hidden_state) < 1e-5
+    assert rel_err(out.logits, r.logits.numpy()) < 1e-5
 
 
 @pytest.mark.parametrize("variant", [pytest.param("v1.0", marks=pytest.mark.slow), "v1.1"])

@@ -1,20 +1,25 @@
 """BERT: a post-LayerNorm encoder with learned positions and segment (token type) embeddings.
 
 Numerically the same function as transformers' ``BertModel`` / ``BertForPreTraining`` /
-``BertForSequenceClassification``: embeddings (word + position + token type, LayerNorm, dropout),
-post-LN blocks with separate query/key/value projections and an exact-erf GELU MLP, a pooler
-(dense + tanh on [CLS]), the MLM head (dense + act + LayerNorm + decoder tied to the word
-embeddings + its own bias) and the NSP head, as google-research/bert.
+``BertForMaskedLM`` / ``BertForSequenceClassification`` (regression with ``num_labels=1``) /
+``BertForTokenClassification`` / ``BertForQuestionAnswering``: embeddings (word + position + token
+type, LayerNorm, dropout), post-LN blocks with separate query/key/value projections and an
+exact-erf GELU MLP, a pooler (dense + tanh on [CLS]), the MLM head (dense + act + LayerNorm +
+decoder tied to the word embeddings + its own bias) and the NSP head, as google-research/bert; the
+classifiers and the span (start/end) head as transformers. Every model can also return every
+layer's hidden states and attention probabilities (``output_hidden_states`` /
+``output_attentions``).
 
-The module classes own their head type: ``BertForPreTraining(config)`` stores
-``architecture="BertForPreTraining"`` in its config, so ``hf.save_pretrained`` always writes the
-``architectures`` that matches the params it writes.
+The heads are ``BertWithHead`` subclasses that state only what differs (architecture name, pooler,
+output record, the head itself). The module classes own their head type:
+``BertForPreTraining(config)`` stores ``architecture="BertForPreTraining"`` in its config, so
+``hf.save_pretrained`` always writes the ``architectures`` that matches the params it writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import flax.struct
@@ -23,7 +28,15 @@ import jax.numpy as jnp
 from jaxformers.models import layers
 from jaxformers.models.layers import Array, HFWeight, block_stack
 
-ARCHITECTURES = ("BertModel", "BertForPreTraining", "BertForSequenceClassification")
+ARCHITECTURES = (
+    "BertModel",
+    "BertForPreTraining",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertForQuestionAnswering",
+)
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +46,9 @@ class BertConfig(layers.ModelConfig):
     ``architecture`` is the head type, one of ``ARCHITECTURES``. The module classes set it on
     construction; None lets ``model_from_config`` decide: from the weights when loading, else
     BertForPreTraining (training from scratch). ``num_labels`` and ``classifier_dropout`` (None =
-    use ``hidden_dropout_prob``) serve ``BertForSequenceClassification``. Run fields as GPT2Config:
+    use ``hidden_dropout_prob``) serve the sequence and token classifiers; ``problem_type`` is
+    transformers' (None, or one of ``PROBLEM_TYPES``): the sequence classifier with
+    ``num_labels=1`` is a regression either way. Run fields as GPT2Config:
     ``dtype`` compute, ``param_dtype`` storage, ``scan_layers``, ``remat`` ("none" | "full" |
     "save_dots" | "save_dots_no_batch"), ``attention_impl`` ("xla" | "cudnn" | "auto").
     """
@@ -54,6 +69,7 @@ class BertConfig(layers.ModelConfig):
     architecture: str | None = None
     num_labels: int = 2
     classifier_dropout: float | None = None
+    problem_type: str | None = None
 
     # The BERT miniatures' sizes (Turc et al. 2019) plus the paper's base and large.
     FAMILY = "BERT"
@@ -97,6 +113,15 @@ class BertConfig(layers.ModelConfig):
         self.check_run_fields()
         if self.architecture is not None and self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r}; choose one of {ARCHITECTURES}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type={self.problem_type!r}; choose one of {PROBLEM_TYPES}")
+
+    @property
+    def is_regression(self) -> bool:
+        """One output read as a value (transformers' rule: problem_type, else num_labels == 1)."""
+        if self.problem_type is not None:
+            return self.problem_type == "regression"
+        return self.num_labels == 1
 
     @property
     def head_dim(self) -> int:
@@ -126,18 +151,39 @@ class BertConfig(layers.ModelConfig):
 @flax.struct.dataclass
 class BertOutput:
     last_hidden_state: Array  # [B, T, D]
-    pooler_output: Array  # [B, D]
+    pooler_output: Array | None = None  # [B, D]; None in heads without the pooler
+    # With output_hidden_states / output_attentions (else None), as transformers:
+    hidden_states: tuple[Array, ...] | None = None  # L + 1 x [B, T, D], embedding output first
+    attentions: tuple[Array, ...] | None = None  # L x [B, N, T, T] attention probabilities
 
 
 @flax.struct.dataclass
 class BertForPreTrainingOutput:
     mlm_logits: Array  # [B, T, V], or [B, P, V] for gathered masked_lm_positions
     nsp_logits: Array  # [B, 2]; class 1 = "B is a random sentence", as google-research/bert
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
 
 
 @flax.struct.dataclass
-class BertForSequenceClassificationOutput:
-    logits: Array  # [B, num_labels]
+class BertLogitsOutput:
+    """BertForSequenceClassification: logits [B, C]; BertForTokenClassification: [B, T, C];
+    BertForMaskedLM: [B, T, V] ([B, P, V] for gathered masked_lm_positions)."""
+
+    logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+BertForSequenceClassificationOutput = BertLogitsOutput  # the name before the other heads existed
+
+
+@flax.struct.dataclass
+class BertForQuestionAnsweringOutput:
+    start_logits: Array  # [B, T]
+    end_logits: Array  # [B, T]
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
 
 
 def _check_range(ids: Any, limit: int, name: str, why: str) -> None:
@@ -176,6 +222,8 @@ class BertLayer(nn.Module):
 
     config: BertConfig
     deterministic: bool = True
+    output_hidden_states: bool = False
+    output_attentions: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None):  # x [B, T, D], mask bool [B, 1, 1, T]
@@ -194,7 +242,8 @@ class BertLayer(nn.Module):
             out_init=init,
             impl=c.attention_impl,
             name="attention",
-        )(x, mask=mask, deterministic=self.deterministic)
+        )(x, mask=mask, deterministic=self.deterministic, return_weights=self.output_attentions)
+        h, probs = h if self.output_attentions else (h, None)
         h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=self.deterministic)
         x = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, "attention_ln")(x + h)
         h = layers.MLP(
@@ -208,19 +257,24 @@ class BertLayer(nn.Module):
         )(x, deterministic=self.deterministic)
         h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=self.deterministic)
         x = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, "output_ln")(x + h)
-        return layers.constrain(
-            x, ("activation_batch", "activation_length", "activation_embed")
-        ), None
+        x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        return layers.layer_outputs(
+            x, self.output_hidden_states, self.output_attentions, attentions=probs
+        )
 
 
 class BertModel(nn.Module):
     """The encoder and pooler.
 
     ``apply({"params": p}, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-    deterministic=True) -> BertOutput(last_hidden_state [B, T, D], pooler_output [B, D])``.
+    deterministic=True, output_hidden_states=False, output_attentions=False) ->
+    BertOutput(last_hidden_state [B, T, D], pooler_output [B, D])``, with ``hidden_states`` /
+    ``attentions`` when asked for. ``add_pooling_layer=False`` (as transformers' heads that do not
+    read the pooler: token classification, question answering, masked LM) leaves the pooler out.
     """
 
     config: BertConfig
+    add_pooling_layer: bool = True
 
     def __post_init__(self):
         _with_architecture(self, "BertModel")
@@ -249,11 +303,13 @@ class BertModel(nn.Module):
         attention_mask: Array | None = None,  # [B, T] 1 = token, 0 = padding; None = all tokens
         position_ids: Array | None = None,  # [B, T]; None = 0 .. T-1
         deterministic: bool = True,
-        masked_lm_positions: Array | None = None,  # only BertForPreTraining uses it
+        masked_lm_positions: Array | None = None,  # only the MLM heads use it
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> BertOutput:
         c = self.config
         if masked_lm_positions is not None:
-            raise ValueError("masked_lm_positions needs the MLM head: use BertForPreTraining")
+            raise ValueError(_NO_MLM_HEAD)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
         B, T = input_ids.shape
@@ -303,35 +359,73 @@ class BertModel(nn.Module):
         )
         x = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, "embeddings_ln")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
-        x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-        mask = None if attention_mask is None else layers.padding_mask(attention_mask)
-        x = block_stack(BertLayer, c.num_hidden_layers, c.scan_layers, c.remat, "layer")(
-            dict(config=c, deterministic=deterministic), x, mask
+        embedded = x = layers.constrain(
+            x, ("activation_batch", "activation_length", "activation_embed")
         )
-        pooled = layers.Dense(
-            c.hidden_size,
-            ("embed", "mlp"),
-            dtype=dtype,
-            param_dtype=pdtype,
-            kernel_init=init,
-            name="pooler",
-        )(x[:, 0])
-        pooled = layers.constrain(jnp.tanh(pooled), ("activation_batch", "activation_embed"))
-        return BertOutput(last_hidden_state=x, pooler_output=pooled)
+        mask = None if attention_mask is None else layers.padding_mask(attention_mask)
+        x, per_layer = block_stack(BertLayer, c.num_hidden_layers, c.scan_layers, c.remat, "layer")(
+            dict(
+                config=c,
+                deterministic=deterministic,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            ),
+            x,
+            mask,
+        )
+        pooled = None
+        if self.add_pooling_layer:
+            pooled = layers.Dense(
+                c.hidden_size,
+                ("embed", "mlp"),
+                dtype=dtype,
+                param_dtype=pdtype,
+                kernel_init=init,
+                name="pooler",
+            )(x[:, 0])
+            pooled = layers.constrain(jnp.tanh(pooled), ("activation_batch", "activation_embed"))
+        return BertOutput(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            hidden_states=layers.hidden_states(embedded, per_layer)
+            if output_hidden_states
+            else None,
+            attentions=per_layer["attentions"] if output_attentions else None,
+        )
 
 
-class BertForPreTraining(nn.Module):
-    """BERT with the MLM and NSP heads.
+_NO_MLM_HEAD = "masked_lm_positions needs an MLM head: use BertForPreTraining or BertForMaskedLM"
 
-    ``apply(..., masked_lm_positions=None) -> BertForPreTrainingOutput(mlm_logits, nsp_logits)``.
-    With ``masked_lm_positions`` [B, P] the hidden states are gathered at those positions before
-    the MLM transform and vocabulary projection (as google-research/bert), giving [B, P, V].
+
+class BertWithHead(nn.Module):
+    """The encoder (params under ``bert``) and one task head, as transformers' ``BertFor*``.
+
+    A head class states its HF architecture name (``ARCHITECTURE``), whether its encoder has the
+    pooler (``POOLER``, transformers' ``add_pooling_layer``), its output record (``OUTPUT``), the
+    label count it fixes (``FIXED_LABELS``; None: ``num_labels``, else ignored) and ``head``: the
+    encoder's output -> the output record's head fields. ``num_labels`` (None =
+    ``config.num_labels``) is recorded in the config of heads that read it.
+
+    ``apply({"params": p}, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+    deterministic=True, masked_lm_positions=None, output_hidden_states=False,
+    output_attentions=False) -> OUTPUT``; ``masked_lm_positions`` [B, P] only for the MLM heads.
     """
 
     config: BertConfig
+    num_labels: int | None = None
+
+    ARCHITECTURE: ClassVar[str] = ""
+    POOLER: ClassVar[bool] = True
+    OUTPUT: ClassVar[type] = BertLogitsOutput
+    FIXED_LABELS: ClassVar[int | None] = None
+    USES_LABELS: ClassVar[bool] = False
+    GATHERS: ClassVar[bool] = False  # takes masked_lm_positions
 
     def __post_init__(self):
-        _with_architecture(self, "BertForPreTraining")
+        extra = {}
+        if self.USES_LABELS:
+            extra["num_labels"] = self.FIXED_LABELS or self.num_labels or self.config.num_labels
+        _with_architecture(self, self.ARCHITECTURE, **extra)
         super().__post_init__()
 
     @nn.compact
@@ -343,36 +437,65 @@ class BertForPreTraining(nn.Module):
         position_ids: Array | None = None,
         deterministic: bool = True,
         masked_lm_positions: Array | None = None,
-    ) -> BertForPreTrainingOutput:  # as BertModel; [B, P]
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):  # inputs as BertModel; masked_lm_positions [B, P]
+        if masked_lm_positions is not None and not self.GATHERS:
+            raise ValueError(_NO_MLM_HEAD)
+        bert = BertModel(self.config, add_pooling_layer=self.POOLER, name="bert")
+        out = bert(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            position_ids,
+            deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        fields = self.head(bert, out, deterministic, masked_lm_positions)
+        return self.OUTPUT(**fields, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def head(self, bert: BertModel, out: BertOutput, deterministic: bool, positions) -> dict:
+        raise NotImplementedError
+
+    # Pieces the heads share (they create their params under the head model's own names).
+    def _dense(self, features: int, name: str, axes=("embed", None)) -> layers.Dense:
+        c = self.config
+        return layers.Dense(
+            features,
+            axes,
+            dtype=layers.dtype_of(c.dtype),
+            param_dtype=layers.dtype_of(c.param_dtype),
+            kernel_init=nn.initializers.normal(c.initializer_range),
+            name=name,
+        )
+
+    def _classifier(self, h: Array, deterministic: bool) -> Array:  # [..., D] -> [..., C]
+        c = self.config
+        rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
+        h = nn.Dropout(rate)(h, deterministic=deterministic)
+        return self._dense(c.num_labels, "classifier")(h)
+
+    def _mlm_logits(self, bert: BertModel, h: Array, positions: Array | None) -> Array:
+        """The MLM head (transform, LayerNorm, decoder tied to the word embeddings + its own bias)
+        on every position, or with ``positions`` [B, P] on those gathered first (as
+        google-research/bert): [B, T, V] or [B, P, V]."""
         c = self.config
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
-        init = nn.initializers.normal(c.initializer_range)
-        bert = BertModel(c, name="bert")
-        out = bert(input_ids, token_type_ids, attention_mask, position_ids, deterministic)
-        h = out.last_hidden_state
-        if masked_lm_positions is not None:
-            if masked_lm_positions.ndim != 2 or masked_lm_positions.shape[0] != h.shape[0]:
+        if positions is not None:
+            if positions.ndim != 2 or positions.shape[0] != h.shape[0]:
                 raise ValueError(
                     "masked_lm_positions must be [batch, num_predictions], "
-                    f"got shape {masked_lm_positions.shape}"
+                    f"got shape {positions.shape}"
                 )
             _check_range(
-                masked_lm_positions,
+                positions,
                 h.shape[1],
                 "masked_lm_positions",
                 f"positions index the input's {h.shape[1]} tokens",
             )
-            h = jnp.take_along_axis(
-                h, masked_lm_positions[:, :, None].astype(jnp.int32), axis=1
-            )  # [B, P, D]
-        h = layers.Dense(
-            c.hidden_size,
-            ("embed", "mlp"),
-            dtype=dtype,
-            param_dtype=pdtype,
-            kernel_init=init,
-            name="mlm_dense",
-        )(h)
+            h = jnp.take_along_axis(h, positions[:, :, None].astype(jnp.int32), axis=1)
+        h = self._dense(c.hidden_size, "mlm_dense", ("embed", "mlp"))(h)
         h = layers.activation(c.hidden_act)(h)
         h = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, "mlm_ln")(h)
         bias = self.param(
@@ -382,72 +505,90 @@ class BertForPreTraining(nn.Module):
             pdtype,
         )
         logits = bert.attend(h) + bias.astype(dtype)
-        logits = layers.constrain(
+        return layers.constrain(
             logits, ("activation_batch", "activation_length", "activation_vocab")
         )
-        nsp = layers.Dense(
-            2,
-            ("embed", None),
-            dtype=dtype,
-            param_dtype=pdtype,
-            kernel_init=init,
-            name="nsp",
-        )(out.pooler_output)
-        return BertForPreTrainingOutput(mlm_logits=logits, nsp_logits=nsp)
 
 
-class BertForSequenceClassification(nn.Module):
-    """BERT with dropout + a linear classifier on the pooled output.
+class BertForPreTraining(BertWithHead):
+    """BERT with the MLM and NSP heads: ``BertForPreTrainingOutput(mlm_logits, nsp_logits)``.
+    With ``masked_lm_positions`` [B, P] the MLM logits are [B, P, V]."""
 
-    ``num_labels`` (None = ``config.num_labels``) is recorded in the config.
-    ``apply(...) -> BertForSequenceClassificationOutput(logits [B, num_labels])``.
-    """
+    ARCHITECTURE = "BertForPreTraining"
+    OUTPUT = BertForPreTrainingOutput
+    GATHERS = True
 
-    config: BertConfig
-    num_labels: int | None = None
-
-    def __post_init__(self):
-        _with_architecture(
-            self,
-            "BertForSequenceClassification",
-            num_labels=self.num_labels or self.config.num_labels,
+    def head(self, bert, out, deterministic, positions):
+        return dict(
+            mlm_logits=self._mlm_logits(bert, out.last_hidden_state, positions),
+            nsp_logits=self._dense(2, "nsp")(out.pooler_output),
         )
-        super().__post_init__()
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,
-        token_type_ids: Array | None = None,
-        attention_mask: Array | None = None,
-        position_ids: Array | None = None,
-        deterministic: bool = True,
-        masked_lm_positions: Array | None = None,
-    ) -> BertForSequenceClassificationOutput:  # as BertModel
-        c = self.config
-        if masked_lm_positions is not None:
-            raise ValueError("masked_lm_positions needs the MLM head: use BertForPreTraining")
-        out = BertModel(c, name="bert")(
-            input_ids, token_type_ids, attention_mask, position_ids, deterministic
-        )
-        rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        h = nn.Dropout(rate)(out.pooler_output, deterministic=deterministic)
-        logits = layers.Dense(
-            c.num_labels,
-            ("embed", None),
-            dtype=layers.dtype_of(c.dtype),
-            param_dtype=layers.dtype_of(c.param_dtype),
-            kernel_init=nn.initializers.normal(c.initializer_range),
-            name="classifier",
-        )(h)
-        return BertForSequenceClassificationOutput(logits=logits)
+
+class BertForMaskedLM(BertWithHead):
+    """BERT with the MLM head only (no pooler, as transformers): ``logits`` [B, T, V]
+    ([B, P, V] with ``masked_lm_positions``)."""
+
+    ARCHITECTURE = "BertForMaskedLM"
+    POOLER = False
+    GATHERS = True
+
+    def head(self, bert, out, deterministic, positions):
+        return dict(logits=self._mlm_logits(bert, out.last_hidden_state, positions))
+
+
+class BertForSequenceClassification(BertWithHead):
+    """Dropout + a linear classifier on the pooled output: ``logits`` [B, num_labels].
+    ``num_labels=1`` is regression (the one logit is the predicted value), as transformers; a
+    sentence pair is told apart by ``token_type_ids``."""
+
+    ARCHITECTURE = "BertForSequenceClassification"
+    USES_LABELS = True
+
+    def head(self, bert, out, deterministic, positions):
+        return dict(logits=self._classifier(out.pooler_output, deterministic))
+
+
+class BertForTokenClassification(BertWithHead):
+    """Dropout + a linear classifier on every token (no pooler): ``logits`` [B, T, num_labels]."""
+
+    ARCHITECTURE = "BertForTokenClassification"
+    POOLER = False
+    USES_LABELS = True
+
+    def head(self, bert, out, deterministic, positions):
+        return dict(logits=self._classifier(out.last_hidden_state, deterministic))
+
+
+class BertForQuestionAnswering(BertWithHead):
+    """A linear map of every token to (start, end) logits (no pooler):
+    ``BertForQuestionAnsweringOutput(start_logits [B, T], end_logits [B, T])``."""
+
+    ARCHITECTURE = "BertForQuestionAnswering"
+    POOLER = False
+    OUTPUT = BertForQuestionAnsweringOutput
+    FIXED_LABELS = 2
+    USES_LABELS = True
+
+    def head(self, bert, out, deterministic, positions):
+        logits = self._dense(2, "qa_outputs")(out.last_hidden_state)  # [B, T, 2]
+        return dict(start_logits=logits[..., 0], end_logits=logits[..., 1])
 
 
 MODEL_CLASSES = {
     "BertModel": BertModel,
-    "BertForPreTraining": BertForPreTraining,
-    "BertForSequenceClassification": BertForSequenceClassification,
+    **{
+        cls.ARCHITECTURE: cls
+        for cls in (
+            BertForPreTraining,
+            BertForMaskedLM,
+            BertForSequenceClassification,
+            BertForTokenClassification,
+            BertForQuestionAnswering,
+        )
+    },
 }
+assert tuple(MODEL_CLASSES) == ARCHITECTURES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,6 +610,7 @@ _HF_CONFIG_FIELDS = [
     "layer_norm_eps",
     "pad_token_id",
     "classifier_dropout",
+    "problem_type",
 ]
 
 
@@ -487,9 +629,9 @@ def config_from_hf(hf: dict, **overrides: Any) -> BertConfig:
             )
     kwargs = {k: hf[k] for k in _HF_CONFIG_FIELDS if hf.get(k) is not None}
     archs = hf.get("architectures") or []
-    known = [a for a in archs if a in ARCHITECTURES]
     # Google's checkpoints on the Hub (bert-base-uncased ...) say BertForMaskedLM but hold the NSP
-    # head and pooler too: for those the weights decide.
+    # head and pooler too: for BertForMaskedLM the weights decide (``_architecture_of``).
+    known = [a for a in archs if a in ARCHITECTURES and a != "BertForMaskedLM"]
     if archs and not known and "BertForMaskedLM" not in archs:
         raise ValueError(
             f"architectures {archs} holds no BERT head jaxformers implements; "
@@ -508,7 +650,7 @@ def config_to_hf(c: BertConfig) -> dict:
     out = {k: getattr(c, k) for k in _HF_CONFIG_FIELDS}
     arch = _architecture_of(c, None)
     out.update(model_type="bert", architectures=[arch], tie_word_embeddings=True)
-    if arch == "BertForSequenceClassification":
+    if getattr(MODEL_CLASSES[arch], "USES_LABELS", False):
         out["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
         out["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
     return out
@@ -516,29 +658,37 @@ def config_to_hf(c: BertConfig) -> dict:
 
 def _architecture_of(c: BertConfig, tensors: dict | None) -> str:
     """The config's head, else what the weights hold; with neither (a model built to be trained
-    from scratch, e.g. by ``train.build_model``) the pre-training model."""
+    from scratch, e.g. by ``train.build_model``) the pre-training model.
+
+    From the weights: an MLM head with the NSP head is BertForPreTraining, without it
+    BertForMaskedLM; ``qa_outputs`` is question answering; a ``classifier`` reads the pooled output
+    (sequence classification) when the checkpoint has the pooler, else every token.
+    """
     if c.architecture is not None:
         return c.architecture
     if tensors is None:
         return "BertForPreTraining"
-    if any(k.startswith("cls.predictions.") for k in tensors):
-        if not any(k.startswith("cls.seq_relationship.") for k in tensors):
-            raise ValueError(
-                "the weights hold an MLM head without the NSP head (a BertForMaskedLM "
-                "checkpoint), which jaxformers does not implement"
-            )
-        return "BertForPreTraining"
-    if any(k.startswith("classifier.") for k in tensors):
-        return "BertForSequenceClassification"
+
+    def has(prefix):
+        return any(k.startswith((prefix, f"bert.{prefix}")) for k in tensors)
+
+    if has("cls.predictions."):
+        return "BertForPreTraining" if has("cls.seq_relationship.") else "BertForMaskedLM"
+    if has("qa_outputs."):
+        return "BertForQuestionAnswering"
+    if has("classifier."):
+        return "BertForSequenceClassification" if has("pooler.") else "BertForTokenClassification"
     return "BertModel"
 
 
 def model_from_config(c: BertConfig, architectures=None, tensors=None) -> nn.Module:
     """``config_from_hf`` already read ``architectures`` into ``c.architecture``."""
     arch = _architecture_of(c, tensors)
-    if arch == "BertForSequenceClassification" and tensors and "classifier.weight" in tensors:
-        c = dataclasses.replace(c, num_labels=int(tensors["classifier.weight"].shape[0]))
-    return MODEL_CLASSES[arch](dataclasses.replace(c, architecture=arch))
+    cls = MODEL_CLASSES[arch]
+    if getattr(cls, "USES_LABELS", False) and not cls.FIXED_LABELS:
+        if tensors and "classifier.weight" in tensors:
+            c = dataclasses.replace(c, num_labels=int(tensors["classifier.weight"].shape[0]))
+    return cls(dataclasses.replace(c, architecture=arch))
 
 
 def _spellings(name: str, encoder: bool) -> list[str]:
@@ -585,8 +735,9 @@ def hf_weights(c: BertConfig) -> list[HFWeight]:
         w("embeddings.position_embeddings.weight", (*enc, "position_embeddings", "embedding")),
         w("embeddings.token_type_embeddings.weight", (*enc, "token_type_embeddings", "embedding")),
         *ln("embeddings.LayerNorm", (*enc, "embeddings_ln")),
-        *linear("pooler.dense", (*enc, "pooler")),
     ]
+    if getattr(MODEL_CLASSES[arch], "POOLER", True):  # BertModel has it
+        out += linear("pooler.dense", (*enc, "pooler"))
     for i in range(c.num_hidden_layers):
         p, layer = f"encoder.layer.{i}.", (*enc, "layer", i)
         out += [
@@ -603,18 +754,23 @@ def hf_weights(c: BertConfig) -> list[HFWeight]:
             *linear(p + "output.dense", (*layer, "mlp", "wo")),
             *ln(p + "output.LayerNorm", (*layer, "output_ln")),
         ]
-    if arch == "BertForPreTraining":
-        out += [
-            *linear("cls.predictions.transform.dense", ("mlm_dense",), encoder=False),
-            *ln("cls.predictions.transform.LayerNorm", ("mlm_ln",), encoder=False),
-            w(
-                "cls.predictions.bias",
-                ("mlm_bias",),
-                encoder=False,
-                extra=("cls.predictions.decoder.bias",),
-            ),
-            *linear("cls.seq_relationship", ("nsp",), encoder=False),
-        ]
-    if arch == "BertForSequenceClassification":
-        out += linear("classifier", ("classifier",), encoder=False)
-    return out
+    mlm = [
+        *linear("cls.predictions.transform.dense", ("mlm_dense",), encoder=False),
+        *ln("cls.predictions.transform.LayerNorm", ("mlm_ln",), encoder=False),
+        w(
+            "cls.predictions.bias",
+            ("mlm_bias",),
+            encoder=False,
+            extra=("cls.predictions.decoder.bias",),
+        ),
+    ]
+    classifier = linear("classifier", ("classifier",), encoder=False)
+    heads = {
+        "BertModel": [],
+        "BertForPreTraining": mlm + linear("cls.seq_relationship", ("nsp",), encoder=False),
+        "BertForMaskedLM": mlm,
+        "BertForSequenceClassification": classifier,
+        "BertForTokenClassification": classifier,
+        "BertForQuestionAnswering": linear("qa_outputs", ("qa_outputs",), encoder=False),
+    }
+    return out + heads[arch]

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax.numpy as jnp
 
 from jaxformers.models import layers
@@ -75,10 +76,21 @@ class GPT2Config(layers.ModelConfig):
         return (6.0 * matmul_params + 12.0 * L * seq_len * D) * seq_len
 
 
+@flax.struct.dataclass
+class GPT2Output:
+    """What ``GPT2LMHeadModel`` returns when asked for all-layer outputs (else the logits)."""
+
+    logits: Array  # [B, T, V]
+    hidden_states: tuple[Array, ...] | None = None  # L + 1 x [B, T, D]; the last after ln_f
+    attentions: tuple[Array, ...] | None = None  # L x [B, N, T, S] attention probabilities
+
+
 class GPT2Block(nn.Module):
     config: GPT2Config
     deterministic: bool = True
     decode: bool = False
+    output_hidden_states: bool = False
+    output_attentions: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None):  # x [B, T, D]
@@ -99,7 +111,15 @@ class GPT2Block(nn.Module):
             out_init=proj_init,
             impl=c.attention_impl,
             name="attn",
-        )(h, mask=mask, deterministic=self.deterministic, decode=self.decode, causal=True)
+        )(
+            h,
+            mask=mask,
+            deterministic=self.deterministic,
+            decode=self.decode,
+            causal=True,
+            return_weights=self.output_attentions,
+        )
+        h, probs = h if self.output_attentions else (h, None)
         x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=self.deterministic)
         h = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_2")(x)
         h = layers.MLP(
@@ -112,13 +132,15 @@ class GPT2Block(nn.Module):
             name="mlp",
         )(h, deterministic=self.deterministic)
         x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=self.deterministic)
-        return layers.constrain(
-            x, ("activation_batch", "activation_length", "activation_embed")
-        ), None
+        x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        return layers.layer_outputs(
+            x, self.output_hidden_states, self.output_attentions, attentions=probs
+        )
 
 
 class GPT2LMHeadModel(nn.Module):
-    """GPT-2 with the tied LM head. ``apply({"params": p}, input_ids) -> logits [B, T, V]``."""
+    """GPT-2 with the tied LM head. ``apply({"params": p}, input_ids) -> logits [B, T, V]``;
+    with ``output_hidden_states`` or ``output_attentions`` a ``GPT2Output`` instead."""
 
     config: GPT2Config
 
@@ -131,7 +153,9 @@ class GPT2LMHeadModel(nn.Module):
         position_ids: Array | None = None,  # [B, T]
         deterministic: bool = True,
         decode: bool = False,
-    ) -> Array:  # [B, T, V]
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> Array | GPT2Output:  # [B, T, V]
         c = self.config
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
@@ -160,15 +184,33 @@ class GPT2LMHeadModel(nn.Module):
             position_ids = jnp.arange(T)[None, :]
         x = wte(input_ids) + wpe(position_ids)
         x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
-        x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        embedded = x = layers.constrain(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        )
         mask = None if attention_mask is None else layers.padding_mask(attention_mask)
-        x = block_stack(GPT2Block, c.n_layer, c.scan_layers, c.remat, "h")(
-            dict(config=c, deterministic=deterministic, decode=decode), x, mask
+        x, per_layer = block_stack(GPT2Block, c.n_layer, c.scan_layers, c.remat, "h")(
+            dict(
+                config=c,
+                deterministic=deterministic,
+                decode=decode,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            ),
+            x,
+            mask,
         )
         x = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_f")(x)
-        logits = wte.attend(x)
-        return layers.constrain(
-            logits, ("activation_batch", "activation_length", "activation_vocab")
+        logits = layers.constrain(
+            wte.attend(x), ("activation_batch", "activation_length", "activation_vocab")
+        )
+        if not (output_hidden_states or output_attentions):
+            return logits
+        return GPT2Output(
+            logits=logits,
+            hidden_states=layers.hidden_states(embedded, per_layer, final=x)
+            if output_hidden_states
+            else None,
+            attentions=per_layer["attentions"] if output_attentions else None,
         )
 
 

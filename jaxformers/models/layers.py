@@ -273,16 +273,20 @@ def dot_product_attention(
     impl: str = "xla",
     is_causal: bool = False,
     heads_first: bool = False,
-) -> Array:  # [B, T, N, H]
+    return_probs: bool = False,
+) -> Array | tuple[Array, Array]:  # [B, T, N, H] (and probabilities [B, N, T, S])
     """Softmax attention, softmax in float32.
 
     ``impl="xla"`` is written out in einsums (exact parity with transformers, attention dropout);
     ``impl="cudnn"``/``"auto"`` route to ``jax.nn.dot_product_attention`` (cuDNN flash attention on
     GPU) when there is no attention dropout. ``heads_first``: ``k`` and ``v`` are [B, N, S, H] (the
     KV cache's layout, whose per-head [S, H] blocks the attention dots read without a transpose);
-    it always takes the einsum path.
+    it always takes the einsum path. ``return_probs`` also returns the attention probabilities
+    (before dropout, float32); it takes the einsum path too (a fused kernel never forms them, as
+    transformers' sdpa refuses ``output_attentions``).
     """
-    if impl != "xla" and not heads_first and (dropout_rate == 0.0 or dropout_rng is None):
+    fused_ok = not heads_first and not return_probs
+    if impl != "xla" and fused_ok and (dropout_rate == 0.0 or dropout_rng is None):
         if mask is not None:  # cuDNN wants the sequence dims of a mask spelled out
             mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
         return jax.nn.dot_product_attention(
@@ -303,11 +307,12 @@ def dot_product_attention(
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = weights = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum(f"BNTS,{kv}->BTNH", probs.astype(dtype), v)
+        weights = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum(f"BNTS,{kv}->BTNH", weights.astype(dtype), v)
+    return (out, probs) if return_probs else out
 
 
 def _heads_first(x: Array) -> Array:
@@ -358,7 +363,10 @@ class Attention(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
         causal: bool = False,
-    ) -> Array:  # [B, T, D]
+        return_weights: bool = False,
+    ) -> Array | tuple[Array, Array]:  # [B, T, D] (and probabilities [B, N, T, S])
+        """``return_weights``: also return the attention probabilities (``dot_product_attention``'s
+        ``return_probs``)."""
         N, H = self.num_heads, self.head_dim
         dense = functools.partial(
             Dense,
@@ -418,11 +426,14 @@ class Attention(nn.Module):
             self.impl,
             is_causal=causal,
             heads_first=decode,
+            return_probs=return_weights,
         )
+        if return_weights:
+            out, probs = out
         out = constrain(
             out, ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         )
-        return Dense(
+        out = Dense(
             x.shape[-1],
             ("heads", "kv", "embed"),
             contract=2,
@@ -432,6 +443,7 @@ class Attention(nn.Module):
             kernel_init=self.out_init,
             name="out",
         )(out)
+        return (out, probs) if return_weights else out
 
     def _update_cache(self, k: Array, v: Array, mask: Array | None):
         """Writes this step's keys/values ([B, N, T, H]) at ``cache_index``; returns the whole cache
@@ -524,9 +536,14 @@ def check_positive(config: Any, *fields: str) -> None:
 
 
 def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
-    """Wraps a block class with remat and scan; returns a function ``(x, *args) -> x``.
+    """Wraps a block class with remat and scan; returns a function
+    ``(parent_kwargs, x, *args) -> (x, per_layer)``.
 
-    The block's ``__call__(x, *args)`` must return ``(x, None)`` so that it can be scanned.
+    The block's ``__call__(x, *args)`` must return ``(x, extras)``, ``extras`` a dict of arrays the
+    caller asked the block for (every layer's output, its attention probabilities), empty when
+    nothing was asked: so that it can be scanned, and scanned stacks collect the extras as scan
+    outputs. ``per_layer`` maps each key of ``extras`` to a tuple of the ``n_layer`` layers'
+    arrays (empty when the blocks return none: then nothing is collected or paid for).
     Scanned params carry the logical axis "layers" on their new leading dimension.
     """
     cls = block_cls
@@ -543,13 +560,36 @@ def block_stack(block_cls, n_layer: int, scan: bool, remat: str, name: str):
                 length=n_layer,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scanned(**parent_kwargs, name=name)(x, *args)
-            return x
+            x, stacked = scanned(**parent_kwargs, name=name)(x, *args)
+            return x, {k: tuple(v[i] for i in range(n_layer)) for k, v in (stacked or {}).items()}
+        outs = []
         for i in range(n_layer):
-            x, _ = cls(**parent_kwargs, name=layer_name(name, i))(x, *args)
-        return x
+            x, extras = cls(**parent_kwargs, name=layer_name(name, i))(x, *args)
+            outs.append(extras or {})
+        return x, {k: tuple(o[k] for o in outs) for k in outs[0]}
 
     return run
+
+
+def layer_outputs(
+    x: Array, want_hidden: bool, want_attn: bool, **probs: Array
+) -> tuple[Array, dict[str, Array]]:
+    """A block's return value for ``block_stack``: its output ``x`` and the extras asked for
+    (``"hidden"``: ``x`` itself; each of ``probs``, e.g. ``attentions=...``, when ``want_attn``)."""
+    extras = {"hidden": x} if want_hidden else {}
+    if want_attn:
+        extras.update(probs)
+    return x, extras
+
+
+def hidden_states(
+    embedded: Array, per_layer: dict, final: Array | None = None
+) -> tuple[Array, ...]:
+    """transformers' ``hidden_states``: the embedding output, then every layer's output; with
+    ``final`` (GPT-2's and T5's final-norm output) the last layer's output is replaced by it, as
+    transformers records it."""
+    outs = (embedded, *per_layer["hidden"])
+    return outs if final is None else outs[:-1] + (final,)
 
 
 # ---- the params layout ``block_stack`` creates, for code that reads or writes params by layer ----

@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax.numpy as jnp
 
 from jaxformers.models import layers
@@ -185,6 +186,29 @@ def _normal(std: float):
     return nn.initializers.normal(std)
 
 
+@flax.struct.dataclass
+class T5EncoderOutput:
+    """``encode`` with all-layer outputs asked for (else the last hidden state alone)."""
+
+    last_hidden_state: Array  # [B, T, D]
+    hidden_states: tuple[Array, ...] | None = None  # L + 1 x [B, T, D]; the last after the norm
+    attentions: tuple[Array, ...] | None = None  # L x [B, N, T, T]
+
+
+@flax.struct.dataclass
+class Seq2SeqLMOutput:
+    """``__call__`` (``decode``: the decoder fields) with all-layer outputs asked for (else the
+    logits alone); names and meaning as transformers' Seq2SeqLMOutput."""
+
+    logits: Array  # [B, S, V]
+    encoder_last_hidden_state: Array | None = None  # [B, T, D]
+    encoder_hidden_states: tuple[Array, ...] | None = None  # L_enc + 1 x [B, T, D]
+    encoder_attentions: tuple[Array, ...] | None = None  # L_enc x [B, N, T, T]
+    decoder_hidden_states: tuple[Array, ...] | None = None  # L_dec + 1 x [B, S, D]
+    decoder_attentions: tuple[Array, ...] | None = None  # L_dec x [B, N, S, S]
+    cross_attentions: tuple[Array, ...] | None = None  # L_dec x [B, N, S, T]
+
+
 class T5Block(nn.Module):
     """One encoder block (self-attention, MLP) or decoder block (self-, cross-attention, MLP)."""
 
@@ -192,6 +216,8 @@ class T5Block(nn.Module):
     is_decoder: bool = False
     deterministic: bool = True
     decode: bool = False
+    output_hidden_states: bool = False
+    output_attentions: bool = False
 
     @nn.compact
     def __call__(self, x, bias, mask, encoded, encoded_mask):  # x [B, T, D]
@@ -224,8 +250,11 @@ class T5Block(nn.Module):
             deterministic=self.deterministic,
             decode=self.decode,
             causal=self.is_decoder,
+            return_weights=self.output_attentions,
         )
+        h, probs = h if self.output_attentions else (h, None)
         x = x + drop(h, deterministic=self.deterministic)
+        cross = {}
         if self.is_decoder:
             h = norm(name="cross_attn_norm")(x)
             h = attention(name="cross_attn")(
@@ -234,7 +263,10 @@ class T5Block(nn.Module):
                 mask=encoded_mask,
                 deterministic=self.deterministic,
                 decode=self.decode,
+                return_weights=self.output_attentions,
             )
+            if self.output_attentions:
+                h, cross["cross_attentions"] = h
             x = x + drop(h, deterministic=self.deterministic)
         h = norm(name="mlp_norm")(x)
         act, gated = parse_feed_forward_proj(c.feed_forward_proj)
@@ -251,9 +283,10 @@ class T5Block(nn.Module):
             name="mlp",
         )(h, deterministic=self.deterministic)
         x = x + drop(h, deterministic=self.deterministic)
-        return layers.constrain(
-            x, ("activation_batch", "activation_length", "activation_embed")
-        ), None
+        x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        return layers.layer_outputs(
+            x, self.output_hidden_states, self.output_attentions, attentions=probs, **cross
+        )
 
 
 class T5Stack(nn.Module):
@@ -277,7 +310,12 @@ class T5Stack(nn.Module):
         positions: Array | None = None,  # [T] or [B, T] absolute decoder positions
         deterministic: bool = True,
         decode: bool = False,
-    ) -> Array:  # [B, T, D]
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[Array, dict]:  # [B, T, D], the all-layer outputs asked for
+        """The stack's output and a dict of what was asked for: ``hidden_states`` (embedding
+        output first, the last after the final norm, as transformers), ``attentions`` and in the
+        decoder ``cross_attentions`` (tuples over layers); empty when nothing was."""
         c = self.config
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
         T = x.shape[1]
@@ -310,9 +348,18 @@ class T5Stack(nn.Module):
         if bias.ndim == 3:
             bias = bias[None]
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
-        x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-        x = block_stack(T5Block, n_layers, c.scan_layers, c.remat, name)(
-            dict(config=c, is_decoder=self.is_decoder, deterministic=deterministic, decode=decode),
+        embedded = x = layers.constrain(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        )
+        x, per_layer = block_stack(T5Block, n_layers, c.scan_layers, c.remat, name)(
+            dict(
+                config=c,
+                is_decoder=self.is_decoder,
+                deterministic=deterministic,
+                decode=decode,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            ),
             x,
             bias,
             mask,
@@ -320,7 +367,11 @@ class T5Stack(nn.Module):
             encoded_mask,
         )
         x = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "final_layer_norm", rms=True)(x)
-        return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+        extras = {k: v for k, v in per_layer.items() if k != "hidden"}
+        if output_hidden_states:
+            extras["hidden_states"] = layers.hidden_states(embedded, per_layer, final=x)
+        return x, extras
 
     def _cache_state(self, name: str):
         """(tokens already in the cache, cache length S_max) from the first block's self-attention
@@ -379,14 +430,26 @@ class T5ForConditionalGeneration(nn.Module):
         attention_mask: Array | None = None,  # [B, T] 1 = token, 0 = padding
         deterministic: bool = True,
         segment_ids: Array | None = None,  # [B, T] packed examples (0 = padding)
-    ) -> Array:  # [B, T, D]
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> Array | T5EncoderOutput:  # [B, T, D]
+        """The encoder output; a ``T5EncoderOutput`` when all-layer outputs are asked for."""
         c = self.config
         _check_ids(input_ids, "input_ids", c)
         _check_mask(attention_mask, input_ids.shape, "attention_mask", "input_ids")
         mask = None if attention_mask is None else layers.padding_mask(attention_mask)
         if segment_ids is not None:
             mask = layers.combine_masks(mask, layers.segment_mask(segment_ids, segment_ids))
-        return self.encoder(self.shared(input_ids), mask, deterministic=deterministic)
+        x, extras = self.encoder(
+            self.shared(input_ids),
+            mask,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        if not (output_hidden_states or output_attentions):
+            return x
+        return T5EncoderOutput(last_hidden_state=x, **extras)
 
     def decode(
         self,
@@ -399,8 +462,11 @@ class T5ForConditionalGeneration(nn.Module):
         decoder_positions: Array | None = None,  # [T] or [B, T]
         decoder_segment_ids: Array | None = None,  # [B, T] packed examples (0 = padding)
         encoder_segment_ids: Array | None = None,  # [B, S]
-    ) -> Array:  # [B, T, V]
-        """Decoder and head.
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> Array | Seq2SeqLMOutput:  # [B, T, V]
+        """Decoder and head: the logits, or with all-layer outputs asked for a ``Seq2SeqLMOutput``
+        with its decoder fields.
 
         With ``decode=True`` self-attention keys/values go to the ``cache`` collection. The first
         such call (``mutable=["cache"]``, no cache given, see ``init_decode_cache``) only creates
@@ -449,7 +515,7 @@ class T5ForConditionalGeneration(nn.Module):
             cross_mask = layers.combine_masks(
                 cross_mask, layers.segment_mask(decoder_segment_ids, encoder_segment_ids)
             )
-        h = self.decoder(
+        h, extras = self.decoder(
             self.shared(decoder_input_ids),
             self_mask,
             encoder_outputs,
@@ -457,12 +523,22 @@ class T5ForConditionalGeneration(nn.Module):
             positions=decoder_positions,
             deterministic=deterministic,
             decode=decode,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         if c.scale_decoder_outputs:
             h = h * (c.d_model**-0.5)
         logits = self.shared.attend(h) if c.tie_word_embeddings else self.lm_head(h)
-        return layers.constrain(
+        logits = layers.constrain(
             logits, ("activation_batch", "activation_length", "activation_vocab")
+        )
+        if not (output_hidden_states or output_attentions):
+            return logits
+        return Seq2SeqLMOutput(
+            logits=logits,
+            decoder_hidden_states=extras.get("hidden_states"),
+            decoder_attentions=extras.get("attentions"),
+            cross_attentions=extras.get("cross_attentions"),
         )
 
     def __call__(
@@ -476,20 +552,38 @@ class T5ForConditionalGeneration(nn.Module):
         decode: bool = False,
         encoder_segment_ids: Array | None = None,  # [B, T] packed examples (0 = padding)
         decoder_segment_ids: Array | None = None,  # [B, S]
-    ) -> Array:  # [B, S, V]
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> Array | Seq2SeqLMOutput:  # [B, S, V]
+        """The logits; with ``output_hidden_states`` / ``output_attentions`` a
+        ``Seq2SeqLMOutput``."""
         _check_ids(decoder_input_ids, "decoder_input_ids", self.config)  # fail before encoding
+        flags = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         encoded = self.encode(
-            input_ids, attention_mask, deterministic=deterministic, segment_ids=encoder_segment_ids
+            input_ids,
+            attention_mask,
+            deterministic=deterministic,
+            segment_ids=encoder_segment_ids,
+            **flags,
         )
-        return self.decode(
+        want = output_hidden_states or output_attentions
+        out = self.decode(
             decoder_input_ids,
-            encoded,
+            encoded.last_hidden_state if want else encoded,
             attention_mask,
             decoder_attention_mask,
             deterministic=deterministic,
             decode=decode,
             decoder_segment_ids=decoder_segment_ids,
             encoder_segment_ids=encoder_segment_ids,
+            **flags,
+        )
+        if not want:
+            return out
+        return out.replace(
+            encoder_last_hidden_state=encoded.last_hidden_state,
+            encoder_hidden_states=encoded.hidden_states,
+            encoder_attentions=encoded.attentions,
         )
 
 
