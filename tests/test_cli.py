@@ -24,8 +24,23 @@ def train_records(workdir):
         return [r for r in map(json.loads, filter(str.strip, f)) if r["split"] == "train"]
 
 
+# Tiny runs that read their own corpus: the main job (the embedded corpus end to end through the
+# CLI) and the classifier (its labelled corpus is no plain text). The others read conftest's 40 KB
+# ``corpus``: preparing their examples from the whole embedded corpus took most of their minute
+# (span corruption of 5 MB, a SentencePiece or WordPiece vocabulary), which the file's two tiny
+# steps do not depend on; test_data, the notebooks and the reliability tests prepare the rest.
+OWN_CORPUS = {"gpt2_shakespeare.py", "bert_sst2.py"}
+
+
+def tiny_argv(path, wd, corpus):
+    argv = ["train", path, "--workdir", wd, "--variant", "tiny"]
+    if os.path.basename(path) not in OWN_CORPUS:
+        argv += ["--set", f"data.corpus={corpus}"]
+    return argv
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
+def trained(tmp_path_factory, data_dir, corpus):
     """experiment path -> (workdir, exit code, stdout) of its tiny run, trained once per module."""
     runs = {}
 
@@ -33,7 +48,7 @@ def trained(tmp_path_factory, data_dir):
         if path not in runs:
             wd = str(tmp_path_factory.mktemp(os.path.basename(path)[:-3]))
             capsys.readouterr()
-            rc = cli.main(["train", path, "--workdir", wd, "--variant", "tiny"])
+            rc = cli.main(tiny_argv(path, wd, corpus))
             out, err = capsys.readouterr()
             runs[path] = (wd, rc, out, err)
         return runs[path]
@@ -43,7 +58,7 @@ def trained(tmp_path_factory, data_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
-def test_experiment_tiny_trains_and_resumes(path, trained, capsys):
+def test_experiment_tiny_trains_and_resumes(path, trained, capsys, corpus):
     exp = config.load_experiment(path, "tiny")
     wd, rc, out, err = trained(path, capsys)
     assert rc == 0, err[-3000:]
@@ -61,7 +76,7 @@ def test_experiment_tiny_trains_and_resumes(path, trained, capsys):
             assert out.split(header, 1)[1].startswith(prompt)
 
     # The same command again resumes from the last checkpoint and trains no further step.
-    rc2 = cli.main(["train", path, "--workdir", wd, "--variant", "tiny"])
+    rc2 = cli.main(tiny_argv(path, wd, corpus))
     out2, err2 = capsys.readouterr()
     assert rc2 == 0, err2[-3000:]
     assert f"resuming from step {exp.steps}" in out2
@@ -141,8 +156,23 @@ def random_gpt2_workdir(tmp_path_factory):
     c = GPT2Config(
         vocab_size=tok.vocab_size, n_positions=33, n_embd=24, n_layer=1, n_head=2, eos_token_id=0
     )
-    variables = GPT2LMHeadModel(c).init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))
-    params = nn.meta.unbox(variables["params"])  # plain arrays, as a training run exports them
+    # GPT-2's initialisation drawn in numpy by shape (norm scales 1, biases 0, the rest N(0, 0.02)):
+    # an op-by-op model.init takes seconds.
+    shapes = jax.eval_shape(
+        GPT2LMHeadModel(c).init, jax.random.PRNGKey(0), np.zeros((1, 4), np.int32)
+    )
+    rng = np.random.default_rng(0)
+
+    def draw(path, s):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return np.ones(s.shape, s.dtype)
+        if "bias" in name:
+            return np.zeros(s.shape, s.dtype)
+        return (0.02 * rng.standard_normal(s.shape)).astype(s.dtype)
+
+    # plain arrays, as a training run exports them
+    params = jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(shapes["params"]))
     checkpoint.export_params(params, os.path.join(wd, "params"))
     inference.write_model_json(wd, c)
     return wd, tok

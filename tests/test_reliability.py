@@ -432,10 +432,14 @@ def test_nan_skip_keeps_params_finite(tmp_path, corpus):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
-def test_bf16_loss_is_float32(tmp_path, corpus):
-    exp = tiny(corpus)
+def test_bf16_loss_is_float32(tmp_path):
+    # The small synthetic-data experiment on one device: no tokenizer training or corpus
+    # preparation, which the dtype of the loss does not depend on.
+    from test_train import small_experiment, synthetic_data
+
+    exp = small_experiment()
     exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, dtype="bfloat16"))
-    tr = train.Trainer(exp, str(tmp_path))
+    tr = train.Trainer(exp, str(tmp_path), data=synthetic_data(), devices=jax.devices()[:1])
     state = tr.init_state()
     step_fn, _ = tr.compiled_steps()
     with tr.mesh_context():
@@ -493,6 +497,21 @@ def _small_run(exp, wd, restart=False):
     return train.Trainer(exp, wd, data=data, devices=jax.devices()[:1], restart=restart).run()
 
 
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """The workdir of one finished ``_small()`` run (2 steps, a checkpoint at each), trained once
+    per module; ``_copy_of`` gives each test its own copy to change."""
+    wd = str(tmp_path_factory.mktemp("small_run"))
+    _small_run(_small(), wd)
+    return wd
+
+
+def _copy_of(small_run, tmp_path):
+    wd = str(tmp_path / "wd")
+    shutil.copytree(small_run, wd, ignore=shutil.ignore_patterns(".lock*"))
+    return wd
+
+
 def _files(wd):
     """relative path -> (size, mtime) of every file a run left (the lock aside)."""
     out = {}
@@ -512,13 +531,12 @@ def _wider(exp):
     return dataclasses.replace(exp, model=dataclasses.replace(exp.model, n_embd=65))
 
 
-def test_changed_model_refuses_and_touches_nothing(tmp_path):
+def test_changed_model_refuses_and_touches_nothing(small_run, tmp_path):
     """A changed model refuses, names the field and moves or writes nothing."""
     from jaxformers import checkpoint
 
-    wd = str(tmp_path)
+    wd = _copy_of(small_run, tmp_path)
     exp = _small()
-    _small_run(exp, wd)
     before = _files(wd)
     assert "model.json" in before and any(p.startswith("params") for p in before)
     with pytest.raises(checkpoint.CheckpointMismatch) as e:
@@ -531,12 +549,11 @@ def test_changed_model_refuses_and_touches_nothing(tmp_path):
 
 
 @pytest.mark.slow  # two runs; the refusal above is the fast test of this feature
-def test_restart_moves_the_old_run_aside(tmp_path, capsys):
+def test_restart_moves_the_old_run_aside(small_run, tmp_path, capsys):
     from jaxformers import inference
 
-    wd = str(tmp_path)
+    wd = _copy_of(small_run, tmp_path)
     exp = _small()
-    _small_run(exp, wd)
     before = _files(wd)
     capsys.readouterr()
     r = _small_run(_wider(exp), wd, restart=True)
@@ -552,10 +569,9 @@ def test_restart_moves_the_old_run_aside(tmp_path, capsys):
 
 
 @pytest.mark.slow  # resuming itself is in the fast loop (test_train); this adds what may change
-def test_longer_run_and_other_reporting_resume(tmp_path, capsys):
-    wd = str(tmp_path)
+def test_longer_run_and_other_reporting_resume(small_run, tmp_path, capsys):
+    wd = _copy_of(small_run, tmp_path)
     exp = _small()
-    _small_run(exp, wd)
     longer = dataclasses.replace(
         exp,
         steps=4,
@@ -576,10 +592,9 @@ def test_longer_run_and_other_reporting_resume(tmp_path, capsys):
     assert "checkpoint is at step 4, past steps=3: nothing to train" in capsys.readouterr().out
 
 
-def test_damaged_checkpoint_set_aside_fast(tmp_path, caplog):
-    wd = str(tmp_path)
+def test_damaged_checkpoint_set_aside_fast(small_run, tmp_path, caplog):
+    wd = _copy_of(small_run, tmp_path)
     exp = _small()
-    _small_run(exp, wd)
     with open(os.path.join(wd, "checkpoints", "2", "state", "manifest.ocdbt"), "r+b") as f:
         f.seek(10)
         f.write(b"\xff" * 40)  # garbled
@@ -614,14 +629,13 @@ def test_checkpoint_of_other_shapes_is_not_damage(tmp_path):
         ck.close()
 
 
-def test_transient_read_errors_are_retried_never_set_aside(tmp_path, monkeypatch):
+def test_transient_read_errors_are_retried_never_set_aside(small_run, tmp_path, monkeypatch):
     import errno
 
     from jaxformers import checkpoint
 
-    wd = str(tmp_path)
+    wd = _copy_of(small_run, tmp_path)
     exp = _small()
-    _small_run(exp, wd)
     monkeypatch.setattr(checkpoint, "RETRY_DELAYS", (0.0, 0.0, 0.0))
     real = checkpoint.Checkpointer.restore
     fails = {"left": 1}
