@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import play_excerpt
 
 from jaxformers import train
 from jaxformers.config import DataConfig, Experiment, OptimConfig, SampleConfig
@@ -178,7 +179,18 @@ def write_copy_task(path, n, seed):
             f.write(f"copy: {w}\t{w}\n")
 
 
-def local_experiment(tmp_path, **task):
+@pytest.fixture(scope="module")
+def spiece(tmp_path_factory):
+    """A T5-style SentencePiece model (284 pieces + 100 sentinels) trained on a play excerpt: the
+    copy task's few lines are too small a corpus to train one of this size."""
+    from jaxformers.data.sentencepiece_vocab import train_sentencepiece
+
+    prefix = tmp_path_factory.mktemp("spiece") / "spiece"
+    train_sentencepiece(play_excerpt(40_000).splitlines(), prefix, vocab_size=284)
+    return f"{prefix}.model"
+
+
+def local_experiment(tmp_path, tokenizer="train", **task):
     train_f, dev_f = tmp_path / "train.tsv", tmp_path / "dev.tsv"
     write_copy_task(train_f, 120, 0)
     write_copy_task(dev_f, 21, 1)  # 21 = two batches of 8 and a padded third
@@ -189,7 +201,7 @@ def local_experiment(tmp_path, **task):
         data=DataConfig(
             corpus=str(train_f),
             val_corpus=str(dev_f),
-            tokenizer="sentencepiece",
+            tokenizer=tokenizer,
             vocab_size=384,
             seq_len=16,
         ),
@@ -204,8 +216,8 @@ def local_experiment(tmp_path, **task):
     )
 
 
-def test_run_scores_every_validation_example_once(tmp_path, data_dir, capsys):
-    exp = local_experiment(tmp_path, pack=True)
+def test_run_scores_every_validation_example_once(tmp_path, data_dir, spiece, capsys):
+    exp = local_experiment(tmp_path, spiece, pack=True)
     tr = train.Trainer(exp, str(tmp_path / "wd"))
     data = tr.data
     out = capsys.readouterr().out
