@@ -23,7 +23,6 @@ only, so these are the reference, not a promise. No figure is claimed: not run o
 2-core CPU.
 """
 
-
 from jaxformers.config import CheckpointConfig, DataConfig, Experiment, OptimConfig, SampleConfig
 from jaxformers.models.t5 import T5Config
 from jaxformers.tasks import TextToText

@@ -9,19 +9,22 @@ Launch (pretrain first, ~6 min on 2 CPU cores; then the two runs, same steps and
         --set data.tokenizer=/tmp/t5_shakespeare/tokenizer
     ... --variant tiny        (two-step smoke test used by the tests)
 
-The task: ``"who speaks: <speech>"`` -> the speaker's name as the play prints it (``"HAMLET"``,
-``"FIRST CITIZEN"``); every speech of the 38 plays, without the play's title or the neighbouring
-speeches. The validation speeches (1,279) lie in the held-out tail of each play, cut as the
-t5_shakespeare pretraining cut it (last 5% of each play), so the pretrained model never read them.
-It measures whether a model links a speech's words, addressees and style to the character:
-exact match of the greedy generation with the name, over every validation speech once. Chance
-level: 703 distinct speakers in training (1/703 = 0.14%); the majority baseline (always
-"GLOUCESTER", the most frequent training speaker) scores 1.09% of the validation speeches; 2.97%
-of validation speeches are by speakers never seen in training (no model can get those).
+The task: ``"who speaks in <play>: <speech>"`` -> the speaker's name as the play prints it
+(``"HAMLET"``, ``"FIRST CITIZEN"``); every speech of the 38 plays, the play named by its file
+(``"romeo and juliet"``), without the neighbouring speeches. The 1,279 validation speeches lie in
+the held-out tail of each play, cut as the t5_shakespeare pretraining cut it (the last 5% of each
+play), so the pretrained model never read them. It measures whether a model tells a play's
+characters apart by what they say (their words, whom they address, their style): exact match of
+the greedy generation with the name, over every validation speech once. Chance level (a uniform
+guess among the play's training speakers): 5.24%; majority baseline (always the play's most
+frequent training speaker): 19.16%. Without the play's name (a first version of this task, 703
+speakers, majority baseline 1.09%) the fine-tuned model reached 0.16% exact match after 300 steps
+at lr 1e-3 (held-out loss 2.34 nats per target token): too hard to measure at this size.
 
 The model is t5_shakespeare's (T5.1.1-style, 3.9M params, 2,048-piece SentencePiece vocabulary);
-both runs use that vocabulary; they differ only in the initial weights. Adafactor lr 1e-3
-constant (T5's fine-tuning rate), batch 32 packed rows of 128 input / 32 target tokens, 300 steps.
+both runs use that vocabulary and these settings; they differ only in the initial weights.
+Adafactor lr 3e-3 constant, batch 32 packed rows of 128 input / 32 target tokens (26,458
+training speeches in 10,450 rows; 1,973 inputs cut at 128 tokens), 300 steps (0.92 epochs).
 Measured: see docs/text_to_text.md (figures below).
 """
 
@@ -60,7 +63,7 @@ def get_config(variant: str = "default") -> Experiment:
         ),
         optim=OptimConfig(
             name="adafactor",
-            lr=1e-3,
+            lr=3e-3,
             warmup_steps=0,
             schedule="constant",
             weight_decay=0.0,

@@ -196,7 +196,7 @@ def local_experiment(tmp_path, tokenizer="train", **task):
     write_copy_task(dev_f, 21, 1)  # 21 = two batches of 8 and a padded third
     return Experiment(
         name="t2t_test",
-        task=TextToText(targets_length=8, **task),
+        task=TextToText(targets_length=16, **task),
         model=tiny_t5(),
         data=DataConfig(
             corpus=str(train_f),

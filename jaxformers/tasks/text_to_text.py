@@ -10,8 +10,8 @@ task prefixes (Raffel et al. 2020, appendix D):
   metrics: SQuAD's official exact match and F1 against all the dev answers.
 - ``cnn_dailymail`` (TFDS): ``"summarize: <article>"`` -> the highlights; metrics: ROUGE-1/2/Lsum
   (``rouge-score``).
-- ``shakespeare_who_speaks`` (offline, the embedded plays): ``"who speaks: <speech>"`` -> the
-  speaker's name as the play prints it (``"HAMLET"``); metric: exact match. The validation
+- ``shakespeare_who_speaks`` (offline, the embedded plays): ``"who speaks in <play>: <speech>"``
+  -> the speaker's name as the play prints it (``"HAMLET"``); metric: exact match. The validation
   speeches are those in the held-out tail of each play, cut exactly as the causal-LM and
   span-corruption runs cut it (``sources.split_document`` with ``data.val_fraction``), so a model
   pretrained on the embedded corpus has not read them.
@@ -104,19 +104,22 @@ _SPEECH = re.compile(r"^([A-Z][A-Z0-9 ,.'&-]*[A-Z.]):\n(.+)", re.S)
 
 
 def who_speaks(val_fraction: float) -> dict[str, list[Example]]:
-    """``"who speaks: <speech>"`` -> the speaker, from every play; validation = the speeches of
-    each play's held-out tail (``sources.split_document``)."""
+    """``"who speaks in <play>: <speech>"`` -> the speaker, from every play (named by its file:
+    ``"romeo and juliet"``); validation = the speeches of each play's held-out tail
+    (``sources.split_document``)."""
     out: dict[str, list[Example]] = {"train": [], "validation": []}
     for path in sources.shakespeare_files():
         with open(path, encoding="utf-8") as f:
             text = sources.play_markdown_to_text(f.read())
+        play = os.path.basename(path)[: -len(".md")].replace("-", " ")
         parts = sources.split_document(text, val_fraction)
         for split, part in zip(("train", "validation"), parts):
             for block in re.split(r"\n\s*\n", part):
                 m = _SPEECH.match(block.strip())
                 if m and m.group(2).strip():
                     speaker = m.group(1).strip()
-                    out[split].append((_join("who speaks:", m.group(2)), speaker, [speaker]))
+                    inputs = _join(f"who speaks in {play}:", m.group(2))
+                    out[split].append((inputs, speaker, [speaker]))
     return out
 
 
