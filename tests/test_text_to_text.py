@@ -175,7 +175,7 @@ def write_copy_task(path, n, seed):
     rng = np.random.default_rng(seed)
     with open(path, "w") as f:
         for _ in range(n):
-            w = " ".join(rng.choice(WORDS, 3))
+            w = " ".join(rng.choice(WORDS, 2))
             f.write(f"copy: {w}\t{w}\n")
 
 
@@ -196,14 +196,14 @@ def local_experiment(tmp_path, tokenizer="train", **task):
     write_copy_task(dev_f, 21, 1)  # 21 = two batches of 8 and a padded third
     return Experiment(
         name="t2t_test",
-        task=TextToText(targets_length=16, **task),
+        task=TextToText(targets_length=24, **task),
         model=tiny_t5(),
         data=DataConfig(
             corpus=str(train_f),
             val_corpus=str(dev_f),
             tokenizer=tokenizer,
             vocab_size=384,
-            seq_len=16,
+            seq_len=32,
         ),
         optim=OptimConfig(name="adafactor", lr=1e-2, warmup_steps=0, schedule="constant"),
         sample=SampleConfig(max_new_tokens=0),
@@ -230,8 +230,9 @@ def test_run_scores_every_validation_example_once(tmp_path, data_dir, spiece, ca
     model, params = tr.model, train.checkpoint.load_params(os.path.join(tr.workdir, "params"))
     preds = data.generate_all(model, params)
     refs = [line.split("\t")[1].strip() for line in open(tmp_path / "dev.tsv")]
-    assert len(preds) == 21
-    assert m["exact_match"] == pytest.approx(100 * np.mean([p == r for p, r in zip(preds, refs)]))
+    assert sorted(i for i, _ in preds) == list(range(21))  # each example once
+    hits = [p == refs[i] for i, p in preds]
+    assert m["exact_match"] == pytest.approx(100 * np.mean(hits))
 
     # Bad input: a target that does not fit is refused with task.long_targets=error, counted
     # otherwise; an empty target is refused naming the example.
@@ -263,3 +264,35 @@ def test_tfds_source_not_prepared_says_how(tmp_path):
     )
     with pytest.raises(RuntimeError, match="not prepared.*tfds build glue/sst2"):
         exp.task.build_data(exp, str(tmp_path / "wd"))
+
+
+def test_mixture_of_local_files_resumes_and_scores_each_source(tmp_path, data_dir, spiece):
+    exp = local_experiment(tmp_path, spiece, mixture_cap=50)
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    write_copy_task(a, 80, 2)
+    b.write_text("".join(f"name: {w}\t{w.upper()}\n" for w in WORDS * 2))
+    exp = dataclasses.replace(
+        exp, data=dataclasses.replace(exp.data, corpus=f"{a}+{b}", val_corpus="", val_fraction=0.2)
+    )
+    data = exp.task.build_data(exp, str(tmp_path / "wd"))
+    assert data.names == [str(a), str(b)]
+    # 64 and 24 training rows, capped at K=50: rates 50/74 and 24/74.
+    np.testing.assert_allclose(data.rates, [50 / 74, 24 / 74], rtol=0, atol=1e-15)
+    seq = [data.train_batch(s) for s in range(6)]
+    again = exp.task.build_data(exp, str(tmp_path / "wd"))  # a resumed run's data
+    for s in (4, 5):
+        for k in seq[s]:
+            np.testing.assert_array_equal(again.train_batch(s)[k], seq[s][k])
+    # Every validation example of each source is scored once, under the source's name.
+    refs = data.references
+    assert [len(refs[n]) for n in data.names] == [16, 6] and data.val.num_batches == 3
+    rows = [data.val_rows[k] for k in range(22)]
+    ids = [int(r["example_id"]) for r in rows]
+    assert sorted(ids[:16]) == list(range(16)) and sorted(ids[16:]) == list(range(6))
+    # Perfect generations: each row's own reference (found by its example id).
+    perfect = [(i, refs[data.names[k >= 16]][i][0]) for k, i in enumerate(ids)]
+    data.generate_all = lambda model, params, n: perfect[:n]
+    m = data.decode_metrics(None, None, data.val.num_batches)
+    assert m == {"generated": 22.0, f"{a}/exact_match": 100.0, f"{b}/exact_match": 100.0}
+    m = data.decode_metrics(None, None, 1)  # eval_batches=1: the first 8 examples only
+    assert m == {"generated": 8.0, f"{a}/exact_match": 100.0}

@@ -228,9 +228,13 @@ def fit(ids: list[int], length: int, eos: int) -> tuple[list[int], bool]:
     return ids + [eos], False
 
 
-def make_row(pairs: list[tuple[list[int], list[int]]], T: int, S: int, start: int) -> dict:
-    """Packed (or single) examples -> one fixed-size row of ``span_corruption.KEYS``."""
+def make_row(
+    pairs: list[tuple[list[int], list[int]]], T: int, S: int, start: int, example_id: int = -1
+) -> dict:
+    """Packed (or single) examples -> one fixed-size row of ``span_corruption.KEYS`` and
+    ``example_id`` (the example's index in its split; -1 for packed rows)."""
     row = {
+        "example_id": np.int32(example_id),
         "encoder_input_tokens": np.zeros(T, np.int32),
         "encoder_segment_ids": np.zeros(T, np.int32),
         "decoder_target_tokens": np.zeros(S, np.int32),
@@ -362,11 +366,13 @@ class TextToText:
             )
             for k in KEYS
         }
+        # TFDS stores examples in its own order: each row says which example it holds.
+        spec["example_id"] = ((), np.int32)
         train, val, refs, truncated = [], [], {}, {}
         for n in names:
             key = [n, _stamp(n), d.val_fraction, d.val_corpus, _stamp(d.val_corpus), T, S]
             key += [self.pack, self.long_targets, d.seed]
-            name = "t2t_" + fingerprint([*key, sp_hash, KEYS])
+            name = "t2t_" + fingerprint([*key, sp_hash, sorted(spec)])
             counts: dict = {}
 
             def gen(split, n=n, counts=counts):
@@ -378,11 +384,13 @@ class TextToText:
                     if self.pack and split == "train":
                         order = np.random.default_rng(d.seed).permutation(len(pairs))
                         groups = pack([pairs[k] for k in order], T, S)
+                        c["rows"] = len(groups)
+                        for g in groups:
+                            yield make_row(g, T, S, start)
                     else:
-                        groups = [[p] for p in pairs]
-                    c["rows"] = len(groups)
-                    for g in groups:
-                        yield make_row(g, T, S, start)
+                        c["rows"] = len(pairs)
+                        for k, p in enumerate(pairs):
+                            yield make_row([p], T, S, start, k)
 
                 return run
 
@@ -509,9 +517,9 @@ class TextToTextData(TaskData):
         )
         self.eval_batch_size = exp.batch_size // accum
 
-    def generate_all(self, model, params, n: int | None = None) -> list[str]:
-        """Greedy generations for the first ``n`` validation examples (all by default), in
-        order; the same on every process (each decodes the whole list)."""
+    def generate_all(self, model, params, n: int | None = None) -> list[tuple[int, str]]:
+        """(example id, greedy generation) for the first ``n`` validation rows (all by default),
+        in the evaluation's order; the same on every process (each decodes the whole list)."""
         n = len(self.val_rows) if n is None else min(n, len(self.val_rows))
         b, S, tok = self.eval_batch_size, self.input_lengths[1], self.tokenizer
         out = []
@@ -534,7 +542,7 @@ class TextToTextData(TaskData):
                 attention_mask=mask.astype(np.int32),
             )
             tokens = np.asarray(jax.device_get(tokens))
-            out += [tok.decode(t.tolist()) for t in tokens[: len(rows)]]
+            out += [(int(r["example_id"]), tok.decode(t.tolist())) for r, t in zip(rows, tokens)]
         return out
 
     def decode_metrics(self, model, params, num_batches: int) -> dict:
@@ -548,8 +556,15 @@ class TextToTextData(TaskData):
             k = min(size, n - lo)
             if k <= 0:
                 break
+            ids = [i for i, _ in preds[lo : lo + k]]
+            if len(set(ids)) != k or not all(0 <= i < size for i in ids):
+                raise ValueError(
+                    f"the validation rows of {name} do not hold each example once (ids "
+                    f"{sorted(ids)[:8]}...); delete its prepared data to rebuild it"
+                )
+            refs = [self.references[name][i] for i in ids]
             kind = source_metric(name, self.task.metric)
-            scores = text_metrics.score(kind, preds[lo : lo + k], self.references[name][:k])
+            scores = text_metrics.score(kind, [p for _, p in preds[lo : lo + k]], refs)
             prefix = f"{name}/" if len(self.names) > 1 else ""
             metrics.update({prefix + m: v for m, v in scores.items()})
             lo += size
