@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import grain
 import numpy as np
 
 BLOCK = 4096  # slots drawn per generator call
@@ -58,20 +57,22 @@ class Mixture:
             if r > 0 and len(src) == 0:
                 raise ValueError(f"task {k} of the mixture has rate {r} but no examples")
         self.sources, self.rates, self.seed = list(sources), rates / rates.sum(), int(seed)
-        self.orders = [
-            grain.MapDataset.range(len(s)).shuffle(seed=self.seed * 1009 + k).repeat()
-            if len(s)
-            else None
-            for k, s in enumerate(self.sources)
-        ]
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
         self._cum = [np.zeros(len(self.sources), np.int64)]  # task counts before each block
+        self._blocks: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
 
     def _block(self, b: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, b])
-        return rng.choice(len(self.sources), size=BLOCK, p=self.rates)
+        """The task of each slot of block ``b`` (the last few blocks are kept: batches read
+        consecutive slots)."""
+        if b not in self._blocks:
+            rng = np.random.default_rng([self.seed, b])
+            if len(self._blocks) >= 4:
+                self._blocks.pop(next(iter(self._blocks)))
+            self._blocks[b] = rng.choice(len(self.sources), size=BLOCK, p=self.rates)
+        return self._blocks[b]
 
     def _counts_before(self, b: int) -> np.ndarray:
         while len(self._cum) <= b:
@@ -86,7 +87,18 @@ class Mixture:
         tasks = self._block(b)
         t = int(tasks[j])
         c = int(self._counts_before(b)[t] + np.count_nonzero(tasks[:j] == t))
-        return t, int(self.orders[t][c])
+        return t, self._order(t, c)
+
+    def _order(self, t: int, c: int) -> int:
+        """The ``c``-th example of task ``t``: a fresh permutation of its examples each epoch."""
+        n = len(self.sources[t])
+        epoch, pos = divmod(c, n)
+        if (t, epoch) not in self._perms:
+            if len(self._perms) >= 4 * len(self.sources):
+                self._perms.pop(next(iter(self._perms)))
+            rng = np.random.default_rng([self.seed, 1 + t, epoch])
+            self._perms[t, epoch] = rng.permutation(n)
+        return int(self._perms[t, epoch][pos])
 
     def task_of(self, i: int) -> int:
         return self.locate(i)[0]
