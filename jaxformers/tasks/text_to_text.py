@@ -344,7 +344,7 @@ class TextToText:
             source_kind(n)  # unknown names fail before any work
         data_dir = sources.data_dir_for(d, workdir)
         read = {n: read_source(n, d, data_dir) for n in names}
-        if exp.init_from and d.tokenizer == "train":
+        if exp.init_from and d.tokenizer in ("train", "sentencepiece"):
             # Fine-tuning: the pretrained model's own vocabulary, never a new one.
             tok_src = os.path.join(exp.init_from, "tokenizer")
             d = dataclasses.replace(
