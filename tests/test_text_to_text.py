@@ -234,6 +234,16 @@ def test_run_scores_every_validation_example_once(tmp_path, data_dir, spiece, ca
     hits = [p == refs[i] for i, p in preds]
     assert m["exact_match"] == pytest.approx(100 * np.mean(hits))
 
+    # Fine-tuning (init_from) keeps the pretrained vocabulary when data.tokenizer asks for none
+    # in particular ("train" or the kind's name).
+    e = dataclasses.replace(
+        exp, init_from=tr.workdir, data=dataclasses.replace(exp.data, tokenizer="sentencepiece")
+    )
+    e.task.build_data(e, str(tmp_path / "wd_ft"))
+    spm = [open(os.path.join(w, "tokenizer", "spiece.model"), "rb").read() for w in
+           (tr.workdir, str(tmp_path / "wd_ft"))]  # fmt: skip
+    assert spm[0] == spm[1]
+
     # Bad input: a target that does not fit is refused with task.long_targets=error, counted
     # otherwise; an empty target is refused naming the example.
     long_f = tmp_path / "long.tsv"
