@@ -24,11 +24,15 @@ both runs use that vocabulary and these settings; they differ only in the initia
 Adafactor lr 3e-3 constant, batch 32 packed rows of 128 input / 32 target tokens (26,458
 training speeches in 12,416 rows; 2,243 training and 106 validation inputs cut at 128 tokens,
 no target cut), 300 steps (0.77 epochs).
-Measured 2026-12-01 on this project's 2-core CPU shared with other jobs (about 3,600 tokens/s,
-8.0 min wall per run); held-out loss in nats per target token at steps 100 / 200 / 300, exact
+Measured 2026-12-01 on this project's 2-core CPU shared with other jobs (3,600-4,000 tokens/s,
+7.3-8.0 min wall per run); held-out loss in nats per target token at steps 100 / 200 / 300, exact
 match at step 300 (from the run's exported params):
 - from scratch: 2.324 / 1.686 / 1.419; exact match 14.70% (below the 19.16% majority baseline).
-- fine-tuned from t5_shakespeare: FT_FIGURES
+- fine-tuned from t5_shakespeare: 2.278 / 1.719 / 1.444; exact match 15.01% (8.68% at step 100,
+  16.97% at 200).
+At this size and budget the span-corruption pretraining gives no measurable gain: the two runs
+end within noise of each other (the fine-tuned one starts lower, loss 3.5 against 5.3 at step 10,
+and the from-scratch one catches up by step 200), and neither beats the majority baseline.
 Also in docs/text_to_text.md.
 """
 
