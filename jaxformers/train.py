@@ -639,8 +639,12 @@ class Trainer:
                 local = jax.tree.map(lambda x: x[0], self.data.eval_batch(i))
                 sums = eval_fn(state, sharding.host_to_global(local, self.mesh))
                 total = sums if total is None else _add(total, sums)
+            # Tasks scored on generated text (text-to-text) decode the same examples once more.
+            decode = getattr(self.data, "decode_metrics", None)
+            generated = decode(self.model, state.params, n) if decode else {}
         total = jax.device_get(total)
         metrics = {k: float(v) for k, v in self.objective.finalize(total).items()}
+        metrics.update(generated)
         if self.data.num_val_bytes and n == self.data.val.num_batches:
             # Every validation token scored once: nats over the text's bytes compare across
             # tokenizers (the EOS between documents is scored, its byte count is 0).

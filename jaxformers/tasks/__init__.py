@@ -11,8 +11,11 @@ from jaxformers.tasks.causal_lm import CausalLM
 from jaxformers.tasks.classification import Classification
 from jaxformers.tasks.mlm_nsp import MLMNSP
 from jaxformers.tasks.span_corruption import SpanCorruption
+from jaxformers.tasks.text_to_text import TextToText
 
-TASKS: dict[str, type] = {t.name: t for t in (CausalLM, MLMNSP, SpanCorruption, Classification)}
+TASKS: dict[str, type] = {
+    t.name: t for t in (CausalLM, MLMNSP, SpanCorruption, Classification, TextToText)
+}
 
 __all__ = [
     "TASKS",
@@ -22,6 +25,7 @@ __all__ = [
     "MLMNSP",
     "SpanCorruption",
     "Classification",
+    "TextToText",
     "get",
 ]
 
