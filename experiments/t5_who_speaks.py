@@ -33,7 +33,7 @@ match at step 300 (from the run's exported params):
 At this size and budget the span-corruption pretraining gives no measurable gain: the two runs
 end within noise of each other (the fine-tuned one starts lower, loss 3.5 against 5.3 at step 10,
 and the from-scratch one catches up by step 200), and neither beats the majority baseline.
-Also in docs/text_to_text.md.
+Also in the README (Text-to-text fine-tuning).
 """
 
 import dataclasses
