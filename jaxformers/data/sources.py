@@ -300,17 +300,78 @@ def catalog_source(name: str, data_dir: str | None = None, val_split: str = "val
     return {"train": src["train"], "validation": src[val_split] if val_split else None}
 
 
+# TFDS catalog builders that generate their examples with Apache Beam (their _generate_examples
+# returns a beam PTransform): they are prepared by a Beam pipeline, DirectRunner on one machine or
+# Dataflow / Flink / Spark (docs/beam.md).
+BEAM_BUILDERS = ("c4", "wikipedia", "wiki40b", "natural_questions", "mlqa")
+BEAM_EXTRA = "pip install 'jaxformers[beam]'"
+
+
+def needs_beam(name: str) -> bool:
+    """Whether the TFDS catalog dataset ``name`` (``c4/en``, ``wikipedia/20230601.en:1.0.0``) is
+    built by Apache Beam."""
+    return name.split("/")[0].split(":")[0] in BEAM_BUILDERS
+
+
+def beam_options(flags: str | Sequence[str] = ()):
+    """Apache Beam ``PipelineOptions`` from ``flag=value`` strings (a comma-separated string as
+    ``tfds build --beam_pipeline_options`` takes it, or a list; a leading ``--`` is optional);
+    DirectRunner unless they name a runner.
+    A clear error when Apache Beam is not installed."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError as e:
+        raise ImportError(
+            f"preparing this dataset needs Apache Beam: {BEAM_EXTRA} (an optional extra: it "
+            "moves protobuf and pyarrow to older versions), then run again; on a cluster use "
+            "`tfds build NAME --file_format=array_record --beam_pipeline_options=...` "
+            "(docs/beam.md)"
+        ) from e
+    if isinstance(flags, str):
+        flags = [f for f in flags.split(",") if f]
+    flags = [f if f.startswith("--") else "--" + f for f in flags]
+    if not any(f.startswith("--runner") for f in flags):
+        flags.append("--runner=DirectRunner")
+    return PipelineOptions(flags)
+
+
+def prepare_catalog(name: str, data_dir: str | None = None, beam_flags=()) -> None:
+    """Prepares (once) a TFDS catalog dataset as array_record in ``data_dir``; a Beam builder
+    (``needs_beam``) runs its Beam pipeline with ``beam_flags`` (DirectRunner by default). The
+    downloads need the network and, for most catalog builders, TensorFlow."""
+    data_dir = data_dir or default_data_dir()
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+        return
+    config = tfds.download.DownloadConfig(
+        beam_options=beam_options(beam_flags) if needs_beam(name) else None
+    )
+    builder.download_and_prepare(download_config=config)
+
+
 def _catalog(name: str, data_dir: str | None) -> dict:
     """Every split of a prepared TFDS catalog dataset, or an error that says how to prepare it."""
     try:
+        if needs_beam(name):
+            prepare_catalog(name, data_dir)
         src = tfds.data_source(name, data_dir=data_dir or default_data_dir())
     except Exception as e:
+        if needs_beam(name):
+            how = (
+                "needs TensorFlow, Apache Beam and the network: pip install "
+                f"'jaxformers[tf,beam]', then `tfds build {name} --file_format=array_record "
+                "--beam_pipeline_options=...` (DirectRunner here, Dataflow / Flink / Spark on a "
+                "cluster: docs/beam.md)"
+            )
+        else:
+            how = (
+                "needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
+                f"`tfds build {name} --file_format=array_record`"
+            )
         raise RuntimeError(
             f"TFDS dataset {name!r} is not prepared in {data_dir or default_data_dir()} and could "
             f"not be prepared here ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). "
-            "Preparing catalog datasets "
-            f"needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
-            f"`tfds build {name} --file_format=array_record`, or use local files instead "
+            f"Preparing it {how}, or use local files instead "
             "(data.corpus; jaxformers eval --text or --lambada FILE)"
         ) from e
     return src
