@@ -9,11 +9,13 @@ array_record, read back by index; the tokenizers are trained on it (WordPiece, S
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
 from helpers import ROOT
 
+from jaxformers import config, train
 from jaxformers.data import sources, streaming
 from jaxformers.data.sentencepiece_vocab import train_sentencepiece
 from jaxformers.data.wordpiece import train_wordpiece
@@ -49,12 +51,18 @@ def play_documents(n_chars: int, size: int = 1500) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, data_dir):
-    """{"train", "validation"} TFDS sources of ~200 short documents (one file each)."""
+def corpus_dir(tmp_path_factory):
+    """A folder of ~200 short documents (one file each) cut from the plays."""
     folder = tmp_path_factory.mktemp("docs")
     for i, doc in enumerate(play_documents(300_000)):
         (folder / f"doc{i:04d}.txt").write_text(doc, encoding="utf-8")
-    return sources.prepare_local(str(folder), 0.1, data_dir)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_dir, data_dir):
+    """{"train", "validation"} TFDS sources of the folder's documents."""
+    return sources.prepare_local(corpus_dir, 0.1, data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +265,27 @@ def test_workers_give_the_same_stream_and_resume(corpus, wordpiece, spiece):
     np.testing.assert_array_equal(got["input_ids"], want[7]["input_ids"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "t5"])
+def test_trainer_saves_the_stream_position_and_resumes_exactly(tmp_path, corpus_dir, name):
+    """A run stopped after 2 steps and resumed (grain state read back from the checkpoint, two
+    worker processes) has the losses of an uninterrupted run without workers, bit for bit."""
+    path = os.path.join(ROOT, "experiments", f"{name}_shakespeare.py")
+    sets = [f"data.corpus={corpus_dir}", "steps=4", "log_every=1", "progress=false"]
+    exp = config.apply_overrides(config.load_experiment(path, "tiny"), [*sets, "peak_tflops=1.0"])
+    full = train.Trainer(exp, str(tmp_path / "full")).run()
+    workers = config.apply_overrides(exp, ["data.worker_count=2"])
+    wd = tmp_path / "wd"
+    # the same tokenizer (WordPiece training is not deterministic: huggingface/tokenizers#1794)
+    shutil.copytree(tmp_path / "full" / "tokenizer", wd / "tokenizer")
+    first = train.Trainer(workers, str(wd)).run(stop_at=2)
+    assert (wd / "checkpoints" / "2" / "data" / "process_0-of-1.json").is_file()
+    second = train.Trainer(workers, str(wd)).run()
+    assert second.steps_run == 2
+    assert {**first.train_losses, **second.train_losses} == full.train_losses
+    assert len(set(full.train_losses.values())) == 4
+
+
 def test_eval_stream_reads_every_example_once_and_pads(corpus, wordpiece):
     src = corpus["validation"]
     per_doc = bert_per_doc(src, wordpiece, 2, 1)
@@ -294,8 +323,6 @@ def test_tokenizer_sample_is_bounded_fixed_and_whole_when_small(corpus):
 def test_experiments_stream():
     """The four pretraining experiments read their examples through the streaming path."""
     import inspect
-
-    from jaxformers import config
 
     for name in ("bert_base_wikipedia", "bert_shakespeare", "t5_small_c4", "t5_shakespeare"):
         exp = config.load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"))

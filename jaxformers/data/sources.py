@@ -199,7 +199,9 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
     what = f"corpus {spec!r}" + (f" ({len(files)} files)" if len(files) > 1 else "")
     _prepare(builder, what)
     with _quiet_tfds():
-        srcs = builder.as_data_source()
+        # Read back through a read-only builder of the prepared folder: its sources pickle (grain
+        # worker processes get them), which those of the run-time builder class do not.
+        srcs = tfds.builder_from_directory(builder.data_dir).as_data_source()
     return {"train": srcs["train"], "validation": srcs.get("validation")}
 
 
@@ -218,12 +220,30 @@ def _quiet_tfds():
         absl_log.setLevel(level)
 
 
+# TFDS keeps the serialized examples of a split in memory until they pass 1 GB before it spills
+# them to temporary bucket files (tensorflow_datasets.core.shuffle): preparing a local corpus
+# would hold all of a corpus under 1 GB in memory. Past this many bytes they go to disk.
+PREPARE_MEMORY_BYTES = 16 << 20
+
+
+@contextlib.contextmanager
+def _bounded_prepare_memory():
+    from tensorflow_datasets.core import shuffle
+
+    saved = shuffle.MAX_MEM_BUFFER_SIZE
+    shuffle.MAX_MEM_BUFFER_SIZE = min(saved, PREPARE_MEMORY_BYTES)
+    try:
+        yield
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE = saved
+
+
 def _prepare(builder, what: str) -> None:
     with _quiet_tfds():
         if builder.is_prepared():
             return
     try:
-        with _quiet_tfds():
+        with _quiet_tfds(), _bounded_prepare_memory():
             builder.download_and_prepare()
     except AssertionError as e:  # TFDS asserts when a split yields nothing
         raise ValueError(

@@ -435,16 +435,19 @@ class EvalStream:
             process_index * (global_batch // process_count),
             (process_index + 1) * (global_batch // process_count),
         )
-        self._it, self._next, self._count = None, 0, None
+        self._it, self._next, self._count, self._at_least = None, 0, None, 0
         self._blank = None
 
     def batches_up_to(self, limit: int | None = None) -> int:
         """Batches in the split, counted by one pass (stopping at ``limit``)."""
         if self._count is not None:
             return self._count if limit is None else min(self._count, limit)
+        if limit is not None and self._at_least >= limit:
+            return limit
         n = 0
         for n, _ in enumerate(self._batches(), start=1):
             if limit is not None and n >= limit:
+                self._at_least = n
                 return n
         self._count = n
         return n

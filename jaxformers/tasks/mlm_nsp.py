@@ -1,12 +1,15 @@
-"""BERT pretraining: masked LM + next-sentence prediction, data exactly as google-research/bert.
+"""BERT pretraining: masked LM + next-sentence prediction, data as google-research/bert builds it.
 
-Data: corpus -> WordPiece -> MLM+NSP instances -> TFDS -> sharded batches. Documents come from the
-same TFDS text sources as GPT-2 (one example per document); each is split into sentences
-(``objectives.mlm_nsp.sentence_split``) and WordPiece-tokenized. ``create_instances`` builds
-instances exactly as google-research/bert does; they are written once as a TFDS array_record
-dataset named by a fingerprint of everything they depend on, and read back with random access.
-With ``dynamic_masking`` each example is re-masked from a seed derived from its global index, so
-every epoch sees fresh masks and the order stays a pure function of the step.
+Data: corpus -> TFDS text source -> per document, while training: sentences
+(``objectives.mlm_nsp.sentence_split``) -> WordPiece -> MLM+NSP instances -> batches. The instances
+of a document come from google-research/bert's per-document algorithm with a random stream of
+the document's own (``mlm_nsp.document_instances``: pass ``epoch % dupe_factor``), its random B
+segments read from other documents by index; a grain pipeline builds them, in
+``data.worker_count`` worker processes, and mixes them across documents
+(``jaxformers.data.streaming``). Nothing is built for the whole corpus before step 1 and memory
+does not grow with it. With ``dynamic_masking`` the pairs are those of pass 0 and every epoch
+re-masks them. ``mlm_nsp.create_instances`` remains the in-memory form (one random stream through
+the corpus, as the original script).
 """
 
 from __future__ import annotations

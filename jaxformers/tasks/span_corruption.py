@@ -1,11 +1,12 @@
 """T5 span-corruption denoising, exactly as the T5 paper / seqio define it.
 
-Data: corpus -> SentencePiece -> span corruption -> packed rows -> TFDS -> batches. Each document
-is SentencePiece-encoded, cut into chunks of the raw length that ``random_spans_helper`` gives
-for ``data.seq_len`` encoder tokens (568 for 512), span-corrupted and packed into fixed rows with
-segment ids (``objectives.span_corruption.corrupt_and_pack``). The rows are written once as a TFDS
-array_record dataset and read back with random access. The model keeps packed examples apart with
-the segment ids; T5's positions are relative, so the rows need no position features.
+Data: corpus -> TFDS text source -> per document, while training: SentencePiece -> chunks of the
+raw length that ``random_spans_helper`` gives for ``data.seq_len`` encoder tokens (568 for 512)
+-> span corruption (``objectives.span_corruption.document_examples``, seeded by (seed, epoch,
+document, chunk)) -> packed into fixed rows with segment ids by grain's first-fit packing (one
+bin: seqio's greedy in-order packing) -> batches (``jaxformers.data.streaming``). The model keeps
+packed examples apart with the segment ids; T5's positions are relative, so the rows need no
+position features. ``span_corruption.corrupt_and_pack`` remains the in-memory form.
 """
 
 from __future__ import annotations
@@ -98,9 +99,15 @@ class SpanCorruption:
             )
             for k in KEYS
         }
-        raw_length, _ = span_corruption.chunk_lengths(
+        raw_length, needed = span_corruption.chunk_lengths(
             T, self.noise_density, self.mean_noise_span_length
         )
+        if needed > S:
+            raise ValueError(
+                f"task.targets_length={S} is shorter than the {needed} target tokens a chunk of "
+                f"{raw_length} tokens gives (data.seq_len={T}); set task.targets_length={needed} "
+                "or 0"
+            )
         args = dict(
             noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length
         )
