@@ -136,7 +136,8 @@ def test_bert_stream_is_the_per_document_algorithm(corpus, wordpiece):
 
 def test_bert_stream_statistics_match_in_memory(corpus, wordpiece):
     """Over one pass, the streamed instances have the in-memory path's masked share and
-    random-next share (~0.57 here: single-sentence chunks always take a random B)."""
+    random-next share (above 0.5, 0.64 on these ~1.5 KB documents: a chunk of one sentence always
+    takes a random B; DESIGN notes ~0.57 on its short documents)."""
     src = corpus["train"]
     per_doc = bert_per_doc(src, wordpiece, seed=5, dupe_factor=1)
     streamed = [inst for d in range(len(src)) for inst in per_doc((0, d))]
@@ -161,7 +162,7 @@ def test_bert_stream_statistics_match_in_memory(corpus, wordpiece):
     # Random-next share: two binomial estimates; 4 standard errors of their difference.
     sd = np.sqrt(r_m * (1 - r_m) * (1 / n_s + 1 / n_m))
     assert abs(r_s - r_m) <= 4 * sd
-    assert 0.5 < r_s < 0.65
+    assert 0.5 < r_s < 0.7 and 0.5 < r_m < 0.7
 
 
 # --------------------------------------------------------------------------------------- T5

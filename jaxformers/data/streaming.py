@@ -206,11 +206,38 @@ class _Visit:
         return i // self.per_epoch, int(doc)
 
 
+def to_columns(examples: list[dict]) -> dict[str, np.ndarray]:
+    """A document's examples (dicts of 0-d or 1-d arrays) as a few flat arrays: per feature the
+    values end to end and each example's length. grain hands a worker's output to this process
+    through one shared-memory block per array: thousands of small arrays per document would
+    exhaust the open files; a handful per document does not."""
+    out: dict[str, np.ndarray] = {}
+    for key in examples[0] if examples else ():
+        arrs = [np.asarray(e[key]) for e in examples]
+        out[key] = np.concatenate([a.reshape(-1) for a in arrs])
+        out[key + "/sizes"] = np.array([a.size for a in arrs], np.int64)
+        out[key + "/ndim"] = np.array(arrs[0].ndim, np.int64)
+    return out
+
+
+def from_columns(columns: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The examples of ``to_columns`` back."""
+    keys = [k for k in columns if "/" not in k]
+    if not keys:
+        return []
+    parts = {}
+    for key in keys:
+        sizes = columns[key + "/sizes"]
+        pieces = np.split(columns[key], np.cumsum(sizes)[:-1])
+        parts[key] = pieces if int(columns[key + "/ndim"]) else [p.reshape(()) for p in pieces]
+    return [{k: parts[k][i] for k in keys} for i in range(len(parts[keys[0]]))]
+
+
 class _Flatten(grain.experimental.FlatMapTransform):
     max_fan_out = 1 << 20  # only the MapDataset form reads it; lists of any length pass
 
-    def flat_map(self, examples):
-        return examples
+    def flat_map(self, columns):
+        return from_columns(columns)
 
 
 def visits(
@@ -284,7 +311,7 @@ def example_stream(
 ) -> grain.IterDataset:
     """Per-document lists of examples -> a flat (window-shuffled, packed) IterDataset of
     examples; the lists are computed by ``worker_count`` worker processes (0: here)."""
-    ds = per_doc.to_iter_dataset()
+    ds = per_doc.map(to_columns).to_iter_dataset()
     if worker_count:
         _worker_init(0, 0)  # grain reads absl flags in this process too
         ds = ds.mp_prefetch(
