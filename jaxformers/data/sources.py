@@ -117,12 +117,22 @@ def split_document(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+# Text per shard of a prepared local corpus (what preparing it holds in memory at a time).
+SHARD_BYTES = 16 << 20
+
+
 @functools.cache
 def _builder_class():
     """Defined once per process: TFDS registers every builder class under its name."""
 
-    class JaxformersText(tfds.core.GeneratorBasedBuilder):
-        """Local text files as a TFDS dataset: one example per document, train/validation."""
+    class JaxformersText(tfds.core.ShardBasedBuilder):
+        """Local text files as a TFDS dataset: one example per document, train/validation.
+
+        Written shard by shard (``SHARD_BYTES`` of text each, files in order): TFDS holds one
+        shard's records in memory at a time, where a GeneratorBasedBuilder keeps a whole split
+        (up to 1 GB) to shuffle it and spills past that only through TensorFlow. The order of
+        the records does not matter: every pipeline shuffles by index.
+        """
 
         VERSION = tfds.core.Version("1.0.0")
 
@@ -138,10 +148,20 @@ def _builder_class():
                 description="Local text documents prepared by jaxformers.",
             )
 
-        def _split_generators(self, dl_manager):
+        def _shard_iterators_per_split(self, dl_manager):
             # val_fraction 0: the documents whole, one split (a validation corpus of its own).
             splits = ("train", "validation") if self._val_fraction > 0 else ("train",)
-            return {s: self._generate_examples(s) for s in splits}
+            groups, size = [[]], 0
+            for path in self._files:
+                if groups[-1] and size >= SHARD_BYTES:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(path)
+                size += os.path.getsize(path)
+            return {
+                s: [functools.partial(self._generate_examples, s, g) for g in groups]
+                for s in splits
+            }
 
         # TFDS prints "Downloading and preparing dataset ..." for every builder: nothing is
         # downloaded here, and prepare_local says once what it prepared and where.
@@ -151,8 +171,8 @@ def _builder_class():
         def _log_download_done(self):
             pass
 
-        def _generate_examples(self, split):
-            for path in self._files:
+        def _generate_examples(self, split, paths):
+            for path in paths:
                 with open(path, encoding="utf-8", errors="replace") as f:
                     text = f.read()
                 if self._fmt == "play_markdown":
@@ -198,6 +218,13 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
         )
     what = f"corpus {spec!r}" + (f" ({len(files)} files)" if len(files) > 1 else "")
     _prepare(builder, what)
+    for split, info in builder.info.splits.items():
+        if info.num_examples == 0:
+            raise ValueError(
+                f"cannot prepare {what}: its {split} split is empty; the corpus is too small for "
+                "a train and a validation split (add text, raise data.val_fraction or give "
+                "data.val_corpus=FILE)"
+            )
     with _quiet_tfds():
         # Read back through a read-only builder of the prepared folder: its sources pickle (grain
         # worker processes get them), which those of the run-time builder class do not.
@@ -220,30 +247,12 @@ def _quiet_tfds():
         absl_log.setLevel(level)
 
 
-# TFDS keeps the serialized examples of a split in memory until they pass 1 GB before it spills
-# them to temporary bucket files (tensorflow_datasets.core.shuffle): preparing a local corpus
-# would hold all of a corpus under 1 GB in memory. Past this many bytes they go to disk.
-PREPARE_MEMORY_BYTES = 16 << 20
-
-
-@contextlib.contextmanager
-def _bounded_prepare_memory():
-    from tensorflow_datasets.core import shuffle
-
-    saved = shuffle.MAX_MEM_BUFFER_SIZE
-    shuffle.MAX_MEM_BUFFER_SIZE = min(saved, PREPARE_MEMORY_BYTES)
-    try:
-        yield
-    finally:
-        shuffle.MAX_MEM_BUFFER_SIZE = saved
-
-
 def _prepare(builder, what: str) -> None:
     with _quiet_tfds():
         if builder.is_prepared():
             return
     try:
-        with _quiet_tfds(), _bounded_prepare_memory():
+        with _quiet_tfds():
             builder.download_and_prepare()
     except AssertionError as e:  # TFDS asserts when a split yields nothing
         raise ValueError(
