@@ -26,6 +26,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxformers.launch import barrier
 
@@ -123,7 +124,7 @@ class Checkpointer:
     def restore_data(self, step: int, target: Any) -> bool:
         """Restores the input pipeline position saved at ``step`` into ``target`` (a
         ``streaming.DataState``); False when the checkpoint holds none for this process."""
-        if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+        if not (epath.Path(self.directory) / str(step) / "data").exists():
             return False
         read = functools.partial(
             self.manager.restore,
