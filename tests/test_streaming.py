@@ -205,7 +205,10 @@ def bert_train_stream(corpus, tok, workers=0, window=50):
     src = corpus["train"]
     docs = streaming.visits(len(src), 11, 0, 1).map(bert_per_doc(src, tok, 11, 1, dynamic=True))
     return streaming.TrainStream(
-        lambda: streaming.example_stream(docs, window, 11, None, workers), 12, accum=2
+        lambda: streaming.example_stream(docs, window, 11, None, workers),
+        12,
+        accum=2,
+        workers=workers,
     )
 
 
@@ -215,7 +218,7 @@ def t5_train_stream(corpus, tok, workers=0, window=30):
     docs = streaming.visits(len(src), 4, 0, 1).map(streaming.SpanDocument(src, tok, raw, 4))
     pack = lambda ds: streaming.pack_t5(ds, 32, S, tok.pad_id)  # noqa: E731
     return streaming.TrainStream(
-        lambda: streaming.example_stream(docs, window, 4, pack, workers), 8
+        lambda: streaming.example_stream(docs, window, 4, pack, workers), 8, workers=workers
     )
 
 
@@ -253,6 +256,10 @@ def test_workers_give_the_same_stream_and_resume(corpus, wordpiece, spiece):
     """Worker processes (grain's mp_prefetch) change nothing in the batches, and their state
     restores exactly; skip_to (no saved state) reaches the same place."""
     want = check_resume(lambda: bert_train_stream(corpus, wordpiece, workers=2))
+    two = bert_train_stream(corpus, wordpiece, workers=2)
+    two.batch(0)
+    saved_with_two = streaming.json_state(two.get_state())
+    two.close()
     inline = bert_train_stream(corpus, wordpiece, workers=0)
     for s, w in enumerate(want):
         got = inline.batch(s)
@@ -260,6 +267,8 @@ def test_workers_give_the_same_stream_and_resume(corpus, wordpiece, spiece):
             np.testing.assert_array_equal(got[key], w[key])
     check_resume(lambda: t5_train_stream(corpus, spiece, workers=1))
     skipped = bert_train_stream(corpus, wordpiece, workers=1)
+    with pytest.raises(ValueError, match="data.worker_count=1"):  # a state of 2 workers
+        skipped.set_state(saved_with_two)
     skipped.skip_to(7)
     got = skipped.batch(7)
     skipped.close()

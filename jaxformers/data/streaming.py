@@ -348,6 +348,7 @@ class TrainStream:
         is drawn, so building the task data starts no worker.
       global_batch, accum, process_index, process_count: as ``pipeline.ExampleBatches``.
       estimate: examples in one pass over the split, estimated (``steps_per_epoch``).
+      workers: the worker processes ``make``'s dataset uses (recorded with the state).
     """
 
     def __init__(
@@ -358,9 +359,10 @@ class TrainStream:
         process_index: int = 0,
         process_count: int = 1,
         estimate: int = 0,
+        workers: int = 0,
     ):
         check_divisible(global_batch, accum, process_count)
-        self.make, self.accum = make, accum
+        self.make, self.accum, self.workers = make, accum, workers
         self.local = global_batch // process_count
         self.estimate = estimate
         self._it = None
@@ -403,10 +405,19 @@ class TrainStream:
             self.position += 1
 
     def get_state(self) -> dict:
-        """grain's iterator state and the number of batches drawn (JSON-serialisable)."""
-        return {"batches": self.position, "grain": self.iterator.get_state()}
+        """grain's iterator state, the number of batches drawn and the worker count (grain's
+        state has one entry per worker), JSON-serialisable."""
+        state = self.iterator.get_state()
+        return {"batches": self.position, "grain": state, "workers": self.workers}
 
     def set_state(self, state: dict) -> None:
+        """Continues from ``get_state``'s record; ValueError for one of another worker count
+        (then ``skip_to`` reaches the same place: the stream does not depend on the count)."""
+        if int(state.get("workers", 0)) != self.workers:
+            raise ValueError(
+                f"the saved data position is of {state.get('workers', 0)} data worker(s), this "
+                f"run has data.worker_count={self.workers}"
+            )
         self.iterator.set_state(state["grain"])
         self.position = int(state["batches"])
 

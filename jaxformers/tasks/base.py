@@ -187,7 +187,9 @@ def stream_data(
 
     per_doc, num_docs, _ = splits["train"]
     estimate = streaming.estimate_examples(per_doc, num_docs)
-    train = streaming.TrainStream(make("train", True), exp.batch_size, accum, pi, pc, estimate)
+    train = streaming.TrainStream(
+        make("train", True), exp.batch_size, accum, pi, pc, estimate, d.worker_count
+    )
     val = streaming.EvalStream(make("validation", False), exp.batch_size // accum, pi, pc)
     T = input_lengths[0]
     _, val_docs, _ = splits["validation"]
