@@ -46,8 +46,8 @@ from jaxformers.objectives import mlm_nsp, span_corruption
 
 log = logging.getLogger("jaxformers")
 
-# Tokens of tokenized documents kept per process for random B segments (int32: 4 MB).
-CACHE_TOKENS = 1 << 20
+# Tokens of tokenized documents kept per process for random B segments (int32: 16 MB).
+CACHE_TOKENS = 1 << 22
 # T5 packing bins: 1 is the greedy in-order packing of seqio's trim_and_pack (and of
 # ``span_corruption.pack_examples``); more bins pack tighter but mix the order.
 PACKING_BINS = 1
