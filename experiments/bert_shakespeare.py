@@ -4,10 +4,13 @@ Launch:
     jaxformers train experiments/bert_shakespeare.py --workdir /tmp/bert_shakespeare
     ... --variant tiny        (two-step smoke test used by the tests)
 
-Data exactly as google-research/bert builds it (create_pretraining_data.py): WordPiece trained on
-the corpus, sentence pairs with 50% random B (a B from another play), 15% masking 80/10/10, dupe
-factor 20. Sized for 2 CPU cores: BERT-tiny (2 layers, 128 wide), 64-token pairs (at most 10
-predictions) in batches of 128, 8,000 steps.
+Data as google-research/bert builds it (create_pretraining_data.py's algorithm, per document while
+training: jaxformers.data.streaming): WordPiece trained on the corpus, sentence pairs with 50%
+random B (a B from another play), 15% masking 80/10/10, dupe factor 20 (epoch e uses pass e % 20).
+The measured figures below are of the earlier build-everything-first pipeline (one random stream
+through the corpus); the streamed pairs are drawn per document, the same algorithm. Sized for 2
+CPU cores: BERT-tiny (2 layers, 128 wide), 64-token pairs (at most 10 predictions) in batches of
+128, 8,000 steps.
 
 Measured (2026-11-26, 2-core CPU): 0.98M params, 27,866,368 train tokens (435,412 pairs, 2.35
 epochs), 67.0 min wall of which 15 min shared the CPU with a test run (about 55 min idle, 2.5

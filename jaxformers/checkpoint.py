@@ -23,8 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxformers import storage
 from jaxformers.launch import barrier
@@ -102,6 +104,8 @@ class Checkpointer:
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler(),
+                # the input pipeline's position, one file per process (streaming data only)
+                "data": grain.checkpoint.CheckpointHandler(),
             },
         )
 
@@ -111,14 +115,29 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, meta: dict, force: bool = True) -> None:
-        self.manager.save(
+    def save(self, step: int, state: Any, meta: dict, force: bool = True, data: Any = None) -> None:
+        """``data``: the input pipeline's position (``streaming.DataState``), saved beside."""
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if data is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore_data(self, step: int, target: Any) -> bool:
+        """Restores the input pipeline position saved at ``step`` into ``target`` (a
+        ``streaming.DataState``); False when the checkpoint holds none for this process."""
+        if not (epath.Path(self.directory) / str(step) / "data").exists():
+            return False
+        read = functools.partial(
+            self.manager.restore,
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=force,
+            args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(target)),
         )
+        try:
+            self._retrying(step, read)
+        except ValueError as e:  # grain: no file for this process (another process count)
+            log.warning("no input pipeline position in checkpoint %d for this process: %s", step, e)
+            return False
+        return True
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores ``step`` into the shapes, dtypes and shardings of ``abstract_state``."""

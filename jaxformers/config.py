@@ -45,6 +45,14 @@ class DataConfig:
     seed: int = 0  # shuffling seed
     # TFDS data_dir for prepared data; "" = $JAXFORMERS_DATA_DIR if set, else WORKDIR/data/tfds
     data_dir: str = ""
+    # BERT and T5 examples are built while training (jaxformers.data.streaming): grain worker
+    # processes that build them (0: this process; the batches are the same for any count)
+    worker_count: int = 0
+    # examples mixed across documents by a window shuffle (BERT, T5; 0 or 1: document order)
+    shuffle_window: int = 4096
+    # tokenizer training reads at most this many bytes of the corpus, a fixed sample of its
+    # documents (as T5 trained its SentencePiece model on a sample of C4); 0: all of it
+    tokenizer_sample_bytes: int = 16_000_000
 
     def __post_init__(self):
         _require(
@@ -66,6 +74,13 @@ class DataConfig:
             "must lie in [0, 1)",
         )
         _require(_whole(self.seed, 0), "data.seed", self.seed, "must be a whole number >= 0")
+        for key in ("worker_count", "shuffle_window", "tokenizer_sample_bytes"):
+            _require(
+                _whole(getattr(self, key), 0),
+                f"data.{key}",
+                getattr(self, key),
+                "must be a whole number >= 0",
+            )
         _require(bool(self.corpus), "data.corpus", self.corpus, "must name a corpus")
 
 

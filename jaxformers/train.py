@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from jaxformers import checkpoint, inference, launch, models, perf, sharding, storage
 from jaxformers.config import Experiment
-from jaxformers.data import pipeline
+from jaxformers.data import pipeline, streaming
 from jaxformers.models import layers
 
 log = logging.getLogger("jaxformers")
@@ -369,11 +369,18 @@ def check_workdir(workdir: str) -> None:
 # optim.total_steps=0 the schedule then follows the new length, as t5x lets a run go on). How the
 # work is laid out, the same arithmetic on other devices: mesh (not recorded at all),
 # optim.grad_accum (the same examples at each step), model.remat, model.attention_impl,
-# data.data_dir (where prepared data is kept). And how the run reports: eval, logging, checkpoint,
+# data.data_dir (where prepared data is kept), data.worker_count (the same stream from any number
+# of data workers). And how the run reports: eval, logging, checkpoint,
 # sample, progress, peak_tflops, nan_policy (not recorded). Every other setting shapes what is
 # trained: a checkpoint written with another value of it does not continue this run.
 LENGTH_KEYS = ("steps", "optim.total_steps")
-_LAYOUT_KEYS = ("optim.grad_accum", "model.remat", "model.attention_impl", "data.data_dir")
+_LAYOUT_KEYS = (
+    "optim.grad_accum",
+    "model.remat",
+    "model.attention_impl",
+    "data.data_dir",
+    "data.worker_count",
+)
 
 # What a run writes in its workdir, set aside by ``restart``; the prepared data (data/) stays,
 # a cache keyed by what it was built from.
@@ -548,7 +555,24 @@ class Trainer:
             return state, 0
         step, arrays, _ = found
         state = self.abstract_state.replace(**arrays)
+        self._restore_data_position(ckpt, step)
         return state, step
+
+    def _restore_data_position(self, ckpt: checkpoint.Checkpointer, step: int) -> None:
+        """A streaming input pipeline continues where the checkpoint's left off (its saved grain
+        state); without one (another process count, an older checkpoint) it draws ``step``
+        batches to get there, which is exact but costs their work."""
+        train = self.data.train
+        if not hasattr(train, "checkpoint_item"):
+            return  # batches are a pure function of the step
+        target = streaming.DataState(target=train)
+        try:
+            if ckpt.restore_data(step, target):
+                return
+        except Exception as e:  # a state of another pipeline layout (e.g. another worker count)
+            log.warning("cannot restore the input pipeline position (%s: %s)", type(e).__name__, e)
+            train.close()
+        train.skip_to(step)
 
     def _check_config(self, step: int, meta: dict) -> None:
         """Refuses a checkpoint written with other settings that shape what is trained
@@ -628,8 +652,10 @@ class Trainer:
     def num_eval_batches(self) -> int:
         """The whole validation split (every example or token once), or the first
         ``eval_batches`` batches of it when that is set and smaller."""
-        n = self.data.val.num_batches
-        return min(n, self.exp.eval_batches) if self.exp.eval_batches else n
+        val, limit = self.data.val, self.exp.eval_batches
+        if hasattr(val, "batches_up_to"):  # a stream counts its batches by reading them
+            return val.batches_up_to(limit or None)
+        return min(val.num_batches, limit) if limit else val.num_batches
 
     def evaluate(self, state, eval_fn) -> dict:
         total = None
@@ -669,6 +695,8 @@ class Trainer:
                     return self._loop(ckpt, writer, stop_at, state, start, t_start)
                 finally:
                     writer.close()
+                    if hasattr(self.data.train, "close"):
+                        self.data.train.close()  # the input pipeline's worker processes
             finally:
                 ckpt.close()
 
@@ -743,6 +771,7 @@ class Trainer:
                             "fingerprint": self.fingerprint(),
                             "config": run_config(exp),
                         },
+                        data=self._data_position(),
                     )
                     writer.flush()  # a remote metrics.jsonl is current with each checkpoint
                 if stop:
@@ -787,6 +816,11 @@ class Trainer:
             time.time() - t_start,
             preempted.set,
         )
+
+    def _data_position(self):
+        """A streaming pipeline's position now, saved with the checkpoint (None otherwise)."""
+        item = getattr(self.data.train, "checkpoint_item", None)
+        return item() if item else None
 
     def _after_step(self, step, metrics, writer, losses, bar, ckpt, end):
         """Checks a finished step's loss (one scalar to the host) and logs it on log steps."""

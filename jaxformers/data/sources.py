@@ -121,12 +121,22 @@ def split_document(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+# Text per shard of a prepared local corpus (what preparing it holds in memory at a time).
+SHARD_BYTES = 16 << 20
+
+
 @functools.cache
 def _builder_class():
     """Defined once per process: TFDS registers every builder class under its name."""
 
-    class JaxformersText(tfds.core.GeneratorBasedBuilder):
-        """Local text files as a TFDS dataset: one example per document, train/validation."""
+    class JaxformersText(tfds.core.ShardBasedBuilder):
+        """Local text files as a TFDS dataset: one example per document, train/validation.
+
+        Written shard by shard (``SHARD_BYTES`` of text each, files in order): TFDS holds one
+        shard's records in memory at a time, where a GeneratorBasedBuilder keeps a whole split
+        (up to 1 GB) to shuffle it and spills past that only through TensorFlow. The order of
+        the records does not matter: every pipeline shuffles by index.
+        """
 
         VERSION = tfds.core.Version("1.0.0")
 
@@ -142,10 +152,20 @@ def _builder_class():
                 description="Local text documents prepared by jaxformers.",
             )
 
-        def _split_generators(self, dl_manager):
+        def _shard_iterators_per_split(self, dl_manager):
             # val_fraction 0: the documents whole, one split (a validation corpus of its own).
             splits = ("train", "validation") if self._val_fraction > 0 else ("train",)
-            return {s: self._generate_examples(s) for s in splits}
+            groups, size = [[]], 0
+            for path in self._files:
+                if groups[-1] and size >= SHARD_BYTES:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(path)
+                size += os.path.getsize(path)
+            return {
+                s: [functools.partial(self._generate_examples, s, g) for g in groups]
+                for s in splits
+            }
 
         # TFDS prints "Downloading and preparing dataset ..." for every builder: nothing is
         # downloaded here, and prepare_local says once what it prepared and where.
@@ -155,8 +175,8 @@ def _builder_class():
         def _log_download_done(self):
             pass
 
-        def _generate_examples(self, split):
-            for path in self._files:
+        def _generate_examples(self, split, paths):
+            for path in paths:
                 with open(path, encoding="utf-8", errors="replace") as f:
                     text = f.read()
                 if self._fmt == "play_markdown":
@@ -203,16 +223,19 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
         )
 
     what = f"corpus {spec!r}" + (f" ({len(files)} files)" if len(files) > 1 else "")
-    srcs = _prepared_sources(make, data_dir or default_data_dir(), what)
+    srcs = _prepared_sources(make, data_dir or default_data_dir(), what, corpus=True)
     return {"train": srcs["train"], "validation": srcs.get("validation")}
 
 
-def _prepared_sources(make, root: str, what: str):
+def _prepared_sources(make, root: str, what: str, corpus: bool = False):
     """The data sources of ``make(data_dir)``'s builder, prepared first if need be.
 
     A ``root`` on cloud storage (``gs://...``): array_record reads and writes local files only
     (without TensorFlow), so the builder works in a local mirror of ``root`` (``storage.mirror``),
     filled from ``root`` first; what process 0 prepares there is uploaded to ``root``.
+    ``corpus``: a local text corpus, whose splits must not be empty and whose sources are read
+    back through a read-only builder of the prepared folder (they pickle into grain workers,
+    which those of the run-time builder class do not).
     """
     remote = storage.is_url(root)
     local = storage.mirror(root)
@@ -227,8 +250,18 @@ def _prepared_sources(make, root: str, what: str):
     _prepare(builder, what)
     if remote and jax.process_index() == 0:
         storage.upload(root, only=[rel])
+    if not corpus:
+        with _quiet_tfds():
+            return builder.as_data_source()
+    for split, info in builder.info.splits.items():
+        if info.num_examples == 0:
+            raise ValueError(
+                f"cannot prepare {what}: its {split} split is empty; the corpus is too small for "
+                "a train and a validation split (add text, raise data.val_fraction or give "
+                "data.val_corpus=FILE)"
+            )
     with _quiet_tfds():
-        return builder.as_data_source()
+        return tfds.builder_from_directory(builder.data_dir).as_data_source()
 
 
 @contextlib.contextmanager
@@ -328,22 +361,83 @@ def catalog_source(name: str, data_dir: str | None = None, val_split: str = "val
     return {"train": src["train"], "validation": src[val_split] if val_split else None}
 
 
+# TFDS catalog builders that generate their examples with Apache Beam (their _generate_examples
+# returns a beam PTransform): they are prepared by a Beam pipeline, DirectRunner on one machine or
+# Dataflow / Flink / Spark (docs/beam.md).
+BEAM_BUILDERS = ("c4", "wikipedia", "wiki40b", "natural_questions", "mlqa")
+BEAM_EXTRA = "pip install 'jaxformers[beam]'"
+
+
+def needs_beam(name: str) -> bool:
+    """Whether the TFDS catalog dataset ``name`` (``c4/en``, ``wikipedia/20230601.en:1.0.0``) is
+    built by Apache Beam."""
+    return name.split("/")[0].split(":")[0] in BEAM_BUILDERS
+
+
+def beam_options(flags: str | Sequence[str] = ()):
+    """Apache Beam ``PipelineOptions`` from ``flag=value`` strings (a comma-separated string as
+    ``tfds build --beam_pipeline_options`` takes it, or a list; a leading ``--`` is optional);
+    DirectRunner unless they name a runner.
+    A clear error when Apache Beam is not installed."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError as e:
+        raise ImportError(
+            f"preparing this dataset needs Apache Beam: {BEAM_EXTRA} (an optional extra: it "
+            "moves protobuf and pyarrow to older versions), then run again; on a cluster use "
+            "`tfds build NAME --file_format=array_record --beam_pipeline_options=...` "
+            "(docs/beam.md)"
+        ) from e
+    if isinstance(flags, str):
+        flags = [f for f in flags.split(",") if f]
+    flags = [f if f.startswith("--") else "--" + f for f in flags]
+    if not any(f.startswith("--runner") for f in flags):
+        flags.append("--runner=DirectRunner")
+    return PipelineOptions(flags)
+
+
+def prepare_catalog(name: str, data_dir: str | None = None, beam_flags=()) -> None:
+    """Prepares (once) a TFDS catalog dataset as array_record in ``data_dir``; a Beam builder
+    (``needs_beam``) runs its Beam pipeline with ``beam_flags`` (DirectRunner by default). The
+    downloads need the network and, for most catalog builders, TensorFlow."""
+    data_dir = data_dir or default_data_dir()
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+        return
+    config = tfds.download.DownloadConfig(
+        beam_options=beam_options(beam_flags) if needs_beam(name) else None
+    )
+    builder.download_and_prepare(download_config=config)
+
+
 def _catalog(name: str, data_dir: str | None) -> dict:
     """Every split of a prepared TFDS catalog dataset, or an error that says how to prepare it."""
     root = data_dir or default_data_dir()
-    if storage.is_url(root):  # read through a local mirror (see _prepared_sources)
-        folder = name.replace(":", "/")
-        if storage.isdir(storage.join(root, folder)):
-            storage.download(root, only=[folder])
     try:
+        if needs_beam(name):
+            prepare_catalog(name, data_dir)
+        if storage.is_url(root):  # read through a local mirror (see _prepared_sources)
+            folder = name.replace(":", "/")
+            if storage.isdir(storage.join(root, folder)):
+                storage.download(root, only=[folder])
         src = tfds.data_source(name, data_dir=storage.mirror(root))
     except Exception as e:
+        if needs_beam(name):
+            how = (
+                "needs TensorFlow, Apache Beam and the network: pip install "
+                f"'jaxformers[tf,beam]', then `tfds build {name} --file_format=array_record "
+                "--beam_pipeline_options=...` (DirectRunner here, Dataflow / Flink / Spark on a "
+                "cluster: docs/beam.md)"
+            )
+        else:
+            how = (
+                "needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
+                f"`tfds build {name} --file_format=array_record`"
+            )
         raise RuntimeError(
             f"TFDS dataset {name!r} is not prepared in {data_dir or default_data_dir()} and could "
             f"not be prepared here ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). "
-            "Preparing catalog datasets "
-            f"needs TensorFlow and the network: pip install 'jaxformers[tf]', then "
-            f"`tfds build {name} --file_format=array_record`, or use local files instead "
+            f"Preparing it {how}, or use local files instead "
             "(data.corpus; jaxformers eval --text or --lambada FILE)"
         ) from e
     return src

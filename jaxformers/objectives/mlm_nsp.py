@@ -356,6 +356,66 @@ def create_instances(
     return instances
 
 
+def document_seed(*key: int) -> int:
+    """A 64-bit seed for ``random.Random`` from non-negative ints, e.g. (seed, pass, document):
+    distinct keys give independent streams, whatever order the documents are visited in."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0])
+
+
+def document_instances(
+    docs: Sequence[Sequence[Sequence[int]]],
+    doc_index: int,
+    vocab: Sequence[str] | MaskingVocab,
+    max_seq_length: int = 128,
+    max_predictions_per_seq: int = 20,
+    masked_lm_prob: float = 0.15,
+    short_seq_prob: float = 0.1,
+    do_whole_word_mask: bool = False,
+    seed: int = 12345,
+    dupe: int = 0,
+) -> list[dict[str, np.ndarray]]:
+    """The instances of one document in one pass, as `create_instances` builds them, from a
+    ``random.Random`` of its own seeded by ``document_seed(seed, dupe, doc_index)``.
+
+    This is the streaming form of google-research/bert's ``create_instances_from_document``: the
+    pairs, truncations and masks follow the same algorithm and draw order, but each document has
+    its own random stream instead of one stream through the whole corpus, so any document can be
+    built alone, in any order, in any worker. ``create_instances`` (one stream, then a global
+    shuffle) is unchanged.
+
+    Args:
+        docs: documents as sentences of token ids, random access (``len`` and ``[i]``; may be
+            lazy). The random B segment is read from ``docs[j]`` for a random ``j``. Empty
+            sentences must already be dropped; an empty document yields no instances and must
+            not be drawn as a B (a lazy view can stand another in for it).
+        doc_index: the document to build.
+        vocab, max_seq_length, max_predictions_per_seq, masked_lm_prob, short_seq_prob,
+            do_whole_word_mask: as `create_instances`.
+        seed, dupe: with ``doc_index``, what the document's random stream is seeded by.
+
+    Returns:
+        The document's instances in order (dicts as `create_instances` returns).
+    """
+    if max_seq_length < 5:
+        raise ValueError(
+            f"max_seq_length must be >= 5 ([CLS] A [SEP] B [SEP]), got {max_seq_length}"
+        )
+    _check_masking_args(max_predictions_per_seq, masked_lm_prob)
+    if not docs[doc_index]:
+        return []
+    return _instances_from_document(
+        docs,
+        doc_index,
+        max_seq_length,
+        short_seq_prob,
+        masked_lm_prob,
+        max_predictions_per_seq,
+        do_whole_word_mask,
+        MaskingVocab.from_tokens(vocab),
+        random.Random(document_seed(seed, dupe, doc_index)),
+    )
+
+
 def original_input_ids(instance: Mapping[str, np.ndarray]) -> np.ndarray:
     """Undoes the masking of one instance: [T] int32 ids with labels put back."""
     ids = np.array(instance["input_ids"], np.int32, copy=True)

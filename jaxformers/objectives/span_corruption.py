@@ -324,22 +324,9 @@ def corrupt_and_pack(
     Returns:
         The ``pack_examples`` dict.
     """
-    raw_length, helper_targets = random_spans_helper(
-        inputs_length, noise_density, mean_noise_span_length
-    )
-    # The helper rounds in float64 but masks round in float32 (as in T5); make
-    # sure the real corrupted lengths still fit rather than trusting the helper.
-    while (
-        raw_length >= 2
-        and _corrupted_lengths(raw_length, noise_density, mean_noise_span_length)[0] > inputs_length
-    ):
-        raw_length -= 1
-    if raw_length < 2:
-        raise ValueError(f"inputs_length={inputs_length} is too small to hold a corrupted chunk.")
+    raw_length, needed_targets = chunk_lengths(inputs_length, noise_density, mean_noise_span_length)
     if targets_length is None:
-        targets_length = max(
-            helper_targets, _corrupted_lengths(raw_length, noise_density, mean_noise_span_length)[1]
-        )
+        targets_length = needed_targets
     examples = []
     chunk_index = 0
     for doc in token_lists:
@@ -359,3 +346,62 @@ def corrupt_and_pack(
                 )
             chunk_index += 1
     return pack_examples(examples, inputs_length, targets_length, pad_id)
+
+
+def chunk_lengths(
+    inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """(raw tokens per chunk, targets length) for rows of ``inputs_length`` encoder tokens.
+
+    ``random_spans_helper``'s chunk length, shortened while T5's float32 counts would overflow
+    the row (the helper rounds in float64), and the targets length that every such chunk fits
+    (the helper's, or more: e.g. 40, not 38, for 172).
+    """
+    raw_length, helper_targets = random_spans_helper(
+        inputs_length, noise_density, mean_noise_span_length
+    )
+    while (
+        raw_length >= 2
+        and _corrupted_lengths(raw_length, noise_density, mean_noise_span_length)[0] > inputs_length
+    ):
+        raw_length -= 1
+    if raw_length < 2:
+        raise ValueError(f"inputs_length={inputs_length} is too small to hold a corrupted chunk.")
+    targets = _corrupted_lengths(raw_length, noise_density, mean_noise_span_length)[1]
+    return raw_length, max(helper_targets, targets)
+
+
+def document_examples(
+    tokens: Sequence[int] | np.ndarray,
+    vocab_size: int,
+    raw_length: int,
+    seed: Seed,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    eos_id: int = 1,
+) -> list[dict[str, np.ndarray]]:
+    """One document's span-corruption examples: cut into chunks of ``raw_length`` tokens (the
+    first value of ``chunk_lengths``), chunk ``c`` corrupted by ``span_corrupt`` with seed
+    ``(*seed, c)``; chunks shorter than 2 tokens are dropped (as ``corrupt_and_pack``).
+
+    The streaming form of ``corrupt_and_pack``'s first half: each document is built alone (the
+    seed names the document, e.g. ``(seed, epoch, document)``), and the examples are packed
+    afterwards.
+    """
+    key = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
+    doc = np.asarray(tokens).reshape(-1)
+    out = []
+    for c, start in enumerate(range(0, doc.size, raw_length)):
+        chunk = doc[start : start + raw_length]
+        if chunk.size >= 2:
+            out.append(
+                span_corrupt(
+                    chunk,
+                    vocab_size,
+                    noise_density,
+                    mean_noise_span_length,
+                    seed=(*key, c),
+                    eos_id=eos_id,
+                )
+            )
+    return out

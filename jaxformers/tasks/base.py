@@ -21,12 +21,13 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Protocol
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxformers import models
-from jaxformers.data import sources, tokenizers
+from jaxformers.data import sources, streaming, tokenizers
 from jaxformers.data.pipeline import ExampleBatches
 
 
@@ -155,6 +156,56 @@ def example_data(
     )
 
 
+def stream_data(
+    exp: Any,
+    tokenizer: Any,
+    splits: dict,
+    spec: dict,
+    input_lengths: tuple[int, ...],
+    flops_args: tuple,
+) -> TaskData:
+    """TaskData over examples built while training (``jaxformers.data.streaming``).
+
+    ``splits[name] = (per_doc, num_docs, pack)``: ``per_doc((epoch, doc))`` is a document's list
+    of examples, ``pack`` an optional IterDataset transform after them (T5's packing). Training
+    reads this host's documents, shuffled per epoch (``data.seed``), examples window-shuffled
+    (``data.shuffle_window``), built by ``data.worker_count`` workers; evaluation reads every
+    validation document once in order. ``spec`` is the examples' feature -> (shape, dtype).
+    """
+    d, pi, pc = exp.data, jax.process_index(), jax.process_count()
+    accum = exp.optim.grad_accum
+
+    def make(name, train):
+        per_doc, num_docs, pack = splits[name]
+        if train:
+            docs = streaming.visits(num_docs, d.seed, pi, pc).map(per_doc)
+            return lambda: streaming.example_stream(
+                docs, d.shuffle_window, d.seed, pack, d.worker_count
+            )
+        docs = streaming.visits(num_docs, None).map(per_doc)
+        return lambda: streaming.example_stream(docs, 0, 0, pack, 0)
+
+    per_doc, num_docs, _ = splits["train"]
+    estimate = streaming.estimate_examples(per_doc, num_docs)
+    train = streaming.TrainStream(
+        make("train", True), exp.batch_size, accum, pi, pc, estimate, d.worker_count
+    )
+    val = streaming.EvalStream(make("validation", False), exp.batch_size // accum, pi, pc)
+    T = input_lengths[0]
+    _, val_docs, _ = splits["validation"]
+    return TaskData(
+        tokenizer,
+        train,
+        val,
+        {k: len(shape) + 1 for k, (shape, _) in spec.items()},
+        input_lengths,
+        sum(input_lengths),
+        flops_args,
+        estimate * T,
+        streaming.estimate_examples(splits["validation"][0], val_docs) * T,
+    )
+
+
 def check_seq_len(exp: Any) -> None:
     """``data.seq_len`` must fit the model's positions."""
     limit = models.of_config(exp.model).max_positions(exp.model)
@@ -187,9 +238,32 @@ def tokenizer_for(exp: Any, workdir: str, texts: Callable[[], Iterable[str]]):
     return tok
 
 
-def source_texts(source) -> Callable[[], Iterable[str]]:
-    """The texts of a TFDS data source, as ``tokenizer_for`` wants them."""
-    return lambda: (sources.record_text(source[i]) for i in range(len(source)))
+def source_texts(source, max_bytes: int = 0) -> Callable[[], Iterable[str]]:
+    """The texts of a TFDS data source, as ``tokenizer_for`` wants them: all of them, or with
+    ``max_bytes`` a fixed sample of about that many UTF-8 bytes (``sample_documents``)."""
+    if not max_bytes:
+        return lambda: (sources.record_text(source[i]) for i in range(len(source)))
+    return lambda: sample_texts(source, max_bytes)
+
+
+def sample_texts(source, max_bytes: int, seed: int = 0) -> Iterable[str]:
+    """A deterministic sample of a corpus's documents for tokenizer training, as T5 trained its
+    SentencePiece model on a sample of C4: documents in a fixed pseudo-random order until
+    ``max_bytes`` UTF-8 bytes (the last one cut), then given in corpus order. A corpus smaller
+    than ``max_bytes`` is read whole, in order. Memory: the sample, never the corpus."""
+    order = grain.MapDataset.range(len(source)).shuffle(seed=seed)
+    picked, left = {}, max_bytes
+    for k in range(len(order)):
+        if left <= 0:
+            break
+        i = int(order[k])
+        data = sources.record_text(source[i]).encode("utf-8")
+        if len(data) > left:
+            data = data[:left]
+        picked[i] = data.decode("utf-8", errors="ignore")
+        left -= len(data)
+    for i in sorted(picked):
+        yield picked.pop(i)
 
 
 # ---------------------------------------------------------------------------------------------

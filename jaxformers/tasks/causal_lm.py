@@ -40,7 +40,7 @@ class CausalLM:
         srcs = sources.run_sources(d, workdir)
         if srcs.get("validation") is None or len(srcs["validation"]) == 0:
             raise ValueError(f"corpus {d.corpus!r} has no validation text; raise data.val_fraction")
-        tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
+        tok = tokenizer_for(exp, workdir, source_texts(srcs["train"], d.tokenizer_sample_bytes))
         with open(os.path.join(workdir, "tokenizer", "tokenizer.json")) as f:
             fp = pipeline.fingerprint([d.corpus, d.val_fraction, d.val_corpus, f.read()])
         cache = os.path.join(workdir, "data")

@@ -1,12 +1,15 @@
-"""BERT pretraining: masked LM + next-sentence prediction, data exactly as google-research/bert.
+"""BERT pretraining: masked LM + next-sentence prediction, data as google-research/bert builds it.
 
-Data: corpus -> WordPiece -> MLM+NSP instances -> TFDS -> sharded batches. Documents come from the
-same TFDS text sources as GPT-2 (one example per document); each is split into sentences
-(``objectives.mlm_nsp.sentence_split``) and WordPiece-tokenized. ``create_instances`` builds
-instances exactly as google-research/bert does; they are written once as a TFDS array_record
-dataset named by a fingerprint of everything they depend on, and read back with random access.
-With ``dynamic_masking`` each example is re-masked from a seed derived from its global index, so
-every epoch sees fresh masks and the order stays a pure function of the step.
+Data: corpus -> TFDS text source -> per document, while training: sentences
+(``objectives.mlm_nsp.sentence_split``) -> WordPiece -> MLM+NSP instances -> batches. The instances
+of a document come from google-research/bert's per-document algorithm with a random stream of
+the document's own (``mlm_nsp.document_instances``: pass ``epoch % dupe_factor``), its random B
+segments read from other documents by index; a grain pipeline builds them, in
+``data.worker_count`` worker processes, and mixes them across documents
+(``jaxformers.data.streaming``). Nothing is built for the whole corpus before step 1 and memory
+does not grow with it. With ``dynamic_masking`` the pairs are those of pass 0 and every epoch
+re-masks them. ``mlm_nsp.create_instances`` remains the in-memory form (one random stream through
+the corpus, as the original script).
 """
 
 from __future__ import annotations
@@ -17,16 +20,15 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformers.data import sources
-from jaxformers.data.pipeline import fingerprint
+from jaxformers.data import sources, streaming
 from jaxformers.objectives import mlm_nsp
 from jaxformers.tasks.base import (
     TaskData,
     check_seq_len,
     class_cross_entropy,
-    example_data,
     real_rows,
     source_texts,
+    stream_data,
     token_cross_entropy,
     tokenizer_for,
 )
@@ -81,7 +83,7 @@ class MLMNSP:
         check_seq_len(exp)
         d = exp.data
         srcs = sources.run_sources(d, workdir)
-        tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
+        tok = tokenizer_for(exp, workdir, source_texts(srcs["train"], d.tokenizer_sample_bytes))
         P, T = self.max_predictions_per_seq, d.seq_len
         spec = {
             "input_ids": ((T,), np.int32),
@@ -99,55 +101,26 @@ class MLMNSP:
             short_seq_prob=self.short_seq_prob,
             do_whole_word_mask=self.whole_word_mask,
         )
-        name = "bert_" + fingerprint(
-            [
-                d.corpus,
-                d.val_fraction,
-                d.val_corpus,
-                args,
-                self.dupe_factor,
-                d.seed,
-                tok.vocab,
-                len(srcs["train"]),
-                len(srcs["validation"]),
-            ]
-        )
+        to_sentences = streaming.WordPieceSentences(tok)
 
-        def gen(split, dupe, seed):
-            def run():
-                docs = documents(srcs[split], tok)
-                yield from mlm_nsp.create_instances(
-                    docs, tok.vocab, dupe_factor=dupe, seed=seed, **args
-                )
+        def split(name, seed, dupe_factor, dynamic):
+            src = srcs[name]
+            docs = streaming.LazyDocuments(src, to_sentences)
+            return streaming.BertDocument(docs, tok.vocab, seed, dupe_factor, dynamic, **args)
 
-            return run
-
-        built = sources.prepare_examples(
-            name,
+        train = split("train", d.seed, self.dupe_factor, self.dynamic_masking)
+        val = split("validation", d.seed + 1, 1, False)
+        return stream_data(
+            exp,
+            tok,
             {
-                "train": gen("train", 1 if self.dynamic_masking else self.dupe_factor, d.seed),
-                "validation": gen("validation", 1, d.seed + 1),
+                "train": (train, len(srcs["train"]), None),
+                "validation": (val, len(srcs["validation"]), None),
             },
             spec,
-            sources.data_dir_for(d, workdir),
+            (T,),
+            (T, P),
         )
-        transform = None
-        if self.dynamic_masking:
-            vocab = mlm_nsp.MaskingVocab.from_tokens(tok.vocab)
-
-            def transform(ex, index):
-                rng = np.random.default_rng([d.seed, index])
-                out = mlm_nsp.dynamic_mask(
-                    dict(ex),
-                    vocab,
-                    rng,
-                    max_predictions_per_seq=P,
-                    masked_lm_prob=self.masked_lm_prob,
-                    do_whole_word_mask=self.whole_word_mask,
-                )
-                return {**ex, **out}
-
-        return example_data(exp, tok, built, spec, (T,), (T, P), transform)
 
     def normalizers(self, batch):
         return {

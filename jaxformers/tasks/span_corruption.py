@@ -1,30 +1,29 @@
 """T5 span-corruption denoising, exactly as the T5 paper / seqio define it.
 
-Data: corpus -> SentencePiece -> span corruption -> packed rows -> TFDS -> batches. Each document
-is SentencePiece-encoded, cut into chunks of the raw length that ``random_spans_helper`` gives
-for ``data.seq_len`` encoder tokens (568 for 512), span-corrupted and packed into fixed rows with
-segment ids (``objectives.span_corruption.corrupt_and_pack``). The rows are written once as a TFDS
-array_record dataset and read back with random access. The model keeps packed examples apart with
-the segment ids; T5's positions are relative, so the rows need no position features.
+Data: corpus -> TFDS text source -> per document, while training: SentencePiece -> chunks of the
+raw length that ``random_spans_helper`` gives for ``data.seq_len`` encoder tokens (568 for 512)
+-> span corruption (``objectives.span_corruption.document_examples``, seeded by (seed, epoch,
+document, chunk)) -> packed into fixed rows with segment ids by grain's first-fit packing (one
+bin: seqio's greedy in-order packing) -> batches (``jaxformers.data.streaming``). The model keeps
+packed examples apart with the segment ids; T5's positions are relative, so the rows need no
+position features. ``span_corruption.corrupt_and_pack`` remains the in-memory form.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, ClassVar
 
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformers.data import sources
-from jaxformers.data.pipeline import fingerprint
+from jaxformers.data import sources, streaming
 from jaxformers.objectives import span_corruption
 from jaxformers.tasks.base import (
     TaskData,
-    example_data,
     log_normalizer,
     source_texts,
+    stream_data,
     tokenizer_for,
 )
 
@@ -81,7 +80,7 @@ class SpanCorruption:
     def build_data(self, exp: Any, workdir: str) -> TaskData:
         d = exp.data
         srcs = sources.run_sources(d, workdir)
-        tok = tokenizer_for(exp, workdir, source_texts(srcs["train"]))
+        tok = tokenizer_for(exp, workdir, source_texts(srcs["train"], d.tokenizer_sample_bytes))
         T = d.seq_len
         _, helper_targets = span_corruption.random_spans_helper(
             T, self.noise_density, self.mean_noise_span_length
@@ -100,52 +99,28 @@ class SpanCorruption:
             )
             for k in KEYS
         }
-        with open(os.path.join(workdir, "tokenizer", "spiece.model"), "rb") as f:
-            sp_bytes = f.read()
-        name = "t5_" + fingerprint(
-            [
-                d.corpus,
-                d.val_fraction,
-                d.val_corpus,
-                T,
-                S,
-                self.noise_density,
-                self.mean_noise_span_length,
-                d.seed,
-                sp_bytes.hex()[:20000],
-                len(srcs["train"]),
-                len(srcs["validation"]),
-                KEYS,
-            ]
+        raw_length, needed = span_corruption.chunk_lengths(
+            T, self.noise_density, self.mean_noise_span_length
+        )
+        if needed > S:
+            raise ValueError(
+                f"task.targets_length={S} is shorter than the {needed} target tokens a chunk of "
+                f"{raw_length} tokens gives (data.seq_len={T}); set task.targets_length={needed} "
+                "or 0"
+            )
+        args = dict(
+            noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length
         )
 
-        def gen(split, seed):
-            def run():
-                src = srcs[split]
-                docs = [tok.encode(sources.record_text(src[i])) for i in range(len(src))]
-                rows = span_corruption.corrupt_and_pack(
-                    docs,
-                    tok.vocab_size,
-                    inputs_length=T,
-                    targets_length=S,
-                    seed=seed,
-                    noise_density=self.noise_density,
-                    mean_noise_span_length=self.mean_noise_span_length,
-                    eos_id=tok.eos_id,
-                    pad_id=tok.pad_id,
-                )
-                for r in range(len(rows["encoder_input_tokens"])):
-                    yield {k: rows[k][r] for k in KEYS}
+        def pack(ds):
+            return streaming.pack_t5(ds, T, S, tok.pad_id)
 
-            return run
+        def split(name, seed):
+            per_doc = streaming.SpanDocument(srcs[name], tok, raw_length, seed, **args)
+            return per_doc, len(srcs[name]), pack
 
-        built = sources.prepare_examples(
-            name,
-            {"train": gen("train", d.seed), "validation": gen("validation", d.seed + 1)},
-            spec,
-            sources.data_dir_for(d, workdir),
-        )
-        return example_data(exp, tok, built, spec, (T, S), (T, S))
+        splits = {"train": split("train", d.seed), "validation": split("validation", d.seed + 1)}
+        return stream_data(exp, tok, splits, spec, (T, S), (T, S))
 
     def normalizers(self, batch):
         return {"tokens": jnp.maximum(jnp.sum(batch["decoder_loss_weights"]), 1.0)}
