@@ -154,7 +154,7 @@ def test_train_on_gcs_killed_resumes_bit_for_bit(gcs, tmp_path, corpus, data_dir
         t = time.time()
         while True:  # kill once the first checkpoint is on the bucket
             _fresh_listing()
-            if storage.exists(f"{wd}/checkpoints/1/meta"):
+            if storage.exists(f"{wd}/checkpoints/1/commit_success.txt"):  # orbax: finalized
                 break
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.time() - t < 240, "no checkpoint appeared"
