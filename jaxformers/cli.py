@@ -1,4 +1,4 @@
-"""``jaxformers train|prepare|sample|fill-mask|convert|plot`` (also ``python -m jaxformers``).
+"""``jaxformers train|prepare|sample|fill-mask|embed|convert|plot`` (also ``python -m jaxformers``).
 
     jaxformers train EXPERIMENT.py --workdir DIR [--variant tiny] [--set a.b=value ...]
     jaxformers prepare EXPERIMENT.py --workdir DIR [--set tokens=N]   (data + sizes, no training)
@@ -7,6 +7,7 @@
                       [--crop]  (GPT-2: past the model's positions, from the last n_positions)
     jaxformers sample --workdir T5_DIR --input "to be or <extra_id_0> to be"
     jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT)
+    jaxformers embed --model DIR --text T ... | --file F --out X.npy [--pooling mean|cls]   (.npy)
     jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
     jaxformers eval --model DIR --text FILE [--context N] [--stride S] [--json]   (GPT-2:
@@ -32,8 +33,9 @@ import sys
 import time
 
 import jax
+import numpy as np
 
-from jaxformers import config, evaluate, inference, launch, models, perf, plot, train
+from jaxformers import config, evaluate, features, inference, launch, models, perf, plot, train
 
 
 def describe(trainer: train.Trainer) -> list[str]:
@@ -146,6 +148,34 @@ def _fill_mask(args) -> int:
         print(f"[MASK] #{n + 1}:")
         for token, p in cands:
             print(f"  {token:<15} {p:.4f}")
+    return 0
+
+
+def _embed(args) -> int:
+    if (args.text is None) == (args.file is None):
+        raise ValueError("give the texts with --text T [--text T2 ...] or --file F, not both")
+    texts = args.text
+    if args.file is not None:
+        with open(args.file, encoding="utf-8") as f:
+            texts = f.read().splitlines()
+        if not texts:
+            raise ValueError(f"{args.file} is empty: it needs one text per line")
+    if args.layers is not None and args.concat_last is not None:
+        raise ValueError("give --layers or --concat-last, not both")
+    model, params, tok = inference.load(args.model)
+    emb = features.embed_texts(
+        model,
+        params,
+        tok,
+        texts,
+        pooling=args.pooling,
+        layers=-1 if args.layers is None else args.layers,
+        concat_last=args.concat_last,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
+    np.save(args.out, emb)
+    print(f"{args.out}: {emb.shape[0]} texts x {emb.shape[1]} ({args.pooling} pooling)")
     return 0
 
 
@@ -319,6 +349,41 @@ def parser() -> argparse.ArgumentParser:
     fm.add_argument("--text", required=True)
     fm.add_argument("--top-k", type=int, default=5)
     fm.set_defaults(fn=_fill_mask)
+    em = sub.add_parser(
+        "embed", help="one feature vector per text (pooled hidden states) -> a float32 .npy"
+    )
+    _model_argument(em, "--model")
+    em.add_argument("--text", action="append", default=None, help="a text (repeat for more)")
+    em.add_argument("--file", default=None, help="a UTF-8 file, one text per line")
+    em.add_argument("--out", required=True, help="the .npy to write: float32 [n_texts, D]")
+    em.add_argument(
+        "--pooling",
+        default="mean",
+        choices=["mean", "cls"],
+        help="mean over real tokens (sentence-transformers style) or the [CLS] token (BERT)",
+    )
+    em.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="hidden states to concatenate: 0 = embeddings, -1 = last layer (default -1)",
+    )
+    em.add_argument(
+        "--concat-last",
+        type=int,
+        default=None,
+        help="concatenate the last N layers (4: the BERT paper's feature-based NER features)",
+    )
+    em.add_argument("--batch-size", type=int, default=32)
+    em.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per text, special tokens included (default: the model's positions); longer "
+        "texts keep their first tokens and the count of truncated texts is printed",
+    )
+    em.set_defaults(fn=_embed)
     cv = sub.add_parser("convert", help="Hugging Face format <-> jaxformers workdir export")
     cv.add_argument("--workdir", required=True)
     cv.add_argument(
