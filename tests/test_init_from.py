@@ -128,3 +128,32 @@ def test_merge_pretrained_converts_or_refuses_layer_stacks():
     wide = {**looped, "emb": rng.normal(size=(7, 6))}
     with pytest.raises(ValueError, match=r"emb has shape \(7, 6\), the model wants \(7, 5\)"):
         train.merge_pretrained(zeros(looped), wide)
+
+
+@pytest.mark.parametrize("layout", ["workdir", "hf_dir"])
+def test_warm_start_keeps_the_pretrained_vocabulary(tmp_path, layout):
+    """With init_from, data.tokenizer "train" (or the kind's name) reads the pretrained model's
+    vocabulary: a new one trained on the fine-tuning text would not match its embeddings."""
+    import dataclasses
+
+    from jaxformers.config import load_experiment
+    from jaxformers.tasks.base import tokenizer_for
+
+    src = tmp_path / "pretrained"
+    tok_dir = src / "tokenizer" if layout == "workdir" else src
+    tok_dir.mkdir(parents=True)
+    write_vocab(str(tok_dir), 41)
+    exp = load_experiment(os.path.join(os.path.dirname(__file__), "..", "experiments",
+                                       "bert_sst2.py"), "tiny", [])  # fmt: skip
+    for setting in ("train", "wordpiece"):
+        e = dataclasses.replace(
+            exp,
+            init_from=str(src),
+            data=dataclasses.replace(exp.data, tokenizer=setting),
+        )
+
+        def texts():
+            raise AssertionError("a new vocabulary was trained")
+
+        tok = tokenizer_for(e, str(tmp_path / f"run-{setting}"), texts)
+        assert tok.vocab_size == 41 and tok.vocab[5] == "w0"

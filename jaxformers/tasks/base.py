@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformers import models
+from jaxformers import hf, models, storage
 from jaxformers.data import sources, streaming, tokenizers
 from jaxformers.data.pipeline import ExampleBatches
 
@@ -216,14 +216,27 @@ def check_seq_len(exp: Any) -> None:
         )
 
 
+def pretrained_tokenizer(init_from: str) -> str:
+    """Where the tokenizer of ``init_from`` (a workdir, an HF directory or Hub id) lives."""
+    src = init_from if storage.is_url(init_from) else hf.resolve(init_from)
+    tok_dir = storage.join(src, "tokenizer")  # a workdir keeps it apart; an HF dir holds it
+    return tok_dir if storage.isdir(tok_dir) else src
+
+
 def tokenizer_for(exp: Any, workdir: str, texts: Callable[[], Iterable[str]]):
     """The run's tokenizer (the model family's kind): loaded from ``workdir/tokenizer`` on resume,
-    else trained on ``texts()`` or read from ``data.tokenizer``; never larger than the model."""
+    else trained on ``texts()`` or read from ``data.tokenizer`` (with ``init_from`` and
+    ``data.tokenizer`` "train" or the kind's name: the pretrained model's own); never larger than
+    the model."""
     d, vocab = exp.data, exp.model.vocab_size
     kind = models.of_config(exp.model).tokenizer
+    setting = d.tokenizer
+    if exp.init_from and setting in ("train", kind):
+        # A warm start keeps the vocabulary its embeddings were trained with, never a new one.
+        setting = pretrained_tokenizer(exp.init_from)
     tok = tokenizers.load_or_train(
         kind,
-        d.tokenizer,
+        setting,
         os.path.join(workdir, "tokenizer"),
         texts,
         d.vocab_size or vocab,

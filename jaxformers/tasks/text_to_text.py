@@ -344,14 +344,7 @@ class TextToText:
             source_kind(n)  # unknown names fail before any work
         data_dir = sources.data_dir_for(d, workdir)
         read = {n: read_source(n, d, data_dir) for n in names}
-        if exp.init_from and d.tokenizer in ("train", "sentencepiece"):
-            # Fine-tuning: the pretrained model's own vocabulary, never a new one.
-            tok_src = os.path.join(exp.init_from, "tokenizer")
-            d = dataclasses.replace(
-                d, tokenizer=tok_src if os.path.isdir(tok_src) else exp.init_from
-            )
-            exp = dataclasses.replace(exp, data=d)
-        tok = tokenizer_for(
+        tok = tokenizer_for(  # with init_from: the pretrained model's own vocabulary
             exp,
             workdir,
             lambda: (t for n in names for ex in read[n]["train"]() for t in ex[:2]),
