@@ -25,11 +25,18 @@ def train_records(workdir):
 
 
 # Tiny runs that read their own corpus: the main job (the embedded corpus end to end through the
-# CLI) and the classifier (its labelled corpus is no plain text). The others read conftest's 40 KB
+# CLI), the classifier and the text-to-text runs (their labelled corpora are no plain text). The
+# others read conftest's 40 KB
 # ``corpus``: preparing their examples from the whole embedded corpus took most of their minute
 # (span corruption of 5 MB, a SentencePiece or WordPiece vocabulary), which the file's two tiny
 # steps do not depend on; test_data, the notebooks and the reliability tests prepare the rest.
-OWN_CORPUS = {"gpt2_shakespeare.py", "bert_sst2.py"}
+OWN_CORPUS = {
+    "gpt2_shakespeare.py",
+    "bert_sst2.py",
+    "t5_glue_sst2.py",
+    "t5_squad.py",
+    "t5_who_speaks.py",
+}
 
 
 def tiny_argv(path, wd, corpus):
