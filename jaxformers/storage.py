@@ -143,12 +143,6 @@ def move(src, dst) -> None:
         remove(src)
 
 
-def rmtree(path) -> None:
-    p = epath.Path(path)
-    if p.exists():
-        p.rmtree()
-
-
 # -------------------------------------------------------------------------- staging to local disk
 
 
