@@ -13,7 +13,9 @@ nats/token = 2.217 bits per byte, with 22.1% next-token accuracy. Training took 
 tokens/s), 7.7 minutes with data preparation and the samples. (Figures before 2026-11-30, e.g.
 4.254, were over the first 8 validation batches only.) A checkpoint every 150 steps: a kill
 loses at most 149 steps, about 2.5 minutes. Samples read like play text with invented names and
-words.
+words. ``jaxformers eval --tfds`` of the workdir's validation split (2026-12-01, see README.md
+"Evaluating a GPT-2 model") gives the same 2.2172 bits per byte with 128-token disjoint windows and
+2.2123 with a 64-token stride.
 """
 
 import dataclasses

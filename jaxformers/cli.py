@@ -244,8 +244,8 @@ def _eval(args) -> int:
         )
     else:
         r = evaluate.perplexity(
-            model, params, tok, texts, context=args.context, stride=args.stride,
-            batch_size=args.batch_size,
+            model, params, tok, texts, documents=bool(args.tfds), context=args.context,
+            stride=args.stride, batch_size=args.batch_size,
         )  # fmt: skip
         out = r.as_dict()
         summary = (

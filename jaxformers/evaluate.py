@@ -138,11 +138,19 @@ def nll(
     return total, count
 
 
-def perplexity(model, params, tokenizer, texts: Sequence[str], **kw) -> Perplexity:
-    """``nll`` of ``texts`` as one token stream: a single text is encoded whole; several (a TFDS
-    split's documents) are each encoded and followed by the end-of-text token, as the training data
-    packs them. ``bytes`` counts the texts' UTF-8 bytes (not the separators)."""
-    if len(texts) == 1:
+def perplexity(
+    model, params, tokenizer, texts: Sequence[str], documents: bool | None = None, **kw
+) -> Perplexity:
+    """``nll`` of ``texts`` as one token stream. ``documents`` (a TFDS split; default: more than
+    one text): each text is encoded and followed by the end-of-text token, as the training data
+    packs them, so that a split scores as the training run's own evaluation does; otherwise the
+    single text (a file) is encoded whole. ``bytes`` counts the texts' UTF-8 bytes (not the
+    separators)."""
+    if documents is None:
+        documents = len(texts) > 1
+    if not documents:
+        if len(texts) != 1:
+            raise ValueError(f"{len(texts)} texts given as one text; pass documents=True")
         ids = tokenizer.encode(texts[0])
     else:
         ids = [t for text in texts for t in [*tokenizer.encode(text), tokenizer.eos_id]]

@@ -222,3 +222,34 @@ def test_tfds_that_is_not_prepared_says_how_to_prepare_it(gpt2_dir, tmp_path, ca
     err = error_of(capsys, "--model", d, "--tfds", "jaxformers_no_such_dataset:test",
                    "--data-dir", str(tmp_path))  # fmt: skip
     assert "jaxformers_no_such_dataset" in err and "tfds build" in err
+
+
+@pytest.mark.slow
+def test_training_eval_bits_per_byte_equals_jaxformers_eval_of_the_validation_split(
+    tmp_path, corpus, capsys
+):
+    """The main job's eval (whole validation split, issue 16 item 5) and ``jaxformers eval --tfds``
+    on the same workdir and split are one computation: disjoint windows of the training length
+    over the documents joined by EOS, every token after the first scored once."""
+    import dataclasses
+
+    from test_train import tiny_experiment
+
+    from jaxformers import train
+    from jaxformers.data import sources
+
+    exp = tiny_experiment()
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, corpus=corpus),
+                              eval_batches=0, progress=False)  # fmt: skip
+    wd = str(tmp_path / "run")
+    train.Trainer(exp, wd).run()
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        last = [json.loads(r) for r in f if '"eval"' in r][-1]
+    assert "bits_per_byte" in last  # reported only when the whole split was scored
+    tfds_dir = sources.data_dir_for(exp.data, wd)  # the tests' shared $JAXFORMERS_DATA_DIR
+    spec = sources.local_corpus_dataset(corpus, exp.data.val_fraction) + ":validation"
+    capsys.readouterr()
+    out = run_json(capsys, "--model", wd, "--tfds", spec, "--data-dir", tfds_dir,
+                   "--context", str(exp.data.seq_len))  # fmt: skip
+    assert out["nll_sum"] / out["tokens"] == pytest.approx(last["loss"], rel=1e-5)
+    assert out["bits_per_byte"] == pytest.approx(last["bits_per_byte"], rel=1e-5)

@@ -188,6 +188,28 @@ def _builder_class():
     return JaxformersText
 
 
+def _local_corpus(spec: str, val_fraction: float) -> tuple[list[str], str, str]:
+    """(files, format, TFDS config name) of a local corpus. The name fingerprints the files (path,
+    size, mtime) and the split, so a changed corpus is prepared afresh instead of silently reusing
+    stale records."""
+    files, fmt = (
+        (shakespeare_files(), "play_markdown")
+        if spec == EMBEDDED
+        else (resolve_paths(spec), "plain")
+    )
+    h = hashlib.sha256(repr((fmt, val_fraction)).encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return files, fmt, ("shakespeare_" if spec == EMBEDDED else "local_") + h.hexdigest()[:12]
+
+
+def local_corpus_dataset(spec: str, val_fraction: float = 0.05) -> str:
+    """The TFDS name ``jaxformers_text/CONFIG`` a local corpus is prepared as (what
+    ``jaxformers eval --tfds NAME:validation`` reads back)."""
+    return f"jaxformers_text/{_local_corpus(spec, val_fraction)[2]}"
+
+
 def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = None):
     """Prepares (once) and returns ``{"train": source, "validation": source}`` of a local corpus.
 
@@ -199,18 +221,7 @@ def prepare_local(spec: str, val_fraction: float = 0.05, data_dir: str | None = 
             f"data.val_fraction={val_fraction}: a local corpus's held-out share lies in [0, 1), "
             "e.g. 0.05 (0 with data.val_corpus=FILE)"
         )
-    files, fmt = (
-        (shakespeare_files(), "play_markdown")
-        if spec == EMBEDDED
-        else (resolve_paths(spec), "plain")
-    )
-    # The config name fingerprints the files (path, size, mtime) and the split, so a changed
-    # corpus is prepared afresh instead of silently reusing stale records.
-    h = hashlib.sha256(repr((fmt, val_fraction)).encode())
-    for f in files:
-        st = os.stat(f)
-        h.update(f"{os.path.abspath(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
-    name = ("shakespeare_" if spec == EMBEDDED else "local_") + h.hexdigest()[:12]
+    files, fmt, name = _local_corpus(spec, val_fraction)
 
     def make(root):
         return _builder_class()(
