@@ -50,6 +50,9 @@ class DataConfig:
     worker_count: int = 0
     # examples mixed across documents by a window shuffle (BERT, T5; 0 or 1: document order)
     shuffle_window: int = 4096
+    # BERT and T5 streams: data shards the documents are dealt to (0: one per host). The batches
+    # depend on this, not on the host count: fix it to keep a run's data order on other hosts.
+    stream_shards: int = 0
     # tokenizer training reads at most this many bytes of the corpus, a fixed sample of its
     # documents (as T5 trained its SentencePiece model on a sample of C4); 0: all of it
     tokenizer_sample_bytes: int = 16_000_000
@@ -74,7 +77,7 @@ class DataConfig:
             "must lie in [0, 1)",
         )
         _require(_whole(self.seed, 0), "data.seed", self.seed, "must be a whole number >= 0")
-        for key in ("worker_count", "shuffle_window", "tokenizer_sample_bytes"):
+        for key in ("worker_count", "shuffle_window", "stream_shards", "tokenizer_sample_bytes"):
             _require(
                 _whole(getattr(self, key), 0),
                 f"data.{key}",

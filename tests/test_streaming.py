@@ -251,6 +251,33 @@ def test_resume_from_saved_state_is_exact(corpus, wordpiece, spiece):
     check_resume(lambda: t5_train_stream(corpus, spiece))
 
 
+def test_shards_on_one_host_are_the_hosts_rows_side_by_side(corpus, wordpiece):
+    """``data.stream_shards``: one host drawing shards 0 and 1 gives the global batch that two
+    hosts with one shard each give together (rows side by side in every microbatch), and its
+    saved state (one grain state per shard) resumes exactly."""
+    src = corpus["train"]
+    per_doc = bert_per_doc(src, wordpiece, 11, 1, dynamic=True)
+
+    def make(shard):
+        docs = streaming.visits(len(src), 11, shard, 2).map(per_doc)
+        return lambda: streaming.example_stream(docs, 50, 11, None, 0)
+
+    one = lambda: streaming.TrainStream([make(0), make(1)], 12, accum=2)  # noqa: E731
+    hosts = [streaming.TrainStream(make(p), 12, 2, p, 2) for p in range(2)]
+    want = check_resume(one, k=2, more=2)
+    for step, w in enumerate(want):
+        parts = [h.batch(step) for h in hosts]
+        assert w["input_ids"].shape == (2, 6, 64) and parts[0]["input_ids"].shape == (2, 3, 64)
+        for key in w:
+            np.testing.assert_array_equal(w[key], np.concatenate([p[key] for p in parts], 1))
+    assert not np.array_equal(parts[0]["input_ids"], parts[1]["input_ids"])
+    with pytest.raises(ValueError, match="3 data shards .* choose a multiple of 6"):
+        streaming.TrainStream([make(0)] * 3, 8, accum=2)
+    with pytest.raises(ValueError, match="of 2 data shard"):
+        streaming.TrainStream(make(0), 12, accum=2).set_state(streaming.json_state(
+            {"batches": 1, "grain": [{}, {}], "workers": 0}))  # fmt: skip
+
+
 @pytest.mark.slow
 def test_workers_give_the_same_stream_and_resume(corpus, wordpiece, spiece):
     """Worker processes (grain's mp_prefetch) change nothing in the batches, and their state

@@ -10,9 +10,14 @@ A training stream, on each host::
     -> each visit (epoch, document) becomes that document's examples, a list  (worker processes)
     -> flattened -> window-shuffled -> [T5: first-fit packed] -> batched      (this process)
 
-- Per-host sharding: host ``p`` of ``P`` reads documents ``p, p + P, ...`` (a BERT random B
-  segment may come from any document: it is read by index). The global batch is the hosts'
-  local batches side by side, so it depends on the host count, as any sharded grain pipeline.
+- Sharding: the documents are dealt to ``S`` data shards, shard ``s`` reading documents
+  ``s, s + S, ...`` (a BERT random B segment may come from any document: it is read by index),
+  and each shard gives ``global_batch / S`` rows of every batch, the shards' rows side by side.
+  ``S`` is ``data.stream_shards``, by default the host count (one shard per host); host ``p``
+  of ``P`` draws shards ``p * S/P ... (p + 1) * S/P - 1``. The batches are a function of ``S``,
+  not of ``P``: a run on 2 hosts and one on 1 host with ``data.stream_shards=2`` train on the
+  same batches (the tests check it), so a run can move to another host count and keep its data
+  order by fixing ``S``.
 - Workers (``data.worker_count`` > 0, grain's ``mp_prefetch``) compute the per-document lists;
   worker ``w`` takes every W-th visit and grain reads them back round robin, so the stream is the
   same for any worker count (0 computes them in this process).
@@ -243,17 +248,17 @@ class _Flatten(grain.experimental.FlatMapTransform):
 def visits(
     num_docs: int,
     seed: int | None,
-    process_index: int = 0,
-    process_count: int = 1,
+    shard: int = 0,
+    num_shards: int = 1,
 ) -> grain.MapDataset:
-    """The (epoch, document) visits a host makes: its documents ``[p::P]``, shuffled afresh
+    """The (epoch, document) visits of one data shard: its documents ``[s::S]``, shuffled afresh
     every epoch and repeated (training); or, with ``seed=None``, every document once in order
     (epoch 0; evaluation)."""
-    ds = grain.MapDataset.range(num_docs)[process_index::process_count]
+    ds = grain.MapDataset.range(num_docs)[shard::num_shards]
     if len(ds) == 0:
         raise ValueError(
-            f"the corpus has {num_docs} documents, fewer than the {process_count} hosts that "
-            "each read their own share: use a larger corpus"
+            f"the corpus has {num_docs} documents, fewer than the {num_shards} data shards "
+            "(hosts, or data.stream_shards) that each read their own share: use a larger corpus"
         )
     if seed is None:
         return ds.map_with_index(_Visit(1 << 62))  # every index in epoch 0
@@ -337,23 +342,24 @@ def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
 
 
 class TrainStream:
-    """Training batches ``[A, b_local, ...]`` from an endless example stream, read in order.
+    """Training batches ``[A, b_local, ...]`` from endless example streams, read in order.
 
     ``batch(step)`` must be called for consecutive steps (the Trainer does); the position is
     restored with ``set_state`` (the checkpoint's grain state) or, failing that, by drawing and
     dropping ``step`` batches (``skip_to``).
 
     Args:
-      make: builds the IterDataset of examples (``example_stream``); called when the first batch
-        is drawn, so building the task data starts no worker.
+      make: builds the IterDataset of examples of one data shard (``example_stream``), or a list
+        of such builders, one per shard this host draws (module docstring); called when the first
+        batch is drawn, so building the task data starts no worker.
       global_batch, accum, process_index, process_count: as ``pipeline.ExampleBatches``.
       estimate: examples in one pass over the split, estimated (``steps_per_epoch``).
-      workers: the worker processes ``make``'s dataset uses (recorded with the state).
+      workers: the worker processes each shard's dataset uses (recorded with the state).
     """
 
     def __init__(
         self,
-        make: Callable[[], grain.IterDataset],
+        make: Callable[[], grain.IterDataset] | Sequence[Callable[[], grain.IterDataset]],
         global_batch: int,
         accum: int = 1,
         process_index: int = 0,
@@ -361,30 +367,47 @@ class TrainStream:
         estimate: int = 0,
         workers: int = 0,
     ):
-        check_divisible(global_batch, accum, process_count)
-        self.make, self.accum, self.workers = make, accum, workers
+        self.makes = list(make) if isinstance(make, (list, tuple)) else [make]
+        shards = len(self.makes) * process_count
+        if global_batch % (accum * shards):
+            raise ValueError(
+                f"batch_size={global_batch} must divide into {accum} accumulation steps x "
+                f"{shards} data shards ({len(self.makes)} per host x {process_count} hosts); "
+                f"choose a multiple of {accum * shards} or change data.stream_shards"
+            )
+        self.accum, self.workers = accum, workers
         self.local = global_batch // process_count
+        self.per_shard = global_batch // shards
         self.estimate = estimate
-        self._it = None
+        self._its = None
         self.position = 0  # batches drawn
 
     def __len__(self) -> int:
         return self.estimate
 
     @property
-    def iterator(self):
-        if self._it is None:
-            self._it = iter(self.make())
-        return self._it
+    def iterators(self) -> list:
+        if self._its is None:
+            self._its = [iter(make()) for make in self.makes]
+        return self._its
+
+    def _draw(self) -> list[list[dict]]:
+        return [[next(it) for _ in range(self.per_shard)] for it in self.iterators]
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         if step != self.position:
             self.skip_to(step)
-        exs = [next(self.iterator) for _ in range(self.local)]
+        shards = self._draw()
         self.position += 1
-        b = _stack(exs)
+        A = self.accum
+        # Each shard's rows split into the A microbatches as a host's rows would be; the
+        # shards' rows then sit side by side in every microbatch, as the hosts' do.
+        parts = [_stack(exs) for exs in shards]
         return {
-            k: v.reshape((self.accum, self.local // self.accum) + v.shape[1:]) for k, v in b.items()
+            k: np.concatenate(
+                [p[k].reshape((A, self.per_shard // A) + p[k].shape[1:]) for p in parts], axis=1
+            )
+            for k in parts[0]
         }
 
     def skip_to(self, step: int) -> None:
@@ -400,25 +423,36 @@ class TrainStream:
                 step - self.position,
             )
         while self.position < step:
-            for _ in range(self.local):
-                next(self.iterator)
+            self._draw()
             self.position += 1
 
     def get_state(self) -> dict:
-        """grain's iterator state, the number of batches drawn and the worker count (grain's
-        state has one entry per worker), JSON-serialisable."""
-        state = self.iterator.get_state()
-        return {"batches": self.position, "grain": state, "workers": self.workers}
+        """grain's iterator state (one per shard of this host), the number of batches drawn and
+        the worker count (grain's state has one entry per worker), JSON-serialisable."""
+        states = [it.get_state() for it in self.iterators]
+        return {
+            "batches": self.position,
+            "grain": states[0] if len(states) == 1 else states,
+            "workers": self.workers,
+        }
 
     def set_state(self, state: dict) -> None:
-        """Continues from ``get_state``'s record; ValueError for one of another worker count
-        (then ``skip_to`` reaches the same place: the stream does not depend on the count)."""
+        """Continues from ``get_state``'s record; ValueError for one of another worker count or
+        shard layout (then ``skip_to`` reaches the same place: the stream does not depend on the
+        worker count)."""
         if int(state.get("workers", 0)) != self.workers:
             raise ValueError(
                 f"the saved data position is of {state.get('workers', 0)} data worker(s), this "
                 f"run has data.worker_count={self.workers}"
             )
-        self.iterator.set_state(state["grain"])
+        states = state["grain"] if isinstance(state["grain"], list) else [state["grain"]]
+        if len(states) != len(self.makes):
+            raise ValueError(
+                f"the saved data position is of {len(states)} data shard(s) on this host, this "
+                f"run draws {len(self.makes)}"
+            )
+        for it, st in zip(self.iterators, states):
+            it.set_state(st)
         self.position = int(state["batches"])
 
     def checkpoint_item(self) -> DataState:
@@ -427,9 +461,10 @@ class TrainStream:
 
     def close(self) -> None:
         """Stops the worker processes, if any."""
-        if self._it is not None and hasattr(self._it, "close"):
-            self._it.close()
-        self._it = None
+        for it in self._its or []:
+            if hasattr(it, "close"):
+                it.close()
+        self._its = None
 
 
 class DataState:

@@ -168,17 +168,25 @@ def stream_data(
 
     ``splits[name] = (per_doc, num_docs, pack)``: ``per_doc((epoch, doc))`` is a document's list
     of examples, ``pack`` an optional IterDataset transform after them (T5's packing). Training
-    reads this host's documents, shuffled per epoch (``data.seed``), examples window-shuffled
-    (``data.shuffle_window``), built by ``data.worker_count`` workers; evaluation reads every
+    reads the documents of this host's data shards (``data.stream_shards``), shuffled per epoch
+    (``data.seed``), examples window-shuffled (``data.shuffle_window``), built by
+    ``data.worker_count`` workers; evaluation reads every
     validation document once in order. ``spec`` is the examples' feature -> (shape, dtype).
     """
     d, pi, pc = exp.data, jax.process_index(), jax.process_count()
     accum = exp.optim.grad_accum
+    shards = d.stream_shards or pc
+    if shards % pc:
+        raise ValueError(
+            f"data.stream_shards={shards} must be a multiple of the {pc} hosts (each draws the "
+            f"same number of shards); choose a multiple of {pc}, or 0 for one shard per host"
+        )
+    per_host = shards // pc
 
-    def make(name, train):
+    def make(name, shard=None):
         per_doc, num_docs, pack = splits[name]
-        if train:
-            docs = streaming.visits(num_docs, d.seed, pi, pc).map(per_doc)
+        if shard is not None:  # training: this shard's documents, shuffled per epoch
+            docs = streaming.visits(num_docs, d.seed, shard, shards).map(per_doc)
             return lambda: streaming.example_stream(
                 docs, d.shuffle_window, d.seed, pack, d.worker_count
             )
@@ -187,10 +195,9 @@ def stream_data(
 
     per_doc, num_docs, _ = splits["train"]
     estimate = streaming.estimate_examples(per_doc, num_docs)
-    train = streaming.TrainStream(
-        make("train", True), exp.batch_size, accum, pi, pc, estimate, d.worker_count
-    )
-    val = streaming.EvalStream(make("validation", False), exp.batch_size // accum, pi, pc)
+    makes = [make("train", s) for s in range(pi * per_host, (pi + 1) * per_host)]
+    train = streaming.TrainStream(makes, exp.batch_size, accum, pi, pc, estimate, d.worker_count)
+    val = streaming.EvalStream(make("validation"), exp.batch_size // accum, pi, pc)
     T = input_lengths[0]
     _, val_docs, _ = splits["validation"]
     return TaskData(
