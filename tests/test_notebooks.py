@@ -1,6 +1,7 @@
 """The Colab notebooks in colab/: each ``NAME.ipynb`` is paired with a jupytext source ``NAME.py``
 (py:percent) and committed clean and in step with it (fast), and every one of them runs headless,
-top to bottom, at its default (CPU-sized) parameters (slow).
+top to bottom, at its default (CPU-sized) parameters except a shorter training (``TEST_STEPS``)
+(slow).
 
 Every notebook opens with an "Open in Colab" badge, then the same set-up cell (which does something
 only on Colab), then ONE parameters cell (tagged ``parameters``) whose defaults run on a 2-core CPU
@@ -189,6 +190,23 @@ def test_setup_cell_does_nothing_off_colab(name, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- slow
 
+# Training notebooks run this many steps here (their parameter STEPS, as a user would set it):
+# every cell runs, the default step counts (200-300, a minute or two each on 2 cores) only cost
+# the suite time without checking more.
+TEST_STEPS = 20
+
+
+def set_parameter(nb, name, value):
+    """Sets ``name = value`` in the notebook's ``parameters`` cell, if it has that parameter (as
+    papermill injects parameters)."""
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            pattern = re.compile(rf"^{name} = .*$", re.M)
+            if pattern.search(cell.source):
+                cell.source = pattern.sub(f"{name} = {value!r}", cell.source)
+            return
+    raise AssertionError("the notebook has no cell tagged parameters")
+
 
 def kernel_env(monkeypatch, workdir):
     """Environment the kernel inherits: a laptop-like CPU (the suite's 8 fake devices removed)."""
@@ -217,6 +235,7 @@ def test_notebook_runs(name, tmp_path, monkeypatch, data_dir):
     nbclient = pytest.importorskip("nbclient")
     kernel_env(monkeypatch, tmp_path / "workdir")
     nb = read(os.path.join(COLAB, f"{name}.ipynb"))
+    set_parameter(nb, "STEPS", TEST_STEPS)
     cwd = COLAB if name in RUN_FROM_COLAB_DIR else ROOT
     client = nbclient.NotebookClient(
         nb,
