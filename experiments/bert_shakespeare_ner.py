@@ -46,21 +46,21 @@ def get_config(variant: str = "default") -> Experiment:
         architecture="BertForTokenClassification",
         num_labels=len(LABELS),
         vocab_size=4096,
-        max_position_embeddings=64,
+        max_position_embeddings=48,
     )
     exp = Experiment(
         name="bert_shakespeare_ner",
-        task=TokenClassification(labels=LABELS, max_words=40),
+        task=TokenClassification(labels=LABELS, max_words=32),
         model=model,
         data=DataConfig(
             corpus="shakespeare_names",
             tokenizer="wordpiece",
             vocab_size=4096,
             lowercase=False,
-            seq_len=64,
+            seq_len=48,
         ),
         optim=OptimConfig(
-            lr=5e-4,
+            lr=1e-3,
             warmup_steps=100,
             schedule="linear",
             end_lr_ratio=0.0,
@@ -72,8 +72,8 @@ def get_config(variant: str = "default") -> Experiment:
         checkpoint=CheckpointConfig(every=500, keep=2),
         sample=SampleConfig(max_new_tokens=0),
         batch_size=32,
-        steps=1000,
-        eval_every=500,
+        steps=1100,
+        eval_every=0,
         eval_batches=0,
         log_every=50,
     )
@@ -88,7 +88,7 @@ def get_config(variant: str = "default") -> Experiment:
                 hidden_size=32,
                 num_attention_heads=2,
                 vocab_size=512,
-                max_position_embeddings=64,
+                max_position_embeddings=48,
             ),
             data=dataclasses.replace(exp.data, vocab_size=512),
         )

@@ -176,31 +176,37 @@ def tagger(tmp_path_factory):
 
 
 def reference_predictions(state):
-    """Every dev sentence tagged with an unpadded forward pass of the same params: each word
-    encoded on its own (first piece = its prediction), words past seq_len "O"."""
+    """Every dev sentence tagged by one forward pass of the same params over the seven sentences
+    (no evaluation batches, no padding rows): each word encoded on its own, its first piece's
+    argmax its prediction, words whose first piece is past seq_len "O"."""
     tok = WordPieceTokenizer(VOCAB, lowercase=False)
-    preds, nll, n, correct = [], 0.0, 0, 0
-    for words, labels in DEV:
-        words, labels = words.split(), labels.split()
-        ids, first, gold = [tok.cls_id], [], []
-        for w, y in zip(words, labels):
-            p = tok.encode(w)
-            if len(ids) - 1 + 1 > T - 2:
+    ids = np.zeros((len(DEV), T), np.int32)
+    mask = np.zeros((len(DEV), T), np.int32)
+    firsts, golds = [], []
+    for r, (words, labels) in enumerate(DEV):
+        row, first, gold = [tok.cls_id], [], []
+        for w, y in zip(words.split(), labels.split()):
+            if len(row) - 1 >= T - 2:
                 break
-            first.append(len(ids))
+            first.append(len(row))
             gold.append(LABELS.index(y))
-            ids += p[: T - 2 - (len(ids) - 1)]
-        ids.append(tok.sep_id)
-        logits = np.asarray(
-            state.apply_fn({"params": state.params}, np.asarray([ids], np.int32)).logits[0],
-            np.float64,
-        )[first]
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            row += tok.encode(w)[: T - 2 - (len(row) - 1)]
+        row.append(tok.sep_id)
+        ids[r, : len(row)], mask[r, : len(row)] = row, 1
+        firsts.append(first)
+        golds.append(gold)
+    out = state.apply_fn({"params": state.params}, ids, attention_mask=mask)
+    logits = np.asarray(out.logits, np.float64)
+    preds, nll, n, correct = [], 0.0, 0, 0
+    for r, (first, gold) in enumerate(zip(firsts, golds)):
+        z = logits[r, first]
+        logp = z - z.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
         nll -= logp[np.arange(len(gold)), gold].sum()
-        correct += int((logits.argmax(-1) == gold).sum())
+        correct += int((z.argmax(-1) == gold).sum())
         n += len(gold)
-        tags = [LABELS[i] for i in logits.argmax(-1)]
-        preds.append(tags + ["O"] * (len(words) - len(tags)))
+        tags = [LABELS[i] for i in z.argmax(-1)]
+        preds.append(tags + ["O"] * (len(DEV[r][0].split()) - len(tags)))
     return preds, nll / n, correct / n
 
 

@@ -20,7 +20,8 @@ How the labels are made (``name_words``, ``sentences``):
 
 Words are split as ``token_classification.split_words`` (letters and digits, every other
 character alone: ``Romeo's`` is ``Romeo`` ``'`` ``s``). A speech is cut at line breaks into
-examples of at most ``max_words`` words.
+examples of at most ``max_words`` words (a single longer line, in prose, is an example of its own;
+the task cuts what exceeds ``data.seq_len`` and counts it).
 
 Split: held-out plays (``VALIDATION_PLAYS``, one per group of the corpus, about 16% of the
 speeches) are the validation split; the other 32 plays train. Held-out plays measure
@@ -113,7 +114,7 @@ def tag(words: list[str], names: frozenset[str]) -> list[str]:
     return out
 
 
-def sentences(max_words: int = 40):
+def sentences(max_words: int = 32):
     """``{"train": [...], "validation": [...]}`` of ``token_classification.Sentence``."""
     from jaxformers.tasks.token_classification import Sentence, split_words
 
@@ -134,7 +135,7 @@ def sentences(max_words: int = 40):
     return out
 
 
-def baseline(max_words: int = 40) -> dict[str, float]:
+def baseline(max_words: int = 32) -> dict[str, float]:
     """The dictionary baseline on the validation split: every word that is a name word of the
     training plays' headings is tagged as a name (consecutive ones joined); seqeval scores."""
     from jaxformers.tasks.token_classification import entity_scores

@@ -139,7 +139,13 @@ def read_conll(path: str, fmt: str = "auto") -> list[Sentence]:
 def tfds_sentences(name: str, split: str, data_dir: str) -> tuple[Callable, tuple[str, ...]]:
     """(function yielding a TFDS split's sentences, the dataset's label names). The records hold
     ``tokens`` and ``ner`` class ids (``tensorflow_datasets``' CoNLL builders)."""
-    src = sources.catalog_split(f"{name}:{split}", data_dir, None, f"data.corpus=tfds:{name}")
+    try:
+        src = sources.catalog_split(f"{name}:{split}", data_dir, None, f"data.corpus=tfds:{name}")
+    except RuntimeError as e:  # not prepared, and cannot be here
+        raise RuntimeError(
+            f"{e}. For NER, local CoNLL-2003 files work too: --set data.corpus=train.txt "
+            "--set data.val_corpus=valid.txt"
+        ) from e
     try:
         names = tuple(src.dataset_info.features["ner"].feature.names)
     except (AttributeError, KeyError, TypeError):
@@ -254,7 +260,7 @@ class TokenClassification:
     labels: tuple[str, ...] = ()
     format: str = "auto"
     eval_split: str = "dev"
-    max_words: int = 40
+    max_words: int = 32
     max_examples: int = 0
 
     name: ClassVar[str] = "token_classification"
