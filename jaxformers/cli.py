@@ -7,6 +7,7 @@
                       [--crop]  (GPT-2: past the model's positions, from the last n_positions)
     jaxformers sample --workdir T5_DIR --input "to be or <extra_id_0> to be"
     jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT)
+    jaxformers tag --model DIR --text "Good morrow, Hamlet." [--json]   (entities; BERT NER)
     jaxformers embed --model DIR --text T ... | --file F --out X.npy [--pooling mean|cls]   (.npy)
     jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
@@ -176,6 +177,27 @@ def _embed(args) -> int:
     )
     np.save(args.out, emb)
     print(f"{args.out}: {emb.shape[0]} texts x {emb.shape[1]} ({args.pooling} pooling)")
+    return 0
+
+
+def _tag(args) -> int:
+    """Named entities of --text with a token-classification model: one line per entity,
+    ``LABEL<TAB>START<TAB>END<TAB>TEXT`` (character offsets, ``text[START:END]``), or with --json
+    one line ``{"text": ..., "entities": [{"text", "label", "start", "end"}, ...]}``."""
+    from jaxformers.tasks import token_classification as tc
+
+    model, params, tok = inference.load(args.model)
+    if getattr(model.config, "architecture", None) != "BertForTokenClassification":
+        raise ValueError(
+            f"{args.model} is not a token-classification model (BertForTokenClassification)"
+        )
+    labels = tc.label_names(args.model, model.config.num_labels)
+    found = tc.tag_text(model, params, tok, labels, args.text, args.max_length)
+    if args.json:
+        print(json.dumps({"text": args.text, "entities": found}))
+        return 0
+    for e in found:
+        print(f"{e['label']}\t{e['start']}\t{e['end']}\t{e['text']}")
     return 0
 
 
@@ -384,6 +406,14 @@ def parser() -> argparse.ArgumentParser:
         "texts keep their first tokens and the count of truncated texts is printed",
     )
     em.set_defaults(fn=_embed)
+    tg = sub.add_parser("tag", help="named entities of a text (BERT token classification)")
+    _model_argument(tg, "--model")
+    tg.add_argument("--text", required=True, help="the text; split into words as the task does")
+    tg.add_argument(
+        "--max-length", type=int, default=None, help="pieces per chunk (default: the model's)"
+    )
+    tg.add_argument("--json", action="store_true", help="print one JSON line")
+    tg.set_defaults(fn=_tag)
     cv = sub.add_parser("convert", help="Hugging Face format <-> jaxformers workdir export")
     cv.add_argument("--workdir", required=True)
     cv.add_argument(

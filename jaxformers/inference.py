@@ -25,6 +25,8 @@ from jaxformers import checkpoint, decoding, hf, models, storage
 from jaxformers.data.tokenizers import load_tokenizer
 
 MODEL_JSON = "model.json"
+# The names of a classifier's labels in id order (written by the token-classification task).
+LABELS_JSON = "labels.json"
 # The tokenizer files an HF directory may hold, copied on import and export.
 TOKENIZER_FILES = hf.TOKENIZER_FILES
 
@@ -253,12 +255,26 @@ def import_hf(hf_dir: str, workdir: str) -> None:
     checkpoint.export_params(params, storage.join(workdir, "params"))
     write_model_json(workdir, model.config)
     _copy_tokenizer(hf_dir, storage.join(workdir, "tokenizer"))
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        id2label = json.load(f).get("id2label") or {}
+    names = [id2label[str(i)] for i in range(len(id2label))]
+    if names and any(n != f"LABEL_{i}" for i, n in enumerate(names)):
+        storage.write_text(storage.join(workdir, LABELS_JSON), json.dumps(names))
 
 
 def export_hf(workdir: str, hf_dir: str) -> None:
     """A workdir export -> an HF directory that transformers' ``from_pretrained`` reads."""
     model, params, _ = load(workdir)
     hf.save_pretrained(model, params, hf_dir)
+    if storage.isfile(storage.join(workdir, LABELS_JSON)):  # the classes' names (token/sequence)
+        names = json.loads(storage.read_text(storage.join(workdir, LABELS_JSON)))
+        path = os.path.join(hf_dir, "config.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["id2label"] = {str(i): n for i, n in enumerate(names)}
+        cfg["label2id"] = {n: i for i, n in enumerate(names)}
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=2)
     tok_dir = storage.download(storage.join(workdir, "tokenizer"))  # local files
     if os.path.isdir(tok_dir):
         for name in os.listdir(tok_dir):

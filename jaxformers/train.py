@@ -413,6 +413,7 @@ RUN_FILES = (
     "tensorboard",
     "loss.png",
     "tokenizer",
+    "labels.json",  # a classifier's label names (token classification)
 )
 
 

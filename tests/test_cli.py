@@ -33,6 +33,8 @@ def train_records(workdir):
 OWN_CORPUS = {
     "gpt2_shakespeare.py",
     "bert_sst2.py",
+    "bert_shakespeare_ner.py",
+    "bert_conll2003.py",
     "t5_glue_sst2.py",
     "t5_squad.py",
     "t5_who_speaks.py",

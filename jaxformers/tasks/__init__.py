@@ -12,9 +12,11 @@ from jaxformers.tasks.classification import Classification
 from jaxformers.tasks.mlm_nsp import MLMNSP
 from jaxformers.tasks.span_corruption import SpanCorruption
 from jaxformers.tasks.text_to_text import TextToText
+from jaxformers.tasks.token_classification import TokenClassification
 
 TASKS: dict[str, type] = {
-    t.name: t for t in (CausalLM, MLMNSP, SpanCorruption, Classification, TextToText)
+    t.name: t
+    for t in (CausalLM, MLMNSP, SpanCorruption, Classification, TextToText, TokenClassification)
 }
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "SpanCorruption",
     "Classification",
     "TextToText",
+    "TokenClassification",
     "get",
 ]
 
