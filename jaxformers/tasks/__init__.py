@@ -10,11 +10,13 @@ from jaxformers.tasks.base import Task, TaskData
 from jaxformers.tasks.causal_lm import CausalLM
 from jaxformers.tasks.classification import Classification
 from jaxformers.tasks.mlm_nsp import MLMNSP
+from jaxformers.tasks.question_answering import QuestionAnswering
 from jaxformers.tasks.span_corruption import SpanCorruption
 from jaxformers.tasks.text_to_text import TextToText
 
 TASKS: dict[str, type] = {
-    t.name: t for t in (CausalLM, MLMNSP, SpanCorruption, Classification, TextToText)
+    t.name: t
+    for t in (CausalLM, MLMNSP, SpanCorruption, Classification, TextToText, QuestionAnswering)
 }
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "SpanCorruption",
     "Classification",
     "TextToText",
+    "QuestionAnswering",
     "get",
 ]
 
