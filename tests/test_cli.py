@@ -33,6 +33,7 @@ def train_records(workdir):
 OWN_CORPUS = {
     "gpt2_shakespeare.py",
     "bert_sst2.py",
+    "bert_squad.py",
     "t5_glue_sst2.py",
     "t5_squad.py",
     "t5_who_speaks.py",
