@@ -17,11 +17,13 @@ TensorFlow and the network (``pip install 'jaxformers[tf]'``, then ``tfds build 
 --file_format=array_record``); without them the run stops with an error that says so. No figure
 is claimed for it: not run on this project's 2-core CPU.
 
-``plays`` runs offline on tests/data/squad_plays.json (448 questions ``Who says "<five words of a
-speech>"?`` over four-speech passages of the 38 embedded plays; tests/data/make_squad_plays.py
-writes it): the last 20% of the plays (8 plays, 95 questions) are the dev set, so their speakers'
-names were never seen in training. A 4-layer, 256-wide BERT from scratch with a 4,096-piece
-WordPiece vocabulary trained on the file; windows of 128 pieces, stride 64, questions cut to 32.
+``plays`` runs offline on tests/data/squad_plays.json (1,792 questions ``Who says "<five words
+of a speech>"?`` over four-speech passages of the 38 embedded plays; tests/data/make_squad_plays.py
+writes it): the last 20% of the plays (8 plays, 368 questions) are the dev set, so their
+speakers' names were never seen in training. Answering with the speaker of a random speech of the
+passage scores 47.8% exact match (the first speaker: 48.9%): only more shows the model matching
+the quote. A 2-layer, 128-wide BERT from scratch with a 4,096-piece WordPiece vocabulary trained
+on the file; windows of 128 pieces, stride 64, questions cut to 32.
 Measured (2026-12-01, this project's 2-core CPU): see README.md "Question answering (BERT)".
 """
 
@@ -75,12 +77,16 @@ def get_config(variant: str = "default") -> Experiment:
             exp,
             task=QuestionAnswering(doc_stride=64, max_query_length=32),
             model=BertConfig.preset(
-                "mini", architecture=qa, vocab_size=4096, max_position_embeddings=128
+                "tiny",
+                architecture=qa,
+                num_attention_heads=4,
+                vocab_size=4096,
+                max_position_embeddings=128,
             ),
             data=DataConfig(
                 corpus=PLAYS, tokenizer="wordpiece", vocab_size=4096, seq_len=128, val_fraction=0.2
             ),
-            optim=dataclasses.replace(exp.optim, lr=5e-4, warmup_steps=100),
+            optim=dataclasses.replace(exp.optim, lr=1e-3, warmup_steps=100),
             steps=1500,
             epochs=0.0,
             eval_every=500,

