@@ -84,7 +84,12 @@ def get_config(variant: str = "default") -> Experiment:
                 max_position_embeddings=128,
             ),
             data=DataConfig(
-                corpus=PLAYS, tokenizer="wordpiece", vocab_size=4096, seq_len=128, val_fraction=0.2
+                corpus=PLAYS,
+                tokenizer="wordpiece",
+                vocab_size=4096,
+                lowercase=False,  # cased: the speakers' names are printed in capitals
+                seq_len=128,
+                val_fraction=0.2,
             ),
             optim=dataclasses.replace(exp.optim, lr=1e-3, warmup_steps=100),
             steps=1500,

@@ -302,3 +302,37 @@ def test_small_model_learns_to_answer(tmp_path):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
     m = result.eval_metrics
     assert m["questions"] == 368 and m["exact_match"] > 0, m
+
+
+def test_readers_local_split_and_tfds_record(tmp_path):
+    # A TFDS squad record as tfds.data_source gives it: bytes, answers as arrays.
+    rec = {
+        "id": b"5733be28",
+        "title": b"Notre_Dame",
+        "context": b"Architecturally, the school has a Catholic character.",
+        "question": b"What character?",
+        "answers": {
+            "text": np.array([b"Catholic", b"a Catholic"]),
+            "answer_start": np.array([34, 32]),
+        },
+    }
+    q = qa.tfds_question(rec)
+    assert q == qa.Question(
+        "5733be28",
+        "What character?",
+        rec["context"].decode(),
+        (("Catholic", 34), ("a Catholic", 32)),
+    )
+    assert [q.context[s : s + len(t)] for t, s in q.answers] == ["Catholic", "a Catholic"]
+    # A local file: the last val_fraction of its articles are the dev set; or data.val_corpus.
+    arts = [[("ctx w1", _qas("ctx w1", [(f"a{a}", "who", "w1", 0)]))] for a in range(5)]
+    path = _squad_file(tmp_path / "s.json", arts)
+    read = qa.read_questions(DataConfig(corpus=path, val_fraction=0.4), "")
+    assert [q.qid for q in read["train"]()] == ["a0", "a1", "a2"]
+    assert [q.qid for q in read["validation"]()] == ["a3", "a4"]
+    read = qa.read_questions(DataConfig(corpus=path, val_corpus=path), "")
+    assert len(list(read["train"]())) == len(list(read["validation"]())) == 5
+    with pytest.raises(ValueError, match="too few to hold out"):
+        qa.read_questions(DataConfig(corpus=path, val_fraction=0.01), "")
+    with pytest.raises(ValueError, match=r"give a SQuAD v1.1 \.json file or tfds:squad"):
+        qa.read_questions(DataConfig(corpus="x.txt"), "")
