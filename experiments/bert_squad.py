@@ -99,7 +99,7 @@ def get_config(variant: str = "default") -> Experiment:
         )
     if variant == "tiny":
         exp = exp.smoke_test(
-            task=QuestionAnswering(doc_stride=16, max_query_length=16),
+            task=QuestionAnswering(doc_stride=32, max_query_length=16),
             model=BertConfig.preset(
                 "tiny",
                 architecture=qa,

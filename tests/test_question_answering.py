@@ -288,7 +288,6 @@ def test_small_model_learns_to_answer(tmp_path):
             num_hidden_layers=2,
             intermediate_size=128,
         ),  # fmt: skip
-        task=qa.QuestionAnswering(doc_stride=32, max_query_length=16),
         batch_size=16,
         steps=120,
         eval_every=0,
@@ -336,3 +335,15 @@ def test_readers_local_split_and_tfds_record(tmp_path):
         qa.read_questions(DataConfig(corpus=path, val_fraction=0.01), "")
     with pytest.raises(ValueError, match=r"give a SQuAD v1.1 \.json file or tfds:squad"):
         qa.read_questions(DataConfig(corpus="x.txt"), "")
+
+
+def test_cased_vocabulary_loads_cased(tmp_path):
+    """A workdir's cased WordPiece vocabulary (the plays variant's) is read back cased by
+    ``inference.load`` (``jaxformers answer``), not lowercased by default."""
+    from jaxformers.data import tokenizers
+
+    texts = lambda: iter(["ROMEO:\nWho says that?", "JULIET:\nRomeo says it."] * 20)  # noqa: E731
+    tok = tokenizers.load_or_train("wordpiece", "train", str(tmp_path), texts, 120, False)
+    back = tokenizers.load_tokenizer("wordpiece", str(tmp_path))
+    assert not tok.lowercase and not back.lowercase
+    assert back.tokenize("ROMEO says") == tok.tokenize("ROMEO says") != ["romeo", "says"]
