@@ -178,8 +178,10 @@ def _tiny_config(vocab_size, T):
     )
 
 
-def _tiny_qa(vocab_size, T=32, seed=0):
-    model = BertForQuestionAnswering(_tiny_config(vocab_size, T))
+def _tiny_qa(vocab_size=64, T=16, seed=0):
+    """One small shape for every test here: the jitted init compiles once a session."""
+    assert vocab_size <= 64
+    model = BertForQuestionAnswering(_tiny_config(64, T))
     ids = np.zeros((1, T), np.int32)
     params = jax.jit(model.init)(jax.random.PRNGKey(seed), ids)["params"]
     return model, params
@@ -219,7 +221,7 @@ def test_eval_counts_every_question_once(tmp_path, capsys):
     assert len(data.questions) == 3
     ex = data.windows.example
     assert len(ex) > 3 * 3 and sorted(set(ex.tolist())) == [0, 1, 2]  # several windows each
-    model, params = _tiny_qa(data.tokenizer.vocab_size, 16)
+    model, params = _tiny_qa(data.tokenizer.vocab_size)
     n_batches = -(-len(ex) // data.eval_batch_size)
     m = data.decode_metrics(model, params, n_batches)
     assert m["questions"] == 3
@@ -247,7 +249,7 @@ def test_eval_counts_every_question_once(tmp_path, capsys):
 
 
 def test_answer_cli_prints_the_documented_format(tmp_path, capsys, tok):
-    model, params = _tiny_qa(tok.vocab_size, 32, seed=3)
+    model, params = _tiny_qa(tok.vocab_size, seed=3)
     out_dir = str(tmp_path / "hf")
     hf.save_pretrained(model, params, out_dir)
     tok.save_vocab(out_dir)
