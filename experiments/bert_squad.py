@@ -28,7 +28,7 @@ model matching the quote. A 2-layer, 128-wide BERT from scratch with a cased 4,0
 vocabulary trained on the training file; windows of 128 pieces, stride 64, questions cut to 32.
 Measured (2026-12-01, this project's 2-core CPU, 508 s in all, 12,483 tokens/s): dev exact match
 21.7%, F1 26.9 over all 304 dev questions after 1,500 steps (27.6 / 33.2 at step 1,000; training
-loss 2.36 at step 50 -> 0.54), below the random-speaker baseline: from scratch on 1,488 questions
+loss 2.28 at step 50 -> 0.54), below the random-speaker baseline: from scratch on 1,488 questions
 the model memorises rather than learns to find the quote. Dev passages from unseen plays (an
 earlier split) gave 2.4% (uncased vocabulary) and 8.2% (cased, step 500).
 """
