@@ -297,6 +297,7 @@ def test_small_model_learns_to_answer(tmp_path):
         eval_batches=0,
         optim=dataclasses.replace(exp.optim, lr=2e-3, warmup_steps=10),
         log_every=10,
+        checkpoint=dataclasses.replace(exp.checkpoint, every=1000),  # tiny's is every step
     )
     result = train.Trainer(exp, str(tmp_path)).run()
     with open(tmp_path / "metrics.jsonl") as f:
