@@ -9,6 +9,7 @@
     jaxformers fill-mask --model DIR --text "the [MASK] of the play"   (BERT)
     jaxformers tag --model DIR --text "Good morrow, Hamlet." [--json]   (entities; BERT NER)
     jaxformers embed --model DIR --text T ... | --file F --out X.npy [--pooling mean|cls]   (.npy)
+    jaxformers answer --model DIR --question Q --context C [--json]   (BERT question answering)
     jaxformers convert --workdir DIR --to-hf OUT | --from-hf HF_DIR   (Hugging Face format)
     jaxformers plot --workdir DIR            (loss curves -> DIR/loss.png)
     jaxformers eval --model DIR --text FILE [--context N] [--stride S] [--json]   (GPT-2:
@@ -198,6 +199,36 @@ def _tag(args) -> int:
         return 0
     for e in found:
         print(f"{e['label']}\t{e['start']}\t{e['end']}\t{e['text']}")
+    return 0
+
+
+def _answer(args) -> int:
+    """The answer span to --question in --context, from a question-answering workdir or an HF
+    BertForQuestionAnswering directory: its text, [start, end) characters and score."""
+    from jaxformers.tasks import question_answering as qa
+
+    model, params, tok = inference.load(args.model)
+    qa.check_model(model)
+    T = min(args.max_seq_length, model.config.max_position_embeddings)
+    stride = args.doc_stride or min(128, max(1, T // 3))
+    query = args.max_query_length or min(64, max(1, T // 6))
+    pred, cut, windows = qa.answer(
+        model, params, tok, args.question, args.context, T, stride, query, args.n_best,
+        args.max_answer_length,
+    )  # fmt: skip
+    if cut:
+        print(f"note: the question was cut to its first {query} pieces", file=sys.stderr)
+    score = None if pred.start < 0 else round(pred.score, 4)
+    if args.json:
+        out = dict(answer=pred.text, start=pred.start, end=pred.end, score=score)
+        out.update(probability=round(pred.probability, 4), windows=windows)
+        print(json.dumps(out))
+    elif pred.start < 0:
+        print("no answer: no span of the context qualified")
+    else:
+        print(f"answer: {pred.text}")
+        print(f"characters: [{pred.start}, {pred.end}) of the context")
+        print(f"score: {pred.score:.4f} (start + end logit; probability {pred.probability:.4f})")
     return 0
 
 
@@ -414,6 +445,25 @@ def parser() -> argparse.ArgumentParser:
     )
     tg.add_argument("--json", action="store_true", help="print one JSON line")
     tg.set_defaults(fn=_tag)
+    an = sub.add_parser(
+        "answer", help="extractive question answering (BERT): the answer span in a context"
+    )
+    _model_argument(an, "--model")
+    an.add_argument("--question", required=True)
+    an.add_argument("--context", required=True, help="the text holding the answer")
+    an.add_argument(
+        "--max-seq-length", type=int, default=384, help="window length (at most the positions)"
+    )
+    an.add_argument("--doc-stride", type=int, default=None, help="default min(128, length / 3)")
+    an.add_argument(
+        "--max-query-length", type=int, default=None, help="default min(64, length / 6)"
+    )
+    an.add_argument("--max-answer-length", type=int, default=30, help="in WordPiece pieces")
+    an.add_argument("--n-best", type=int, default=20, help="start/end logits tried per window")
+    an.add_argument(
+        "--json", action="store_true", help="one JSON line: answer, start, end, score, ..."
+    )
+    an.set_defaults(fn=_answer)
     cv = sub.add_parser("convert", help="Hugging Face format <-> jaxformers workdir export")
     cv.add_argument("--workdir", required=True)
     cv.add_argument(

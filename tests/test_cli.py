@@ -35,6 +35,7 @@ OWN_CORPUS = {
     "bert_sst2.py",
     "bert_shakespeare_ner.py",
     "bert_conll2003.py",
+    "bert_squad.py",
     "t5_glue_sst2.py",
     "t5_squad.py",
     "t5_who_speaks.py",

@@ -194,4 +194,8 @@ def load_or_train(
         tok.save(tok_dir)
     else:
         tok.save_vocab(tok_dir)
+        # Loading reads the casing from here (default: uncased): a cased vocabulary (data.
+        # lowercase=False) would otherwise be lowercased by `jaxformers answer`, embed, export.
+        with open(os.path.join(tok_dir, "tokenizer_config.json"), "w") as f:
+            json.dump({"do_lower_case": tok.lowercase}, f)
     return tok

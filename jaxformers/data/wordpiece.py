@@ -154,6 +154,13 @@ class WordPieceTokenizer:
             for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         ]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of ``encode(text)`` and each piece's [start, end) character span in ``text``
+        (the original string, before lowercasing and accent stripping): question answering
+        maps predicted pieces back to the context's characters with them."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, [tuple(o) for o in enc.offsets]
+
     def word_ids(self, text: str) -> list[int | None]:
         """Index of the pre-tokenized word (whitespace/punctuation split) of each
         piece of `tokenize(text)`. Same boundaries as `word_starts(tokenize(text))`,

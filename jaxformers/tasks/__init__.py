@@ -10,13 +10,22 @@ from jaxformers.tasks.base import Task, TaskData
 from jaxformers.tasks.causal_lm import CausalLM
 from jaxformers.tasks.classification import Classification
 from jaxformers.tasks.mlm_nsp import MLMNSP
+from jaxformers.tasks.question_answering import QuestionAnswering
 from jaxformers.tasks.span_corruption import SpanCorruption
 from jaxformers.tasks.text_to_text import TextToText
 from jaxformers.tasks.token_classification import TokenClassification
 
 TASKS: dict[str, type] = {
     t.name: t
-    for t in (CausalLM, MLMNSP, SpanCorruption, Classification, TextToText, TokenClassification)
+    for t in (
+        CausalLM,
+        MLMNSP,
+        SpanCorruption,
+        Classification,
+        TextToText,
+        TokenClassification,
+        QuestionAnswering,
+    )
 }
 
 __all__ = [
@@ -29,6 +38,7 @@ __all__ = [
     "Classification",
     "TextToText",
     "TokenClassification",
+    "QuestionAnswering",
     "get",
 ]
 

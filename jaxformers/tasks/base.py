@@ -17,6 +17,7 @@ The loss protocol:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Protocol
@@ -211,6 +212,50 @@ def stream_data(
         estimate * T,
         streaming.estimate_examples(splits["validation"][0], val_docs) * T,
     )
+
+
+def file_stamp(path: str) -> str:
+    """A local file's path, size and time, so that data prepared from it is prepared afresh when
+    it changes; '' for anything else (a catalog name, a built-in source)."""
+    if not path or not os.path.isfile(path):
+        return ""
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def kept_counts(path: str, counts: dict, unknown: dict) -> dict:
+    """Counts made while preparing a dataset (examples cut, skipped ...): ``counts`` when it was
+    just prepared (then kept in ``path``, a JSON file beside the data), else the ones kept when
+    it was prepared; ``{"train": unknown, "validation": unknown}`` when none were kept."""
+    if counts:
+        storage.makedirs(os.path.dirname(path))
+        storage.write_text(path, json.dumps(counts))
+        return counts
+    if storage.isfile(path):
+        return json.loads(storage.read_text(path))
+    return {"train": dict(unknown), "validation": dict(unknown)}
+
+
+def bert_forward(apply_fn, params, batch: dict, rng, deterministic: bool):
+    """A BERT head model on a batch of ``input_ids``, ``segment_ids``, ``input_mask`` (the fine-
+    tuning tasks' features): its output record."""
+    return apply_fn(
+        {"params": params},
+        batch["input_ids"],
+        token_type_ids=batch["segment_ids"],
+        attention_mask=batch["input_mask"],
+        deterministic=deterministic,
+        rngs={"dropout": rng},
+    )
+
+
+def random_bert_inputs(rng, vocab_size: int, n: int, T: int) -> dict[str, np.ndarray]:
+    """``n`` random rows of the BERT fine-tuning features (``random_examples``' inputs)."""
+    return {
+        "input_ids": rng.integers(0, vocab_size, (n, T), dtype=np.int32),
+        "input_mask": np.ones((n, T), np.int32),
+        "segment_ids": np.zeros((n, T), np.int32),
+    }
 
 
 def check_seq_len(exp: Any) -> None:

@@ -33,9 +33,11 @@ from jaxformers.data import sources
 from jaxformers.data.pipeline import fingerprint
 from jaxformers.tasks.base import (
     TaskData,
+    bert_forward,
     check_seq_len,
     class_cross_entropy,
     example_data,
+    random_bert_inputs,
     real_rows,
     tokenizer_for,
 )
@@ -170,14 +172,7 @@ class Classification:
         return {"examples": jnp.sum(real_rows(batch))}
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
-        out = apply_fn(
-            {"params": params},
-            batch["input_ids"],
-            token_type_ids=batch["segment_ids"],
-            attention_mask=batch["input_mask"],
-            deterministic=deterministic,
-            rngs={"dropout": rng},
-        )
+        out = bert_forward(apply_fn, params, batch, rng, deterministic)
         real = real_rows(batch)
         if jnp.issubdtype(batch["label"].dtype, jnp.floating):  # regression: one output
             sums = regression_sums(out.logits[:, 0], batch["label"], real)
@@ -205,9 +200,7 @@ class Classification:
     ) -> dict:
         T = seq_len
         return {
-            "input_ids": rng.integers(0, model_config.vocab_size, (n, T), dtype=np.int32),
-            "input_mask": np.ones((n, T), np.int32),
-            "segment_ids": np.zeros((n, T), np.int32),
+            **random_bert_inputs(rng, model_config.vocab_size, n, T),
             "label": rng.normal(size=(n,)).astype(np.float32)
             if model_config.is_regression
             else rng.integers(0, model_config.num_labels, (n,), dtype=np.int32),

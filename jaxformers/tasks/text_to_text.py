@@ -60,7 +60,7 @@ from jaxformers.data import sources
 from jaxformers.data.mixtures import Mixture, proportional_rates
 from jaxformers.data.pipeline import ExampleBatches, fingerprint
 from jaxformers.tasks import text_metrics
-from jaxformers.tasks.base import TaskData, tokenizer_for
+from jaxformers.tasks.base import TaskData, file_stamp, kept_counts, tokenizer_for
 from jaxformers.tasks.span_corruption import KEYS, SpanCorruption
 
 # (inputs, targets, references): what every source yields per example.
@@ -363,7 +363,15 @@ class TextToText:
         spec["example_id"] = ((), np.int32)
         train, val, refs, truncated = [], [], {}, {}
         for n in names:
-            key = [n, _stamp(n), d.val_fraction, d.val_corpus, _stamp(d.val_corpus), T, S]
+            key = [
+                n,
+                source_stamp(n),
+                d.val_fraction,
+                d.val_corpus,
+                source_stamp(d.val_corpus),
+                T,
+                S,
+            ]
             key += [self.pack, self.long_targets, d.seed]
             name = "t2t_" + fingerprint([*key, sp_hash, sorted(spec)])
             counts: dict = {}
@@ -390,7 +398,9 @@ class TextToText:
             built = sources.prepare_examples(
                 name, {s: gen(s) for s in ("train", "validation")}, spec, data_dir
             )
-            truncated[n] = _counts(os.path.join(data_dir, "t2t_counts", name + ".json"), counts)
+            truncated[n] = kept_counts(
+                os.path.join(data_dir, "t2t_counts", name + ".json"), counts, UNKNOWN_COUNTS
+            )
             train.append(built["train"])
             val.append(built["validation"])
             refs[n] = [ex[2] for ex in read[n]["validation"]()]
@@ -433,31 +443,12 @@ class TextToText:
 SOURCE_VERSIONS = {WHO_SPEAKS: "2: the play named"}
 
 
-def _stamp(path: str) -> str:
-    """A local file's size and time (a changed file is prepared afresh), a built-in source's
-    version; '' otherwise."""
-    if path in SOURCE_VERSIONS:
-        return SOURCE_VERSIONS[path]
-    if not path or not os.path.isfile(path):
-        return ""
-    st = os.stat(path)
-    return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+UNKNOWN_COUNTS = dict(examples=-1, inputs=-1, targets=-1, rows=-1)
 
 
-def _counts(path: str, counts: dict) -> dict:
-    """Truncation counts of a prepared dataset: those just computed (then kept in ``path``),
-    else the ones kept when it was prepared."""
-    if counts:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(counts, f)
-        os.replace(path + ".tmp", path)
-        return counts
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    unknown = dict(examples=-1, inputs=-1, targets=-1, rows=-1)
-    return {"train": unknown, "validation": unknown}
+def source_stamp(path: str) -> str:
+    """A built-in source's version, else a local file's stamp (``file_stamp``)."""
+    return SOURCE_VERSIONS.get(path) or file_stamp(path)
 
 
 class MixtureBatches(ExampleBatches):

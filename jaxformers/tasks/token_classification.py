@@ -55,8 +55,12 @@ from jaxformers.data.pipeline import fingerprint
 from jaxformers.inference import LABELS_JSON
 from jaxformers.tasks.base import (
     TaskData,
+    bert_forward,
     check_seq_len,
     example_data,
+    file_stamp,
+    kept_counts,
+    random_bert_inputs,
     real_rows,
     token_cross_entropy,
     tokenizer_for,
@@ -338,7 +342,6 @@ class TokenClassification:
             storage.write_text(storage.join(workdir, LABELS_JSON), json.dumps(list(labels)))
         index = {label: i for i, label in enumerate(labels)}
         tok = tokenizer_for(exp, workdir, lambda: (" ".join(s.words) for s in read["train"]()))
-        keep_casing(tok, workdir)
         T = d.seq_len
         counts: dict = {}
 
@@ -368,7 +371,13 @@ class TokenClassification:
             "labels": ((T,), np.int32),
             "example_id": ((), np.int32),
         }
-        key = [d.corpus, _stamp(d.corpus), d.val_corpus, _stamp(d.val_corpus), d.val_fraction]
+        key = [
+            d.corpus,
+            file_stamp(d.corpus),
+            d.val_corpus,
+            file_stamp(d.val_corpus),
+            d.val_fraction,
+        ]
         key += [
             self.format,
             self.eval_split,
@@ -381,7 +390,8 @@ class TokenClassification:
         ]
         name = "ner_" + fingerprint(key)
         built = sources.prepare_examples(name, {s: encode(s) for s in read}, spec, data_dir)
-        cut = _counts(os.path.join(data_dir, "ner_counts", name + ".json"), counts)
+        unknown = {"sentences": -1, "words": -1, "words_cut": -1}
+        cut = kept_counts(os.path.join(data_dir, "ner_counts", name + ".json"), counts, unknown)
         if jax.process_index() == 0:
             print(
                 "token classification: "
@@ -400,14 +410,7 @@ class TokenClassification:
         return {"tokens": jnp.sum(batch["labels"] >= 0)}
 
     def loss(self, params, apply_fn, batch, rng, deterministic, norms):
-        out = apply_fn(
-            {"params": params},
-            batch["input_ids"],
-            token_type_ids=batch["segment_ids"],
-            attention_mask=batch["input_mask"],
-            deterministic=deterministic,
-            rngs={"dropout": rng},
-        )
+        out = bert_forward(apply_fn, params, batch, rng, deterministic)
         labels = batch["labels"]
         w = (labels >= 0).astype(jnp.float32) * real_rows(batch)[:, None]
         nll, correct = token_cross_entropy(out.logits, jnp.maximum(labels, 0), w)
@@ -425,45 +428,10 @@ class TokenClassification:
         labels = rng.integers(0, model_config.num_labels, (n, T), dtype=np.int32)
         labels[:, 0] = labels[:, -1] = -1
         return {
-            "input_ids": rng.integers(0, model_config.vocab_size, (n, T), dtype=np.int32),
-            "input_mask": np.ones((n, T), np.int32),
-            "segment_ids": np.zeros((n, T), np.int32),
+            **random_bert_inputs(rng, model_config.vocab_size, n, T),
             "labels": labels,
             "example_id": np.arange(n, dtype=np.int32),
         }
-
-
-def keep_casing(tok: Any, workdir: str) -> None:
-    """Writes ``tokenizer_config.json`` (``do_lower_case``) next to a WordPiece vocabulary that
-    lacks one, so that ``inference.load`` and transformers read a cased vocabulary as cased (they
-    default to lowercasing), which NER depends on."""
-    if not hasattr(tok, "lowercase") or jax.process_index() != 0:
-        return
-    path = storage.join(workdir, "tokenizer", "tokenizer_config.json")
-    if not storage.isfile(path):
-        storage.write_text(path, json.dumps({"do_lower_case": bool(tok.lowercase)}))
-
-
-def _stamp(path: str) -> str:
-    if not path or not os.path.isfile(path):
-        return path
-    st = os.stat(path)
-    return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
-
-
-def _counts(path: str, counts: dict) -> dict:
-    """Cut-word counts of a prepared dataset: those just computed (kept in ``path``), else the
-    ones kept when it was prepared (-1 when unknown)."""
-    if counts:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(counts, f)
-        return counts
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    unknown = {"sentences": -1, "words": -1, "words_cut": -1}
-    return {"train": unknown, "validation": unknown}
 
 
 class TokenClassificationData(TaskData):
