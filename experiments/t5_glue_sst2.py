@@ -23,9 +23,7 @@ only, so these are the reference, not a promise. No figure is claimed: not run o
 2-core CPU.
 """
 
-from jaxformers.config import CheckpointConfig, DataConfig, Experiment, OptimConfig, SampleConfig
-from jaxformers.models.t5 import T5Config
-from jaxformers.tasks import TextToText
+from jaxformers.tasks.text_to_text import t5_finetune_experiment, who_speaks_smoke_test
 
 VARIANTS = {
     "default": "SST-2 from a converted T5.1.1-base checkpoint (TFDS glue/sst2, needs init_from)",
@@ -33,52 +31,10 @@ VARIANTS = {
 }
 
 
-def get_config(variant: str = "default") -> Experiment:
-    exp = Experiment(
-        name="t5_glue_sst2",
-        task=TextToText(targets_length=8, pack=True),
-        model=T5Config.preset("t5.1.1-base", dropout_rate=0.1),
-        data=DataConfig(corpus="glue/sst2", tokenizer="train", seq_len=128),
-        optim=OptimConfig(
-            name="adafactor",
-            lr=1e-3,
-            warmup_steps=0,
-            schedule="constant",
-            weight_decay=0.0,
-            clip_norm=0.0,
-        ),
-        checkpoint=CheckpointConfig(every=5000, keep=3),
-        sample=SampleConfig(max_new_tokens=0),
-        batch_size=128,
-        steps=2**18,
-        eval_every=5000,
-        eval_batches=0,
-        log_every=100,
-    )
+def get_config(variant: str = "default"):
+    exp = t5_finetune_experiment("t5_glue_sst2", "glue/sst2", seq_len=128, targets_length=8)
     if variant == "tiny":
-        exp = exp.smoke_test(
-            model=T5Config.preset(
-                "tiny",
-                vocab_size=512,
-                d_model=32,
-                d_kv=8,
-                d_ff=48,
-                num_heads=2,
-                num_layers=1,
-                num_decoder_layers=1,
-                dropout_rate=0.0,
-                n_positions=64,
-                feed_forward_proj="gated-gelu",
-                tie_word_embeddings=False,
-                scale_decoder_outputs=False,
-            ),
-            data=DataConfig(
-                corpus="shakespeare_who_speaks",
-                tokenizer="sentencepiece",
-                vocab_size=512,
-                seq_len=32,
-            ),
-        )
+        exp = who_speaks_smoke_test(exp)
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r}; choose default or tiny")
     return exp

@@ -24,11 +24,7 @@ dev EM / F1): Small 79.10 / 87.24, Base 85.44 / 92.08, Large 86.66 / 93.79, 3B 8
 figure is claimed: not run on this project's 2-core CPU.
 """
 
-import dataclasses
-
-from jaxformers.config import CheckpointConfig, DataConfig, Experiment, OptimConfig, SampleConfig
-from jaxformers.models.t5 import T5Config
-from jaxformers.tasks import TextToText
+from jaxformers.tasks.text_to_text import t5_finetune_experiment, who_speaks_smoke_test
 
 VARIANTS = {
     "default": "SQuAD v1.1 from a converted T5.1.1-base checkpoint (TFDS squad, needs init_from)",
@@ -36,53 +32,10 @@ VARIANTS = {
 }
 
 
-def get_config(variant: str = "default") -> Experiment:
-    exp = Experiment(
-        name="t5_squad",
-        task=TextToText(targets_length=64, pack=True),
-        model=T5Config.preset("t5.1.1-base", dropout_rate=0.1),
-        data=DataConfig(corpus="squad", tokenizer="train", seq_len=512),
-        optim=OptimConfig(
-            name="adafactor",
-            lr=1e-3,
-            warmup_steps=0,
-            schedule="constant",
-            weight_decay=0.0,
-            clip_norm=0.0,
-        ),
-        checkpoint=CheckpointConfig(every=5000, keep=3),
-        sample=SampleConfig(max_new_tokens=0),
-        batch_size=128,
-        steps=2**18,
-        eval_every=5000,
-        eval_batches=0,
-        log_every=100,
-    )
+def get_config(variant: str = "default"):
+    exp = t5_finetune_experiment("t5_squad", "squad", seq_len=512, targets_length=64)
     if variant == "tiny":
-        exp = exp.smoke_test(
-            model=T5Config.preset(
-                "tiny",
-                vocab_size=512,
-                d_model=32,
-                d_kv=8,
-                d_ff=48,
-                num_heads=2,
-                num_layers=1,
-                num_decoder_layers=1,
-                dropout_rate=0.0,
-                n_positions=64,
-                feed_forward_proj="gated-gelu",
-                tie_word_embeddings=False,
-                scale_decoder_outputs=False,
-            ),
-            data=DataConfig(
-                corpus="shakespeare_who_speaks",
-                tokenizer="sentencepiece",
-                vocab_size=512,
-                seq_len=32,
-            ),
-            task=dataclasses.replace(exp.task, targets_length=8),
-        )
+        exp = who_speaks_smoke_test(exp)
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r}; choose default or tiny")
     return exp

@@ -553,3 +553,70 @@ class TextToTextData(TaskData):
             metrics.update({prefix + m: v for m, v in scores.items()})
             lo += size
         return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The T5 paper's fine-tuning recipe, which the text-to-text experiments share
+
+
+def t5_finetune_experiment(name: str, corpus: str, seq_len: int, targets_length: int):
+    """A T5.1.1-base text-to-text fine-tuning run as Raffel et al. 2020 section 3.1.4: Adafactor
+    at a constant 1e-3, batch 128 packed rows, dropout 0.1, 2^18 steps, an evaluation of the whole
+    dev split every 5,000 (its weights come from ``init_from``)."""
+    from jaxformers.config import (
+        CheckpointConfig,
+        DataConfig,
+        Experiment,
+        OptimConfig,
+        SampleConfig,
+    )
+    from jaxformers.models.t5 import T5Config
+
+    return Experiment(
+        name=name,
+        task=TextToText(targets_length=targets_length, pack=True),
+        model=T5Config.preset("t5.1.1-base", dropout_rate=0.1),
+        data=DataConfig(corpus=corpus, tokenizer="train", seq_len=seq_len),
+        optim=OptimConfig(
+            name="adafactor",
+            lr=1e-3,
+            warmup_steps=0,
+            schedule="constant",
+            weight_decay=0.0,
+            clip_norm=0.0,
+        ),
+        checkpoint=CheckpointConfig(every=5000, keep=3),
+        sample=SampleConfig(max_new_tokens=0),
+        batch_size=128,
+        steps=2**18,
+        eval_every=5000,
+        eval_batches=0,
+        log_every=100,
+    )
+
+
+def who_speaks_smoke_test(exp):
+    """``exp`` as a two-step smoke test (the tests run it): a tiny T5.1.1-shaped model on the
+    embedded plays' who-speaks task, 8 target tokens."""
+    from jaxformers.config import DataConfig
+    from jaxformers.models.t5 import T5Config
+
+    return exp.smoke_test(
+        model=T5Config.preset(
+            "tiny",
+            vocab_size=512,
+            d_model=32,
+            d_kv=8,
+            d_ff=48,
+            num_heads=2,
+            num_layers=1,
+            num_decoder_layers=1,
+            dropout_rate=0.0,
+            n_positions=64,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            scale_decoder_outputs=False,
+        ),
+        data=DataConfig(corpus=WHO_SPEAKS, tokenizer="sentencepiece", vocab_size=512, seq_len=32),
+        task=dataclasses.replace(exp.task, targets_length=8),
+    )
