@@ -76,8 +76,8 @@ def spiece(corpus, tmp_path_factory):
     return train_sentencepiece(list(base.source_texts(corpus["train"])()), prefix, vocab_size=400)
 
 
-def bert_per_doc(src, tok, seed=3, dupe_factor=2, dynamic=False):
-    docs = streaming.LazyDocuments(src, streaming.WordPieceSentences(tok))
+def bert_per_doc(src, tok, seed=3, dupe_factor=2, dynamic=False, **cache):
+    docs = streaming.LazyDocuments(src, streaming.WordPieceSentences(tok), **cache)
     return streaming.BertDocument(docs, tok.vocab, seed, dupe_factor, dynamic, **BERT_ARGS)
 
 
@@ -97,12 +97,18 @@ def assert_same_examples(got, want):
 # ------------------------------------------------------------------------------------- BERT
 
 
-def test_bert_stream_is_the_per_document_algorithm(corpus, wordpiece):
+@pytest.mark.parametrize("cache", ["whole corpus", "one document"])
+def test_bert_stream_is_the_per_document_algorithm(corpus, wordpiece, cache):
     """The pipeline's instances, visit by visit, are exactly google-research/bert's per-document
-    algorithm run on the in-memory tokenized corpus with each document's own random stream."""
+    algorithm run on the in-memory tokenized corpus with each document's own random stream.
+
+    Random B segments read documents not in the token cache sentence by sentence (only the
+    sentences they use are tokenized); with caches of one document every read takes that path
+    and every sentence boundary is recomputed."""
     src = corpus["train"]
     seed, dupe_factor = 3, 2
-    per_doc = bert_per_doc(src, wordpiece, seed, dupe_factor)
+    small = dict(cache_tokens=1, cache_spans=1) if cache == "one document" else {}
+    per_doc = bert_per_doc(src, wordpiece, seed, dupe_factor, **small)
     visits = streaming.visits(len(src), seed, 0, 1)
     n = 400
     got = take(streaming.example_stream(visits.map(per_doc)), n)
@@ -132,6 +138,37 @@ def test_bert_stream_is_the_per_document_algorithm(corpus, wordpiece):
     # Host shards: disjoint documents, together every document once per epoch.
     shards = [{d for _, d in streaming.visits(len(src), seed, p, 3)[:100]} for p in range(3)]
     assert set.union(*shards) == set(range(len(src))) and sum(map(len, shards)) == len(src)
+
+
+def test_random_b_reads_tokenize_only_the_sentences_used(corpus, wordpiece):
+    """A document read for a random B is the whole document's tokens, sentence for sentence,
+    yet only the sentences read are tokenized; sentences that give no token (only format or
+    combining characters) are dropped as the whole-document path drops them."""
+    calls = []
+
+    class Counting(streaming.WordPieceSentences):
+        def encode(self, sentence):
+            calls.append(sentence)
+            return super().encode(sentence)
+
+    to_sentences = Counting(wordpiece)
+    odd = 'Fair sir. \u200b\u200b\n\n"Hark\u0301, 1 2 3! _ Yes. \u0301\u0301'
+    for text in [odd, "\u200b", "", *base.source_texts(corpus["train"])()][:40]:
+        whole = [s for s in to_sentences(text) if s]
+        assert [text[a:b] for a, b in to_sentences.spans(text)] == [
+            s for s in mlm_nsp.sentence_split(text) if wordpiece.encode_batch([s])[0]
+        ]
+        assert [to_sentences.encode(text[a:b]) for a, b in to_sentences.spans(text)] == whole
+    docs = streaming.LazyDocuments(corpus["train"], to_sentences, cache_tokens=1)
+    assert docs.sentences(0) is docs[0]  # whole, until the cache first overflows
+    docs[1]  # overflows: docs[0] is evicted
+    text = streaming.record_text(corpus["train"][5])
+    no_word = [s for s in mlm_nsp.sentence_split(text) if not any(c.isalnum() for c in s)]
+    calls.clear()
+    view = docs.sentences(5)  # boundaries; only sentences without a letter or digit tokenized
+    assert calls == no_word and len(view) == len(docs[5]) > 3
+    calls.clear()
+    assert list(view[2]) == list(docs[5][2]) and len(calls) == 1
 
 
 def test_bert_stream_statistics_match_in_memory(corpus, wordpiece):

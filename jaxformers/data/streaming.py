@@ -39,6 +39,7 @@ import collections
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,6 +54,8 @@ log = logging.getLogger("jaxformers")
 
 # Tokens of tokenized documents kept per process for random B segments (int32: 16 MB).
 CACHE_TOKENS = 1 << 22
+# Sentence boundaries kept for random B segments (two int32 each: 32 MB).
+CACHE_SPANS = 1 << 22
 # T5 packing bins: 1 is the greedy in-order packing of seqio's trim_and_pack (and of
 # ``span_corruption.pack_examples``); more bins pack tighter but mix the order.
 PACKING_BINS = 1
@@ -67,15 +70,36 @@ class LazyDocuments(Sequence):
     access and kept in a small LRU cache (at most ``cache_tokens`` tokens, as int32 arrays).
 
     ``to_sentences(text) -> list of lists of ids``; empty sentences are dropped here.
+
+    ``docs.sentences(i)`` is the same document for reading a few sentences of it (a random B
+    segment): until the token cache first overflows it is ``docs[i]``; after that, a
+    document not in it is a view that tokenizes a sentence only when it is read,
+    its sentence boundaries kept in a second LRU (``cache_spans`` sentences, two int32 each).
+    Without it a corpus larger than the token cache re-tokenized a whole document for every
+    random B: a 10x copy of the plays (a play is a document) gave no batch in 300 s.
     """
 
-    def __init__(self, source, to_sentences: Callable, cache_tokens: int = CACHE_TOKENS):
-        self.source, self.to_sentences, self.cache_tokens = source, to_sentences, cache_tokens
-        self._cache: collections.OrderedDict = collections.OrderedDict()
-        self._tokens = 0
+    def __init__(
+        self,
+        source,
+        to_sentences: Callable,
+        cache_tokens: int = CACHE_TOKENS,
+        cache_spans: int = CACHE_SPANS,
+    ):
+        self.source, self.to_sentences = source, to_sentences
+        self.cache_tokens, self.cache_spans = cache_tokens, cache_spans
+        self._cache, self._tokens, self._evicted = collections.OrderedDict(), 0, False
+        self._spans, self._span_count = collections.OrderedDict(), 0
 
-    def __getstate__(self):  # workers start with an empty cache
-        return {**self.__dict__, "_cache": collections.OrderedDict(), "_tokens": 0}
+    def __getstate__(self):  # workers start with empty caches
+        return {
+            **self.__dict__,
+            "_cache": collections.OrderedDict(),
+            "_tokens": 0,
+            "_evicted": False,
+            "_spans": collections.OrderedDict(),
+            "_span_count": 0,
+        }
 
     def __len__(self) -> int:
         return len(self.source)
@@ -87,29 +111,70 @@ class LazyDocuments(Sequence):
             self._cache.move_to_end(i)
             return doc
         doc = [array.array("i", s) for s in self.to_sentences(record_text(self.source[i])) if s]
-        n = sum(len(s) for s in doc)
+        self._tokens += sum(len(s) for s in doc)
         self._cache[i] = doc
-        self._tokens += n
         while self._tokens > self.cache_tokens and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._tokens -= sum(len(s) for s in old)
+            self._evicted = True
         return doc
 
+    def sentences(self, i) -> Sequence[Sequence[int]]:
+        """Document ``i``'s non-empty sentences, equal to ``docs[i]``, tokenized on access."""
+        i = int(i)
+        doc = self._cache.get(i)
+        if doc is not None:
+            return doc
+        if not self._evicted:  # while the corpus fits, cache documents whole
+            return self[i]
+        text = record_text(self.source[i])
+        spans = self._spans.get(i)
+        if spans is None:
+            spans = np.asarray(self.to_sentences.spans(text), np.int32).reshape(-1, 2)
+            self._span_count += len(spans)
+            self._spans[i] = spans
+            while self._span_count > self.cache_spans and len(self._spans) > 1:
+                self._span_count -= len(self._spans.popitem(last=False)[1])
+        else:
+            self._spans.move_to_end(i)
+        return _SentenceView(text, spans, self.to_sentences)
 
-class _NonEmpty(Sequence):
-    """``docs`` where an empty document reads as the next non-empty one: a random B segment is
-    never drawn from nothing (``create_instances`` drops empty documents before it draws)."""
 
-    def __init__(self, docs):
-        self.docs = docs
+class _SentenceView(Sequence):
+    """A document's sentences ``text[a:b]`` for its spans, each tokenized when first read."""
+
+    def __init__(self, text: str, spans: np.ndarray, to_sentences):
+        self.text, self.spans, self.to_sentences, self._ids = text, spans, to_sentences, {}
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __getitem__(self, j):
+        j = int(j)
+        if j not in self._ids:
+            a, b = self.spans[j]
+            self._ids[j] = self.to_sentences.encode(self.text[a:b])
+        return self._ids[j]
+
+
+class _Corpus(Sequence):
+    """What one document's instances read: the document itself whole (every sentence is used),
+    any other document through ``LazyDocuments.sentences`` (a random B uses a few); an empty
+    document reads as the next non-empty one, so a random B is never drawn from nothing
+    (``create_instances`` drops empty documents before it draws)."""
+
+    def __init__(self, docs: LazyDocuments, own: int):
+        self.docs, self.own = docs, own
 
     def __len__(self) -> int:
         return len(self.docs)
 
     def __getitem__(self, i):
-        for k in range(len(self.docs)):
-            doc = self.docs[(int(i) + k) % len(self.docs)]
-            if doc:
+        n = len(self.docs)
+        for k in range(n):
+            j = (int(i) + k) % n
+            doc = self.docs[j] if j == self.own else self.docs.sentences(j)
+            if len(doc):
                 return doc
         raise ValueError("every document of the corpus is empty: give a corpus with text")
 
@@ -123,6 +188,24 @@ class WordPieceSentences:
     def __call__(self, text: str) -> list[list[int]]:
         sents = mlm_nsp.sentence_split(text)
         return self.tokenizer.encode_batch(sents) if sents else []
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """The spans of the sentences of ``text`` that give at least one token: those of
+        ``self(text)``'s non-empty entries, mostly without tokenizing (a sentence with a letter
+        or digit always gives one; BERT's normaliser removes only control, format and
+        combining characters and whitespace)."""
+        return [
+            (a, b)
+            for a, b in mlm_nsp.sentence_spans(text)
+            if _WORD.search(text, a, b) or self.encode(text[a:b])
+        ]
+
+    def encode(self, sentence: str) -> list[int]:
+        """One sentence's ids (``encode``: half the time of a batch of one)."""
+        return self.tokenizer.encode(sentence)
+
+
+_WORD = re.compile(r"[^\W_]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +238,7 @@ class BertDocument:
             return []
         dupe = 0 if self.dynamic_masking else epoch % self.dupe_factor
         insts = mlm_nsp.document_instances(
-            _NonEmpty(self.docs), doc, self.vocab, seed=self.seed, dupe=dupe, **self.args
+            _Corpus(self.docs, doc), doc, self.vocab, seed=self.seed, dupe=dupe, **self.args
         )
         if self.dynamic_masking:
             insts = [

@@ -547,7 +547,16 @@ def sentence_split(text: str) -> list[str]:
     Returns:
         Stripped, non-empty sentences in order.
     """
-    sentences, start = [], 0
+    return [text[a:b] for a, b in sentence_spans(text)]
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """``sentence_split`` as character spans: ``text[a:b]`` for each ``(a, b)`` is a sentence.
+
+    Streaming BERT data keeps these (two ints a sentence) for documents it reads random B
+    segments from, and tokenizes only the few sentences a segment needs.
+    """
+    spans, start = [], 0
     for m in _BOUNDARY.finditer(text):
         rest = text[m.end() : m.end() + 2]
         if not rest or not (
@@ -556,12 +565,19 @@ def sentence_split(text: str) -> list[str]:
             or (rest[0] in "\"'([\u201c\u2018" and rest[1:2].isalnum())
         ):
             continue
-        word = _WORD_BEFORE.search(text[start : m.start() + 1])
+        word = _WORD_BEFORE.search(text, start, m.start() + 1)
         if m.group().startswith(".") and word:
             stem = word.group(1).lower().rstrip(".").lstrip("\"'([")
             if stem in _ABBREVIATIONS or (len(stem) == 1 and stem.isalpha()):
                 continue
-        sentences.append(text[start : m.end()].strip())
+        spans.append(_stripped(text, start, m.end()))
         start = m.end()
-    sentences.append(text[start:].strip())
-    return [s for s in sentences if s]
+    spans.append(_stripped(text, start, len(text)))
+    return [(a, b) for a, b in spans if b > a]
+
+
+def _stripped(text: str, a: int, b: int) -> tuple[int, int]:
+    """The span of ``text[a:b].strip()``."""
+    piece = text[a:b]
+    start = a + len(piece) - len(piece.lstrip())
+    return start, max(start, a + len(piece.rstrip()))
