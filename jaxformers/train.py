@@ -494,7 +494,12 @@ class Trainer:
             )
         self.model = models.build_model(exp.model)
         self.objective = exp.task
-        self.data = data if data is not None else self._build_data_in_turn()
+        if data is None:
+            # Under the run's lock: a second run started on a busy workdir stops here, before
+            # it trains a tokenizer or writes token files over those of the run in progress.
+            with WorkdirLock(self.workdir):
+                data = self._build_data_in_turn()
+        self.data = data
         # A budget in tokens or epochs becomes a number of steps once the data is known.
         exp = self.exp = exp.resolve_steps(
             exp.batch_size * self.data.tokens_per_example, self.data.steps_per_epoch(exp)

@@ -270,7 +270,10 @@ def test_tokenizer_load_errors(tmp_path):
         BPETokenizer.load(str(tmp_path / "vocab.json"))
 
 
-def test_token_file_is_documents_joined_by_eos(trained, tmp_path):
+@pytest.mark.parametrize("encode_chars", [1 << 20, 20])
+def test_token_file_is_documents_joined_by_eos(trained, tmp_path, monkeypatch, encode_chars):
+    """Also when the text is tokenized in several calls (``ENCODE_CHARS`` of text each)."""
+    monkeypatch.setattr(pipeline, "ENCODE_CHARS", encode_chars)
     docs = ["first document.\n", "ünïcödé second", "", "third one\n\n"]
     path = str(tmp_path / "tokens.bin")
     toks = pipeline.token_file(

@@ -23,6 +23,9 @@ import numpy as np
 
 from jaxformers.data.sources import record_text
 
+# Text tokenized per call when a corpus is written as tokens (a document longer is one call).
+ENCODE_CHARS = 1 << 20
+
 
 def token_file(
     texts: Iterable[str], encode_batch: Callable, eos_id: int, path: str, vocab_size: int
@@ -33,11 +36,15 @@ def token_file(
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
             batch: list[str] = []
+            chars = 0
             for text in texts:
                 batch.append(text)
-                if len(batch) == 64:
+                chars += len(text)
+                # Bounded by text, not documents: the tokenizer's encodings take ~100 bytes a
+                # token, so 64 documents of a play each (10 MB of text) held ~1 GB at once.
+                if len(batch) == 64 or chars >= ENCODE_CHARS:
                     _write(f, encode_batch(batch), eos_id, dtype)
-                    batch = []
+                    batch, chars = [], 0
             _write(f, encode_batch(batch), eos_id, dtype)
         os.replace(tmp, path)
     return np.memmap(path, dtype=dtype, mode="r")
