@@ -8,7 +8,7 @@ this module:
 - small files (``model.json``, the tokenizer, ``metrics.jsonl``, plots): read and written whole. An
   object store has no rename, but an object appears only once its upload is complete, so a whole
   write is already atomic there; locally a write goes to a temporary file that is renamed.
-- files that libraries open by name (array_record datasets, token memmaps, tokenizer models) are
+- files that libraries open by name (array_record datasets, token files, tokenizer models) are
   staged: ``mirror`` names a local folder for a remote one (under ``$JAXFORMERS_CACHE``, default
   ``~/.cache/jaxformers/remote``), ``download`` fills it, ``upload`` sends what was made there.
 - the one-run-per-workdir lock: ``fcntl`` on a local disk; on object storage an object created with

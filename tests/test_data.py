@@ -289,6 +289,23 @@ def test_token_file_is_documents_joined_by_eos(trained, tmp_path, monkeypatch, e
     assert again.tolist() == want
 
 
+def test_token_file_reads_by_position_like_the_array(tmp_path):
+    """TokenFile (positioned reads, no mapping) gives what the whole array gives, also after
+    pickling into a worker."""
+    import pickle
+
+    ref = np.random.default_rng(0).integers(0, 65535, 4099).astype(np.uint16)
+    ref.tofile(tmp_path / "t.bin")
+    toks = pipeline.TokenFile(str(tmp_path / "t.bin"), np.uint16)
+    assert len(toks) == len(ref) and toks.dtype == np.uint16
+    for a, b in [(0, 7), (4090, 5000), (-5, None), (100, 50), (None, None)]:
+        np.testing.assert_array_equal(toks[a:b], ref[a:b])
+    assert toks[-1] == ref[-1] and toks[17] == ref[17]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(toks))[33:77], ref[33:77])
+    with pytest.raises(IndexError):
+        toks[len(ref)]
+
+
 # ------------------------------------------------------------------------------------- batches
 
 SEQ = 5
