@@ -10,8 +10,12 @@ Workloads (the yardstick; random weights, dropout 0, AdamW at a constant lr 1e-4
        t5-decode small 128 -> 64 greedy, batch 1 and 8
   gpu: gpt2-train 124M 16 x 1024 bf16 | bert-train base 64 x 512 bf16 |
        t5-train base 64 x 512 -> 114 bf16
+  tiny: the tiny presets at 2 x 32 (a smoke test of the GPU scripts' commands on a CPU)
 
 Timing: median of ``--steps`` (>= 10) steps after two warm-up steps; compile time separately.
+The JSON also holds the device's peak memory in use (``peak_memory_bytes``, where the device
+reports it), XLA's memory analysis of the compiled train step (``compiled_memory_bytes``) and the
+XLA flags of the run (the accelerator's, ``perf.accelerator_xla_flags``, after the user's own).
 MFU = model FLOPs per step / (step time x peak), model FLOPs as perf.py defines them; the peak is
 the device table's (dense bf16) on accelerators, and on a CPU the f32 (or bf16) 2048^3 matmul peak
 measured in the same run. ``--peer torch`` runs transformers' PyTorch model on the same workload in
@@ -54,6 +58,10 @@ WORKLOADS = {
     ("bert", "gpu"): dict(preset="base", batch=64, lengths=(512, 76), dtype="bfloat16"),
     ("t5", "cpu"): dict(preset="t5-small", batch=8, lengths=(128, 32), dtype="float32"),
     ("t5", "gpu"): dict(preset="t5-base", batch=64, lengths=(512, 114), dtype="bfloat16"),
+    # A smoke test of the GPU scripts' commands on a CPU (SIZE=tiny bash benchmarks/gpu.sh).
+    ("gpt2", "tiny"): dict(preset="tiny", batch=2, lengths=(32,), dtype="float32"),
+    ("bert", "tiny"): dict(preset="tiny", batch=2, lengths=(32, 5), dtype="float32"),
+    ("t5", "tiny"): dict(preset="tiny", batch=2, lengths=(32, 8), dtype="float32"),
 }
 # Decoding: prompt (GPT-2) or encoder input (T5) length, new tokens, and the range of token ids
 # drawn.
@@ -86,6 +94,16 @@ def peak_memory_bytes() -> int | None:
         return None
 
 
+def memory_analysis_bytes(compiled) -> dict | None:
+    """XLA's memory analysis of a compiled step: bytes of its arguments, outputs (``alias``: those
+    that reuse a donated argument's buffer) and temporaries; None where the backend has none."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    fields = ("argument", "output", "alias", "temp", "generated_code")
+    return {f: int(getattr(mem, f"{f}_size_in_bytes")) for f in fields}
+
+
 def model_config(family_name: str, preset: str, **overrides):
     """The family's preset with dropout off and ``overrides`` (plus JAXFORMERS_BENCH_MODEL's, JSON,
     e.g. '{"remat": "full"}', for experiments with the levers)."""
@@ -94,17 +112,17 @@ def model_config(family_name: str, preset: str, **overrides):
     return family.config_class.preset(preset, **{**_NO_DROPOUT[family_name], **overrides, **extra})
 
 
-def build(family_name: str, size: str, w: dict):
-    """(model, task, data): the family's default task on one fixed random batch."""
+def build(family_name: str, size: str, w: dict, **overrides):
+    """(model, task, data): the family's default task on one fixed random batch; ``overrides``
+    replace the workload's model settings (compile_depth.py: ``scan_layers``)."""
     gpu = jax.devices()[0].platform == "gpu"
-    c = model_config(
-        family_name,
-        w["preset"],
+    settings = dict(
         attention_impl="cudnn" if gpu else "xla",
         scan_layers=size == "gpu",
         dtype=w["dtype"],
         param_dtype="float32",
     )
+    c = model_config(family_name, w["preset"], **{**settings, **overrides})
     family = models.of_config(c)
     task = tasks.get(family.default_task)()
     return family.build(c), task, synthetic_data(task, c, w["batch"], w["lengths"])
@@ -129,6 +147,8 @@ def jax_train(model_name: str, size: str, steps: int) -> dict:
 
     peak, src = perf.peak_tflops(0.0, w["dtype"])  # a CPU's is measured before the work ...
     first, med, times = timed(run, steps)
+    # The step is compiled by now: lowering it again for its memory analysis hits jax's cache.
+    compiled_memory = memory_analysis_bytes(step.lower(box["s"], batch, rng).compile())
     if src.startswith(perf.MEASURED):  # ... and after it: the better is the peak
         peak = perf.best_measured(peak, w["dtype"])
     n_dev = 1
@@ -155,6 +175,8 @@ def jax_train(model_name: str, size: str, steps: int) -> dict:
         "mfu": perf.mfu(flops, med, peak, n_dev),
         "mfu_valid": perf.mfu_is_valid(perf.mfu(flops, med, peak, n_dev)),
         "peak_memory_bytes": peak_memory_bytes(),
+        "compiled_memory_bytes": compiled_memory,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "loss_last": float(run()),
         **cpu_peaks,
     }
@@ -275,6 +297,8 @@ def jax_decode(model_name: str, steps: int, batch: int) -> dict:
         "seconds_median": med,
         "compile_seconds": first - med,
         "new_tokens_per_second": batch * new / med,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     if jax.devices()[0].platform == "cpu":
         # Roofline of one decode step: every weight the step uses is read once per step (T5: the
@@ -374,12 +398,21 @@ def main() -> None:
     p.add_argument("--model", choices=sorted(models.FAMILIES), required=True)
     p.add_argument("--what", choices=["train", "decode", "compile"], required=True)
     p.add_argument(
-        "--size", choices=["cpu", "gpu"], default=None, help="default: gpu on a GPU, else cpu"
+        "--size",
+        choices=["cpu", "gpu", "tiny"],
+        default=None,
+        help="default: gpu on a GPU, else cpu (tiny: a smoke test)",
     )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peer", choices=["torch"], default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--decode-batches", type=int, nargs="+", default=[1, 8], help="decode batch sizes"
+    )
     a = p.parse_args()
+    # The accelerator's XLA flags (perf.accelerator_xla_flags), as the CLI sets them, before jax
+    # starts its backends; JAXFORMERS_XLA_FLAGS=0 measures without them.
+    perf.apply_xla_flags()
     load_start = os.getloadavg()
     size = a.size or ("gpu" if jax.devices()[0].platform == "gpu" else "cpu")
     steps = max(a.steps, 10) if a.what == "train" else a.steps
@@ -401,7 +434,7 @@ def main() -> None:
             )
             results.append(peer)
     else:
-        for b in (1, 8):
+        for b in a.decode_batches:
             r = jax_decode(a.model, steps, b)
             results.append(r)
             if a.peer == "torch":

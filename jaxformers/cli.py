@@ -528,6 +528,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet_logs()
+    perf.apply_xla_flags()  # the accelerator's XLA flags, before jax starts its backends
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:

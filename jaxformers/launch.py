@@ -16,6 +16,8 @@ import os
 import jax
 from jax.experimental import multihost_utils
 
+from jaxformers import perf
+
 _done = False
 
 
@@ -31,8 +33,11 @@ def _cluster_detected() -> bool:
 def initialize(
     coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> bool:
-    """Starts the multi-process runtime when this is a multi-host run; returns whether it did."""
+    """Starts the multi-process runtime when this is a multi-host run; returns whether it did.
+    Also sets the accelerator's XLA flags (``perf.apply_xla_flags``), which must precede the
+    backends' start as this does."""
     global _done
+    perf.apply_xla_flags()
     if _done:
         return True
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import subprocess
 import time
 import warnings
 
@@ -128,3 +130,83 @@ def describe_mfu(value: float) -> str:
     if not mfu_is_valid(value):
         return f"invalid ({value:.0%} > 100%: the peak is too low)"
     return f"{value:.1%}"
+
+
+# ------------------------------------------------------------------------- XLA flags per device
+
+# NVIDIA GPUs: the latency-hiding scheduler orders the program so that collectives and async
+# copies overlap compute (NVIDIA's JAX images set it by default; XLA's default is off). The
+# highest-priority async stream lets those collectives run beside compute kernels instead of
+# queuing behind them. Both matter most across devices; benchmarks/gpu_levers.sh measures a
+# single GPU with and without them (the ``no_xla_flags`` lever) and candidates not yet chosen.
+_NVIDIA_GPU_FLAGS = (
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "--xla_gpu_enable_highest_priority_async_stream=true",
+)
+# Set to 0 (or "none") to start without the flags below (what a lever measures against).
+XLA_FLAGS_ENV = "JAXFORMERS_XLA_FLAGS"
+
+
+def accelerator_xla_flags(device_kind: str) -> list[str]:
+    """The XLA flags chosen for ``device_kind`` (jax's ``device_kind``, which for CUDA devices is
+    also nvidia-smi's name): the one place that chooses them. NVIDIA GPUs get the flags above;
+    CPUs and TPUs none (TPU compiler flags travel in ``LIBTPU_INIT_ARGS``, not chosen here)."""
+    kind = device_kind.strip()
+    if kind.startswith(("NVIDIA", "Tesla", "Quadro")):
+        return list(_NVIDIA_GPU_FLAGS)
+    return []
+
+
+def merge_xla_flags(current: str, flags: list[str]) -> str:
+    """``current`` (XLA_FLAGS as the user set it) with ``flags`` appended, except those whose
+    name the user already set: the user's value wins, and nothing of theirs is dropped."""
+    return " ".join([current.strip(), *_flags_not_in(current, flags)]).strip()
+
+
+def _flags_not_in(current: str, flags: list[str]) -> list[str]:
+    names = {f.split("=", 1)[0] for f in current.split()}
+    return [f for f in flags if f.split("=", 1)[0] not in names]
+
+
+def gpu_kind_before_backend() -> str | None:
+    """The first visible NVIDIA GPU's name from nvidia-smi, without starting jax's backends
+    (XLA reads XLA_FLAGS once, when the first backend starts); None without a CUDA GPU or when
+    JAX_PLATFORMS leaves GPUs out."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms and not any(p in platforms for p in ("cuda", "gpu")):
+        return None
+    cmd = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    if first.isdigit():
+        cmd += ["-i", first]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    return lines[0] if lines else None
+
+
+def apply_xla_flags(device_kind: str | None = None) -> list[str]:
+    """Adds ``accelerator_xla_flags`` for this machine's accelerator (``device_kind``, or found
+    before jax starts) to the XLA_FLAGS environment variable, after the user's own; returns the
+    flags added. Call before anything touches a device: the CLI and ``launch.initialize`` do,
+    and so do the benchmarks. JAXFORMERS_XLA_FLAGS=0 turns it off."""
+    if os.environ.get(XLA_FLAGS_ENV, "1").strip().lower() in ("0", "none", "false", "off"):
+        return []
+    from jax._src import xla_bridge  # no public query whether the backends have started
+
+    kind = device_kind if device_kind is not None else gpu_kind_before_backend()
+    current = os.environ.get("XLA_FLAGS", "")
+    added = _flags_not_in(current, accelerator_xla_flags(kind) if kind else [])
+    if not added:
+        return []
+    if xla_bridge.backends_are_initialized():
+        warnings.warn(
+            f"jax's backends have started: XLA flags {added} would be ignored, so they are not "
+            "set; call perf.apply_xla_flags() before the first jax computation",
+            stacklevel=2,
+        )
+        return []
+    os.environ["XLA_FLAGS"] = merge_xla_flags(current, added)
+    return added

@@ -1,6 +1,10 @@
 """MFU arithmetic, the CPU yardsticks the benchmarks divide by, and the NSP baselines'
 arithmetic."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from jaxformers import perf
@@ -100,3 +104,82 @@ def test_unknown_device_warns_and_reports_mfu_unknown(monkeypatch):
         peak, src = perf.peak_tflops()
     assert peak == 0.0 and src.startswith("unknown")
     assert perf.describe_mfu(perf.mfu(1e12, 1.0, peak, 1)) == "unknown"
+
+
+_LHS = "--xla_gpu_enable_latency_hiding_scheduler"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-40GB", "Tesla V100-SXM2-16GB"],
+)
+def test_xla_flags_chosen_for_nvidia_gpus(kind):
+    assert f"{_LHS}=true" in perf.accelerator_xla_flags(kind)
+
+
+@pytest.mark.parametrize("kind", ["cpu", "TPU v5 lite", "TPU v4", ""])
+def test_no_xla_flags_for_cpus_and_tpus(kind):
+    assert perf.accelerator_xla_flags(kind) == []
+
+
+def test_user_xla_flags_are_kept_and_win():
+    user = f"--xla_force_host_platform_device_count=8 {_LHS}=false"
+    merged = perf.merge_xla_flags(user, [f"{_LHS}=true", "--xla_gpu_triton_gemm_any=true"])
+    # The user's flags first and unchanged (their false beats our true), ours appended.
+    assert merged == f"{user} --xla_gpu_triton_gemm_any=true"
+    assert perf.merge_xla_flags("", ["--a=1"]) == "--a=1"
+
+
+def test_apply_xla_flags_in_a_fresh_process_keeps_the_users_and_jax_accepts_them():
+    """Before jax starts: the H100's flags go after the user's XLA_FLAGS, and this jaxlib knows
+    every one of them (an unknown flag in XLA_FLAGS aborts the process)."""
+    code = (
+        "from jaxformers import perf; import os, jax, jax.numpy as jnp;"
+        "added = perf.apply_xla_flags('NVIDIA H100 80GB HBM3');"
+        "print(float(jax.jit(lambda x: x + 1)(jnp.ones(())))); print(added); "
+        "print(os.environ['XLA_FLAGS'])"
+    )
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_fast_math=false", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    env.pop(perf.XLA_FLAGS_ENV, None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    value, added, flags = out.stdout.strip().splitlines()[-3:]
+    assert value == "2.0" and f"{_LHS}=true" in added
+    assert flags.startswith("--xla_cpu_enable_fast_math=false ") and f"{_LHS}=true" in flags
+    env[perf.XLA_FLAGS_ENV] = "0"  # the levers' "without": nothing added
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-2:] == [
+        "[]",
+        "--xla_cpu_enable_fast_math=false",
+    ]
+
+
+def test_apply_xla_flags_after_the_backends_started_warns_and_sets_nothing(monkeypatch):
+    import jax.numpy as jnp
+
+    jnp.ones(()).block_until_ready()  # the backends have started
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    monkeypatch.delenv("JAXFORMERS_XLA_FLAGS", raising=False)
+    with pytest.warns(UserWarning, match="backends have started"):
+        assert perf.apply_xla_flags("NVIDIA H100 80GB HBM3") == []
+    assert perf.apply_xla_flags("cpu") == []  # nothing to add: no warning either
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+
+
+def test_no_gpu_looked_for_when_jax_platforms_excludes_it(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setattr(perf.subprocess, "run", lambda *a, **k: pytest.fail("nvidia-smi ran"))
+    assert perf.gpu_kind_before_backend() is None
+
+
+def test_gpu_scripts_parse():
+    here = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    for name in ("gpu.sh", "gpu_levers.sh"):
+        r = subprocess.run(["bash", "-n", os.path.join(here, name)], capture_output=True, text=True)
+        assert r.returncode == 0, (name, r.stderr)

@@ -666,3 +666,35 @@ def test_untied_head_initialised_by_fan_in_as_t5x():
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     nll = logz - np.take_along_axis(logits, y[..., None], -1)[..., 0]
     assert abs(nll.mean() - np.log(c.vocab_size)) < 1.0
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_fused_attention_with_relative_bias_matches_the_einsums(variant):
+    """``attention_impl="auto"`` routes every T5 attention through ``jax.nn.dot_product_attention``
+    (cuDNN on a GPU, XLA's implementation here) with the relative-position bias as its ``bias``,
+    the padding masks as its ``mask`` and ``is_causal`` in the decoder: the same logits and the
+    same gradients, the bias tables' included, as the einsum path."""
+    ids, mask, dec, dmask = make_inputs()
+    models = {
+        impl: T5ForConditionalGeneration(
+            T5Config(**ODD, **VARIANTS[variant], dropout_rate=0.0, attention_impl=impl)
+        )
+        for impl in ("xla", "auto")
+    }
+    params = jax.tree.map(lambda x: 0.2 * x, random_params(models["xla"], ids, dec))
+    w = np.random.default_rng(1).standard_normal((B, T_DEC, ODD["vocab_size"]), np.float32)
+
+    def loss(model, p):  # a fixed random projection of the logits: every logit matters
+        return jnp.sum(w * model.apply({"params": p}, ids, dec, mask, dmask))
+
+    out = {
+        impl: jax.jit(jax.value_and_grad(functools.partial(loss, m)))(params)
+        for impl, m in models.items()
+    }
+    (lx, gx), (la, ga) = out["xla"], out["auto"]
+    assert float(la) == pytest.approx(float(lx), rel=1e-5)
+    for path, a in jax.tree_util.tree_leaves_with_path(ga):
+        x = functools.reduce(lambda t, k: t[k.key], path, gx)
+        assert rel_err(np.asarray(a), np.asarray(x)) < 1e-4, jax.tree_util.keystr(path)
+    bias_grads = [k for k, _ in jax.tree_util.tree_leaves_with_path(ga) if "relative" in str(k)]
+    assert len(bias_grads) == 2  # encoder's and decoder's tables: the bias gradient flows
