@@ -391,6 +391,64 @@ def compile_times() -> dict:
     return {"workload": "gpt2-124m-width train_step compile", "results": out}
 
 
+# transformers 4.57's Flax models (the last HF Flax release) run by the peer script beside this
+# repository (``../shared/peers``), in an environment of their own: they need jax <= 0.9 (T5's
+# Flax code calls jnp.clip(a_max=), which jax 0.10 removed).
+HF_FLAX_SCRIPT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "peers", "hf_flax.py"
+)
+
+
+def _hf_flax(model_name: str, what: str, batches: str = "1,8") -> dict:
+    import subprocess
+
+    python = os.environ.get(
+        "JAXFORMERS_HF_FLAX_PYTHON",
+        os.path.join(os.path.dirname(HF_FLAX_SCRIPT), "..", "..", ".venv-hf-flax", "bin", "python"),
+    )
+    if not (os.path.exists(python) and os.path.exists(HF_FLAX_SCRIPT)):
+        raise SystemExit(
+            f"--peer hf-flax needs {HF_FLAX_SCRIPT} and its environment at {python} "
+            "(../shared/peers/README.md says how to make it; or set JAXFORMERS_HF_FLAX_PYTHON)"
+        )
+    cmd = [python, HF_FLAX_SCRIPT, "--model", model_name, "--what", what, "--batches", batches]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
+    if p.returncode or not lines:
+        raise SystemExit(f"the hf-flax peer failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def hf_flax_train(model_name: str, size: str, steps: int) -> dict:
+    if size != "cpu":
+        raise SystemExit("--peer hf-flax runs the CPU workloads only")
+    r = _hf_flax(model_name, "train")
+    return {
+        "framework": "transformers-flax",
+        "jax": r["versions"]["jax"],
+        "transformers": r["versions"]["transformers"],
+        "workload": f"{model_name}-train",
+        "step_seconds_median": r["median_s_per_step"],
+        "tokens_per_second": r["tokens_per_s"],
+        "probe": r.get("probe"),
+    }
+
+
+def hf_flax_decode(model_name: str, steps: int, batch: int) -> dict:
+    r = _hf_flax(model_name, "decode", str(batch))
+    b = r["per_batch"][str(batch)]
+    return {
+        "framework": "transformers-flax",
+        "jax": r["versions"]["jax"],
+        "transformers": r["versions"]["transformers"],
+        "workload": f"{model_name}-decode",
+        "batch": batch,
+        "seconds_median": b["median_s"],
+        "new_tokens_per_second": b["new_tokens_per_s"],
+        "probe": b.get("probe"),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -404,7 +462,14 @@ def main() -> None:
         help="default: gpu on a GPU, else cpu (tiny: a smoke test)",
     )
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--peer", choices=["torch"], default=None)
+    p.add_argument(
+        "--peer",
+        choices=["torch", "hf-flax"],
+        default=None,
+        help="torch: transformers' PyTorch model in this process; hf-flax: transformers 4.57's "
+        "Flax model through ../shared/peers/hf_flax.py in its own environment "
+        "($JAXFORMERS_HF_FLAX_PYTHON, default ../.venv-hf-flax/bin/python), run right after",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--decode-batches", type=int, nargs="+", default=[1, 8], help="decode batch sizes"
@@ -422,8 +487,8 @@ def main() -> None:
         return
     if a.what == "train":
         results.append(jax_train(a.model, size, steps))
-        if a.peer == "torch":
-            peer = torch_train(a.model, size, steps)
+        if a.peer:
+            peer = (torch_train if a.peer == "torch" else hf_flax_train)(a.model, size, steps)
             ours = results[0]
             peer["ratio_jaxformers_over_peer"] = (
                 ours["tokens_per_second"] / peer["tokens_per_second"]
@@ -437,8 +502,8 @@ def main() -> None:
         for b in a.decode_batches:
             r = jax_decode(a.model, steps, b)
             results.append(r)
-            if a.peer == "torch":
-                peer = torch_decode(a.model, steps, b)
+            if a.peer:
+                peer = (torch_decode if a.peer == "torch" else hf_flax_decode)(a.model, steps, b)
                 peer["ratio_jaxformers_over_peer"] = (
                     r["new_tokens_per_second"] / peer["new_tokens_per_second"]
                 )
