@@ -104,6 +104,8 @@ def build(family_name: str, size: str, w: dict):
         scan_layers=size == "gpu",
         dtype=w["dtype"],
         param_dtype="float32",
+        # The cpu size keeps the real vocabulary: its peers (transformers) run the same shapes.
+        vocab_pad_multiple=perf.default_vocab_pad_multiple() if size == "gpu" else 1,
     )
     family = models.of_config(c)
     task = tasks.get(family.default_task)()
