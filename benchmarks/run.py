@@ -121,6 +121,8 @@ def build(family_name: str, size: str, w: dict, **overrides):
         scan_layers=size == "gpu",
         dtype=w["dtype"],
         param_dtype="float32",
+        # The cpu size keeps the real vocabulary: its peers (transformers) run the same shapes.
+        vocab_pad_multiple=perf.default_vocab_pad_multiple() if size == "gpu" else 1,
     )
     c = model_config(family_name, w["preset"], **{**settings, **overrides})
     family = models.of_config(c)

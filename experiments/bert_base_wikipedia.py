@@ -19,6 +19,7 @@ project's 2-core CPU. The tiny variant runs the same code path on the embedded c
 
 import dataclasses
 
+from jaxformers import perf
 from jaxformers.config import (
     CheckpointConfig,
     DataConfig,
@@ -51,6 +52,9 @@ def get_config(variant: str = "default") -> Experiment:
             scan_layers=True,
             remat="save_dots",
             attention_impl="auto",
+            # The accelerators' padding, fixed here rather than read off the machine: the
+            # params' shapes must not change when a run resumes on another platform.
+            vocab_pad_multiple=perf.VOCAB_PAD_MULTIPLE["gpu"],
         ),
         data=DataConfig(
             corpus="tfds:wikipedia/20230601.en", tokenizer="bert-base-uncased", seq_len=128

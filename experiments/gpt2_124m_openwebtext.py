@@ -18,6 +18,7 @@ device on 8 devices). Not run here: the 2-core CPU of this project's CI runs the
 
 import dataclasses
 
+from jaxformers import perf
 from jaxformers.config import (
     CheckpointConfig,
     DataConfig,
@@ -48,6 +49,9 @@ def get_config(variant: str = "default") -> Experiment:
             scan_layers=True,
             remat="save_dots",
             attention_impl="auto",
+            # The accelerators' padding, fixed here rather than read off the machine: the
+            # params' shapes must not change when a run resumes on another platform.
+            vocab_pad_multiple=perf.VOCAB_PAD_MULTIPLE["gpu"],
         ),
         data=DataConfig(corpus="tfds:openwebtext", tokenizer="gpt2", seq_len=1024),
         optim=OptimConfig(

@@ -16,6 +16,7 @@ the embedded corpus.
 
 import dataclasses
 
+from jaxformers import perf
 from jaxformers.config import (
     CheckpointConfig,
     DataConfig,
@@ -47,6 +48,9 @@ def get_config(variant: str = "default") -> Experiment:
             param_dtype="float32",
             scan_layers=True,
             remat="save_dots",
+            # The accelerators' padding, fixed here rather than read off the machine: the
+            # params' shapes must not change when a run resumes on another platform.
+            vocab_pad_multiple=perf.VOCAB_PAD_MULTIPLE["gpu"],
         ),
         data=DataConfig(corpus="tfds:c4/en", tokenizer="t5_spiece.model", seq_len=512),
         optim=OptimConfig(

@@ -96,6 +96,23 @@ def _paths(tree: Any) -> set[tuple[str, ...]]:
     return {tuple(k.key for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _vocab_rows(shape: tuple[int, ...], w: layers.HFWeight, rows: int) -> tuple[int, ...]:
+    """``shape`` with ``rows`` on the weight's vocabulary axis (if it has one)."""
+    if w.vocab_axis is None:
+        return tuple(shape)
+    return tuple(rows if i == w.vocab_axis else n for i, n in enumerate(shape))
+
+
+def _pad_vocab(x: np.ndarray, w: layers.HFWeight, shape: tuple[int, ...]) -> np.ndarray:
+    """transformers' vocabulary rows -> our ``shape``: the padding rows
+    (``vocab_pad_multiple``) are zeros; they never reach an output."""
+    if w.vocab_axis is None or x.shape[w.vocab_axis] == shape[w.vocab_axis]:
+        return x
+    pad = [(0, 0)] * x.ndim
+    pad[w.vocab_axis] = (0, shape[w.vocab_axis] - x.shape[w.vocab_axis])
+    return np.pad(x, pad)
+
+
 def params_from_hf(tensors: dict[str, np.ndarray], config: Any) -> dict:
     """transformers' tensors -> our params for ``config`` (its head, ``scan_layers`` layout).
 
@@ -119,9 +136,9 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: Any) -> dict:
             raise RuntimeError(
                 f"{fam.name}'s hf_weights names {w.path} ({w.name}), which the model does not have"
             ) from None
-        leaves.append(
-            (w.path, _from_hf(tensors[name], w.layout, shape if index is None else shape[1:], name))
-        )
+        shape = shape if index is None else shape[1:]
+        x = _from_hf(tensors[name], w.layout, _vocab_rows(shape, w, config.vocab_size), name)
+        leaves.append((w.path, _pad_vocab(x, w, shape)))
     params = layers.params_from_leaves(leaves, config.scan_layers)
     if _paths(params) != _paths(shapes):
         raise RuntimeError(
@@ -143,7 +160,8 @@ def params_to_hf(params: Any, config: Any) -> dict[str, np.ndarray]:
     """Our params (or any tree of their structure, e.g. gradients) -> {transformers' name: array}.
 
     Only the names the family's table gives are written: tied weights are left out, as
-    transformers saves them.
+    transformers saves them. Vocabulary padding (``vocab_pad_multiple``) is dropped: transformers
+    gets ``vocab_size`` rows.
     """
     fam = models.of_config(config)
     params = nn.meta.unbox(params)
@@ -156,6 +174,8 @@ def params_to_hf(params: Any, config: Any) -> dict[str, np.ndarray]:
                 f"the params have nothing at {w.path} for {w.name!r}: they are not those of "
                 f"the {type(config).__name__} given (another head or layout?)"
             ) from None
+        if w.vocab_axis is not None:
+            x = np.take(np.asarray(x), np.arange(config.vocab_size), axis=w.vocab_axis)
         out[w.name] = _to_hf(x, w.layout)
         used.add(layers.layer_path(w.path, config.scan_layers)[0])
     if _paths(params) - used:

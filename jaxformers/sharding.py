@@ -12,6 +12,7 @@ the mesh axes ``("data", "fsdp", "tensor")``:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,14 +91,28 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules=LOGICAL_RULES) -> 
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
+class ReplicationWarning(UserWarning):
+    """A large array is replicated over a mesh axis its rules meant to split it over."""
+
+
+# Arrays of at least this many elements (4 MiB in float32) are large: replicating one of their
+# dims costs real memory (GPT-2 124M's token embedding has 38.6M). Smaller ones (biases, norms,
+# the tests' tiny odd-sized models) are replicated without a word.
+LARGE_ARRAY_ELEMENTS = 1 << 20
+
+
 def fit_to_shapes(shardings: Any, abstract: Any) -> Any:
     """Drops the mesh axes of any dimension they do not divide (that dimension is replicated).
 
     GPT-2's vocabulary of 50257 or a head count of 5 cannot split over a tensor axis of 2; rather
-    than failing inside the jitted init, such a dimension stays whole on every device.
+    than failing inside the jitted init, such a dimension stays whole on every device. For a large
+    array (``LARGE_ARRAY_ELEMENTS``) that costs memory on every device, so it warns
+    (``ReplicationWarning``) naming the array and the fix: ``vocab_pad_multiple`` in the model
+    config for a vocabulary, else sizes that divide the mesh axis.
     """
+    replicated_dims = []
 
-    def fit(sh, x):
+    def fit(path, sh, x):
         if not isinstance(sh, NamedSharding):
             return sh
         spec = list(sh.spec) + [None] * (len(x.shape) - len(sh.spec))
@@ -107,9 +122,25 @@ def fit_to_shapes(shardings: Any, abstract: Any) -> Any:
             size = math.prod(sh.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
             if x.shape[i] % size:
                 spec[i] = None
+                if math.prod(x.shape) >= LARGE_ARRAY_ELEMENTS:
+                    replicated_dims.append(
+                        f"{jax.tree_util.keystr(path)} {tuple(x.shape)}: dim {i} ({x.shape[i]}) "
+                        f"over {axes} ({size})"
+                    )
         return NamedSharding(sh.mesh, P(*spec))
 
-    return jax.tree.map(fit, shardings, abstract)
+    out = jax.tree_util.tree_map_with_path(fit, shardings, abstract)
+    if replicated_dims:
+        warnings.warn(
+            "these large arrays are replicated where the sharding rules split them, since the "
+            f"mesh axis does not divide the dimension: {'; '.join(replicated_dims)}. For the "
+            "vocabulary set the model config's vocab_pad_multiple (e.g. 128, what "
+            "jaxformers.perf.default_vocab_pad_multiple picks on accelerators: the outputs stay "
+            "over vocab_size); otherwise choose sizes (heads, MLP width) the mesh axis divides",
+            ReplicationWarning,
+            stacklevel=2,
+        )
+    return out
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -909,7 +909,18 @@ def load_pretrained(path: str, params: dict, config: Any) -> tuple[dict, list[st
     by ``inference.load``) merged into ``params``, the fresh ones of a model of ``config``
     (``merge_pretrained``). Returns (merged params, paths left freshly initialised)."""
     _, loaded, _ = inference.load(path)
-    return merge_pretrained(params, jax.device_get(loaded), base=models.of_config(config).base)
+    family = models.of_config(config)
+    vocab_axes = {
+        "/".join(layers.layer_path(w.path, config.scan_layers)[0]): w.vocab_axis
+        for w in family.module.hf_weights(config)
+        if w.vocab_axis is not None
+    }
+    return merge_pretrained(
+        params,
+        jax.device_get(loaded),
+        base=family.base,
+        vocab=(config.vocab_size, vocab_axes),
+    )
 
 
 def _numbered(tree: dict, name: str) -> int:
@@ -952,8 +963,31 @@ def _stack_source(k: str, v: Any, target: dict, source: dict, path: str) -> Any:
     return None
 
 
+def _revocab(src: Any, shape: tuple[int, ...], path: str, vocab: tuple | None) -> Any:
+    """``src`` fitted to ``shape`` when ``path`` is a vocabulary parameter and the two differ only
+    in vocabulary padding (``vocab_pad_multiple``) on its vocabulary axis: the real rows are kept,
+    the padding is zeros (as ``hf.params_from_hf`` pads), so a checkpoint trained with another
+    padding, or an unpadded HF one, loads. None when that is not the case."""
+    if vocab is None or path not in vocab[1] or np.shape(src) == tuple(shape):
+        return None
+    if np.ndim(src) != len(shape):
+        return None
+    real, a = vocab[0], vocab[1][path]
+    same_elsewhere = all(x == y for i, (x, y) in enumerate(zip(np.shape(src), shape)) if i != a)
+    if not same_elsewhere or np.shape(src)[a] < real or shape[a] < real:
+        return None
+    rows = np.take(np.asarray(src), np.arange(real), axis=a)
+    pad = [(0, 0)] * rows.ndim
+    pad[a] = (0, shape[a] - real)
+    return np.pad(rows, pad)
+
+
 def merge_pretrained(
-    target: dict, source: dict, prefix: str = "", base: str | None = None
+    target: dict,
+    source: dict,
+    prefix: str = "",
+    base: str | None = None,
+    vocab: tuple[int, dict[str, int]] | None = None,
 ) -> tuple[dict, list[str]]:
     """Takes every tensor of ``target`` that ``source`` has (same path and shape).
 
@@ -962,7 +996,9 @@ def merge_pretrained(
     a head. Layer stacks are converted between the scanned and the unscanned layout (stacked or
     unstacked). A tensor of another shape, or a stack of another number of layers, is refused with
     both sizes named: it is never left silently random. Returns (merged params, paths left freshly
-    initialised: what ``source`` does not have at all, e.g. a new task head).
+    initialised: what ``source`` does not have at all, e.g. a new task head). ``vocab``:
+    (the target config's vocab_size, {path of a vocabulary parameter: its vocabulary axis}); such
+    a tensor differing only in its vocabulary padding is fitted (``_revocab``).
     """
     if not prefix and base and base in target and base not in source:
         source = {base: source}
@@ -980,8 +1016,10 @@ def merge_pretrained(
             merged[k] = v
             fresh.append(path)
         elif isinstance(v, dict):
-            merged[k], f = merge_pretrained(v, src, path + "/")
+            merged[k], f = merge_pretrained(v, src, path + "/", vocab=vocab)
             fresh += f
+        elif _revocab(src, np.shape(v), path, vocab) is not None:
+            merged[k] = _revocab(src, np.shape(v), path, vocab).astype(np.asarray(v).dtype)
         elif np.shape(src) != np.shape(v):
             raise ValueError(
                 f"pretrained {path} has shape {np.shape(src)}, "

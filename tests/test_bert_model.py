@@ -576,3 +576,23 @@ def test_pretraining_loss_and_gradients_match_transformers(hf_dirs, torch):
     errs = {k: rel_err(ours[k], theirs[k]) for k in ours}
     worst = max(errs, key=errs.get)
     assert errs[worst] < TOL, (worst, errs[worst])
+
+
+@pytest.mark.parametrize("name", ["BertForPreTraining", "BertForMaskedLM"])
+def test_padded_vocabulary_mlm_logits_equal_transformers(hf_dirs, name):
+    """vocab_pad_multiple=64 (101 -> 128 word embeddings and MLM bias, padding rows set to large
+    trap values): the MLM logits are over the real 101 tokens and equal transformers'."""
+    d, m = hf_dirs[name]
+    model, params = hf.from_pretrained(d, vocab_pad_multiple=64)
+    params = jax.tree.map(np.array, params)  # writable copies
+    params["bert"]["word_embeddings"]["embedding"][101:] = 40.0
+    params["mlm_bias"][101:] = 1e4
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 101, (2, 13)).astype(np.int32)
+    tt, mask = np.zeros_like(ids), np.ones_like(ids)
+    out = ours_out(model, params, ids, tt, mask)
+    ref = torch_out(m, ids, tt, mask)
+    ours = out.mlm_logits if name == "BertForPreTraining" else out.logits
+    theirs = ref.prediction_logits if name == "BertForPreTraining" else ref.logits
+    assert ours.shape == (2, 13, 101)
+    assert rel_err(ours, theirs.numpy()) < 1e-5

@@ -454,3 +454,110 @@ def test_truncated_safetensors_is_a_clear_error(hf_dir, tmp_path):
     )
     with pytest.raises(ValueError, match="damaged"):
         hf.from_pretrained(str(tmp_path))
+
+
+# ------------------------------------------------------------------- vocabulary padding
+
+VP = 517  # an odd vocabulary, padded to 640 rows with vocab_pad_multiple=128
+
+
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory, torch, transformers):
+    """(transformers model of vocabulary 517, its directory, our model loaded with 640 rows, params
+    whose 123 padding rows are a trap: large, so any padded logit that counted would win)."""
+    m = hf_model(vocab_size=VP, bos_token_id=VP - 1, eos_token_id=VP - 1)
+    d = str(tmp_path_factory.mktemp("hf_gpt2_517"))
+    m.save_pretrained(d)
+    model, params = hf.from_pretrained(d, vocab_pad_multiple=128)
+    wte = np.asarray(params["wte"]["embedding"])
+    assert wte.shape == (640, D) and model.config.padded_vocab_size == 640
+    assert not wte[VP:].any()  # import pads with zeros
+    trap = np.random.default_rng(3).normal(0.0, 50.0, (640 - VP, D)).astype(np.float32)
+    params = {**params, "wte": {"embedding": jnp.asarray(np.concatenate([wte[:VP], trap]))}}
+    return m, d, model, params
+
+
+def test_padded_vocab_logits_and_greedy_equal_transformers(padded, torch):
+    from jaxformers import decoding
+
+    m, _, model, params = padded
+    ids = np.random.default_rng(4).integers(0, VP, (3, 11)).astype(np.int32)
+    ours = apply_jit(model)(params, jnp.asarray(ids))
+    assert ours.shape == (3, 11, VP)  # the real vocabulary: padding never leaves the model
+    assert rel_err(ours, torch_logits(m, ids)) < 1e-5
+    gen = np.asarray(decoding.generate(model, params, ids, max_new_tokens=12))
+    with torch.no_grad():
+        ref = m.generate(
+            torch.as_tensor(ids, dtype=torch.long),
+            attention_mask=torch.ones(ids.shape, dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=12,
+            pad_token_id=0,
+        )
+    np.testing.assert_array_equal(gen, ref.numpy())
+    assert len(set(gen[:, 11:].ravel().tolist())) >= 5  # not a degenerate repetition
+
+
+def test_padded_vocab_never_counts_in_loss_sampling_or_beams(padded):
+    """The padded model and the same weights without padding give the same loss, the same
+    samples from the same key and the same beams: the trap rows never count."""
+    from jaxformers import decoding, tasks
+
+    _, d, model, params = padded
+    plain, plain_params = hf.from_pretrained(d)
+    assert plain_params["wte"]["embedding"].shape == (VP, D)
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, VP, (4, 13)).astype(np.int32)
+    batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
+    task = tasks.CausalLM()
+    norms = task.normalizers(batch)
+
+    def loss(mdl, p):
+        return jax.jit(
+            lambda p: task.loss(p, mdl.apply, batch, jax.random.PRNGKey(0), True, norms)
+        )(p)[0]
+
+    got, want = float(loss(model, params)), float(loss(plain, plain_params))
+    assert abs(got - want) <= 1e-5 * want and 3.0 < want < 20.0
+    ids = jnp.asarray(tokens[:2, :5])
+    for kw in (
+        dict(method="sample", rng=jax.random.PRNGKey(7), temperature=1.5),
+        dict(method="sample", rng=jax.random.PRNGKey(8), top_k=50, top_p=0.9),
+        dict(method="beam", num_beams=3),
+    ):
+        a = np.asarray(decoding.generate(model, params, ids, max_new_tokens=8, **kw))
+        b = np.asarray(decoding.generate(plain, plain_params, ids, max_new_tokens=8, **kw))
+        np.testing.assert_array_equal(a, b, err_msg=str(kw))
+        assert a.max() < VP
+
+
+def test_padded_vocab_export_writes_real_rows_and_ids_past_vocab_raise(padded, tmp_path):
+    import transformers
+
+    m, _, model, params = padded
+    hf.save_pretrained(model, params, str(tmp_path))
+    with open(os.path.join(str(tmp_path), "config.json")) as f:
+        assert json.load(f)["vocab_size"] == VP
+    back = transformers.GPT2LMHeadModel.from_pretrained(
+        str(tmp_path), attn_implementation="eager"
+    ).eval()
+    sd, ref = back.state_dict(), m.state_dict()
+    assert tuple(sd["transformer.wte.weight"].shape) == (VP, D)
+    np.testing.assert_array_equal(
+        sd["transformer.wte.weight"].numpy(), ref["transformer.wte.weight"].numpy()
+    )
+    ids = np.random.default_rng(6).integers(0, VP, (2, 9)).astype(np.int32)
+    assert rel_err(apply_jit(model)(params, jnp.asarray(ids)), torch_logits(back, ids)) < 1e-5
+    # 517 is a row of the padded embedding, but not a token: the clear error still comes.
+    bad = ids.copy()
+    bad[1, 4] = VP
+    with pytest.raises(ValueError, match=f"outside \\[0, {VP}\\).*vocab_size"):
+        model.apply({"params": params}, bad)
+
+
+def test_padded_vocab_flops_count_the_padded_head():
+    a, b = our_config(), our_config(vocab_pad_multiple=64)
+    assert b.padded_vocab_size == 128 and a.padded_vocab_size == V
+    assert b.flops_per_example(10) - a.flops_per_example(10) == 6.0 * D * (128 - V) * 10
+    with pytest.raises(ValueError, match="vocab_pad_multiple"):
+        our_config(vocab_pad_multiple=0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxformers import hf, models
-from jaxformers.models import bert, gpt2, t5
+from jaxformers.models import bert, gpt2, layers, t5
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -116,3 +116,28 @@ def test_hf_table_both_directions(name, scan):
     assert sorted(again) == sorted(theirs)
     for k, v in theirs.items():
         np.testing.assert_array_equal(again[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_hf_table_padded_vocabulary(name):
+    """vocab_pad_multiple=64 (97, 101, 103 -> 128 rows): transformers' names and shapes are
+    those of the real vocabulary; import puts its rows first and zeros after."""
+    import dataclasses
+
+    config = dataclasses.replace(CONFIGS[name](False), vocab_pad_multiple=64)
+    assert config.padded_vocab_size == 128
+    model, params = random_params(config)
+    theirs = transformers_tensors(config)
+    ours = hf.params_to_hf(params, config)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    back = hf.params_from_hf(theirs, config)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    again = hf.params_to_hf(back, config)
+    for k, v in theirs.items():
+        np.testing.assert_array_equal(again[k], v, err_msg=k)
+    V = config.vocab_size
+    for w in models.of_config(config).module.hf_weights(config):
+        if w.vocab_axis is not None:
+            x = np.asarray(layers.param_at(back, w.path, False))
+            assert x.shape[w.vocab_axis] == 128
+            assert not np.take(x, np.arange(V, 128), axis=w.vocab_axis).any(), w.name

@@ -157,3 +157,26 @@ def test_warm_start_keeps_the_pretrained_vocabulary(tmp_path, layout):
 
         tok = tokenizer_for(e, str(tmp_path / f"run-{setting}"), texts)
         assert tok.vocab_size == 41 and tok.vocab[5] == "w0"
+
+
+def test_merge_fits_vocabulary_padding_only_on_vocabulary_params():
+    """init_from between vocab_pad_multiple settings (an unpadded HF checkpoint into a padded
+    model and back): the real rows are kept, the padding is zeros; any other shape mismatch is
+    still refused."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(97, 6)).astype(np.float32)
+    target = {
+        "wte": {"embedding": np.ones((128, 6), np.float32)},
+        "wpe": {"embedding": np.ones((9, 6), np.float32)},
+    }
+    source = {"wte": {"embedding": real}, "wpe": {"embedding": np.ones((9, 6), np.float32)}}
+    vocab = (97, {"wte/embedding": 0})
+    merged, fresh = train.merge_pretrained(target, source, vocab=vocab)
+    assert fresh == []
+    np.testing.assert_array_equal(merged["wte"]["embedding"][:97], real)
+    assert not merged["wte"]["embedding"][97:].any()
+    back, _ = train.merge_pretrained(source, merged, vocab=vocab)  # padded -> unpadded
+    np.testing.assert_array_equal(back["wte"]["embedding"], real)
+    source["wpe"]["embedding"] = np.ones((10, 6), np.float32)
+    with pytest.raises(ValueError, match="wpe/embedding has shape"):
+        train.merge_pretrained(target, source, vocab=vocab)

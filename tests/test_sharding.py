@@ -5,18 +5,24 @@ The reference for every mesh is the same experiment trained on one device (mesh 
 divide the tensor axis of (2, 2, 2), so uneven shards are exercised too.
 """
 
+import json
 import os
+import subprocess
+import sys
+import warnings
 
 import jax
 import numpy as np
+import optax
 import pytest
 from helpers import without_key_bias
 from jax.sharding import PartitionSpec as P
 
+import jaxformers
 from jaxformers import checkpoint, sharding, train
 from jaxformers.config import CheckpointConfig, Experiment, MeshConfig, OptimConfig
-from jaxformers.models.gpt2 import GPT2Config
-from jaxformers.tasks.causal_lm import lm_data
+from jaxformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from jaxformers.tasks.causal_lm import CausalLM, lm_data
 
 SEQ, BATCH = 16, 8
 # ODD: 5 heads and 97 tokens do not divide a tensor axis of 2 (GPT-2's real vocabulary, 50257,
@@ -274,3 +280,107 @@ def test_batch_not_divisible_by_data_shards(tmp_path):
             str(tmp_path),
             data=synthetic_data(accum=2),
         )
+
+
+# ------------------------------------------------------- no silent replication, no remat
+
+REMAT = "Involuntary full rematerialization"
+TINY = dict(n_positions=37, n_embd=60, n_layer=1, n_head=6)
+
+
+def xla_warnings(cases) -> dict[str, str]:
+    """{case: XLA's log while compiling its train step} from tests/xla_warnings.py, run in a
+    fresh process (see there why); the control case must show the warning, so that a silent log
+    cannot pass for a clean compile."""
+    script = os.path.join(os.path.dirname(__file__), "xla_warnings.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+    # The subprocess imports the jaxformers this process imports.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jaxformers.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, script, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    logs, current = {}, []
+    for line in out.stderr.splitlines():
+        if line.startswith("=== end of case "):
+            logs[line.removeprefix("=== end of case ")] = "\n".join(current)
+            current = []
+        else:
+            current.append(line)
+    assert REMAT in logs.pop("control"), "the control compile no longer shows XLA's warning"
+    assert len(logs) == len(cases)
+    return logs
+
+
+def assert_no_remat(logs: dict[str, str]) -> None:
+    bad = {case: log[log.index(REMAT) :][:400] for case, log in logs.items() if REMAT in log}
+    assert not bad, f"XLA replicates and reshards (involuntary full rematerialization): {bad}"
+
+
+def test_gpt2_train_step_on_2x2x2_compiles_without_rematerialization():
+    """The sharding notebook's case: GPT-2 on (data, fsdp, tensor) = (2, 2, 2), with the
+    vocabulary padded so that tensor divides it. It warned in the backward pass of the token
+    embedding's lookup until models/layers.Embed gathered the table over fsdp first."""
+    cases = [["gpt2", dict(TINY, vocab_size=509, vocab_pad_multiple=128), [2, 2, 2]]]
+    assert_no_remat(xla_warnings(cases))
+
+
+@pytest.mark.slow
+def test_no_rematerialization_on_any_tested_mesh():
+    """Every family on the meshes the tests train on, odd and padded vocabularies, 5 heads."""
+    gpt2_odd = dict(TINY, vocab_size=97, n_head=5)
+    bert = dict(
+        vocab_size=509,
+        hidden_size=60,
+        num_hidden_layers=1,
+        num_attention_heads=6,
+        intermediate_size=96,
+        max_position_embeddings=37,
+        vocab_pad_multiple=128,
+    )
+    t5 = dict(
+        vocab_size=509,
+        d_model=60,
+        d_kv=10,
+        num_heads=6,
+        d_ff=96,
+        num_layers=1,
+        num_decoder_layers=1,
+        vocab_pad_multiple=128,
+    )
+    meshes = [[8, 1, 1], [2, 4, 1], [2, 2, 2], [1, 2, 4]]
+    cases = [["gpt2", gpt2_odd, m] for m in meshes]
+    cases += [[f, kw, m] for f, kw in (("bert", bert), ("t5", t5)) for m in meshes]
+    assert_no_remat(xla_warnings(cases))
+
+
+def test_gpt2_vocabulary_padded_is_sharded_not_replicated():
+    """50257 tokens do not divide a tensor axis of 2: the embedding was replicated on every
+    device, silently. Now that warns and names the fix; padded to 50304 (vocab_pad_multiple=128)
+    the rows split over tensor (and the width over fsdp)."""
+    mesh = sharding.make_mesh((2, 2, 2))
+
+    def embedding_sharding(**kw):
+        model = GPT2LMHeadModel(GPT2Config(n_positions=16, n_embd=64, n_layer=1, n_head=2, **kw))
+        s = train.create_train_state(
+            model, (np.zeros((1, 4), np.int32),), optax.adamw(1e-3), mesh, CausalLM()
+        )
+        return s.shardings.params["wte"]["embedding"], s.shardings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sharding.ReplicationWarning)
+        sh, all_sh = embedding_sharding(vocab_size=50257, vocab_pad_multiple=128)
+    assert sh.spec == P("tensor", "fsdp")
+    assert sh.shard_shape((50304, 64)) == (25152, 32)
+    mu = all_sh.opt_state[0].mu["wte"]["embedding"]  # Adam's moments alike
+    assert mu.shard_shape((50304, 64)) == (25152, 32)
+
+    with pytest.warns(sharding.ReplicationWarning, match=r"\['wte'\]\['embedding'\].*50257") as w:
+        sh, _ = embedding_sharding(vocab_size=50257)
+    assert "vocab_pad_multiple" in str(w[0].message)
+    assert sh.shard_shape((50257, 64)) == (50257, 32)  # whole on every device: replicated

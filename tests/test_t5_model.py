@@ -698,3 +698,30 @@ def test_fused_attention_with_relative_bias_matches_the_einsums(variant):
         assert rel_err(np.asarray(a), np.asarray(x)) < 1e-4, jax.tree_util.keystr(path)
     bias_grads = [k for k, _ in jax.tree_util.tree_leaves_with_path(ga) if "relative" in str(k)]
     assert len(bias_grads) == 2  # encoder's and decoder's tables: the bias gradient flows
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_padded_vocabulary_equals_transformers(hf_dirs, variant):
+    """vocab_pad_multiple=64 (103 -> 128 rows of the shared embedding and, in v1.1, the own head):
+    logits over the real 103 tokens equal transformers', and greedy decoding the unpadded load's;
+    the padding rows hold large trap values that would win any argmax they took part in."""
+    from jaxformers import decoding
+
+    d, m = hf_dirs[variant]
+    model, params = hf.from_pretrained(d, vocab_pad_multiple=64)
+    plain, plain_params = hf.from_pretrained(d)
+    params = jax.tree.map(np.array, params)  # writable copies
+    params["shared"]["embedding"][103:] = 40.0
+    if variant == "v1.1":
+        assert params["lm_head"]["kernel"].shape == (60, 128)
+        params["lm_head"]["kernel"][:, 103:] = 40.0
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 103, (B, T_ENC)).astype(np.int32)
+    dec = rng.integers(0, 103, (B, T_DEC)).astype(np.int32)
+    mask = np.ones_like(ids)
+    ours = model.apply({"params": params}, ids, dec, attention_mask=mask)
+    assert ours.shape == (B, T_DEC, 103)
+    assert rel_err(ours, torch_logits(m, ids, mask, dec)) < 1e-5
+    got = decoding.generate(model, params, ids, max_new_tokens=6, attention_mask=mask)
+    want = decoding.generate(plain, plain_params, ids, max_new_tokens=6, attention_mask=mask)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

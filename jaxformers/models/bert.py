@@ -134,13 +134,14 @@ class BertConfig(layers.ModelConfig):
         scores. The encoder runs on all T positions; the MLM transform + vocabulary projection
         (D*D + D*V) only on the ``num_predictions`` gathered masked positions (None: every position,
         the ungathered ``[B, T, V]`` forward; 0: no MLM head, e.g. classification), and the pooler +
-        NSP head (D*D + 2*D) once per example.
+        NSP head (D*D + 2*D) once per example. The vocabulary projection counts its padded rows
+        (``padded_vocab_size``): the hardware multiplies them too.
         """
         D, L, F, V, T = (
             self.hidden_size,
             self.num_hidden_layers,
             self.intermediate_size,
-            self.vocab_size,
+            self.padded_vocab_size,
             seq_len,
         )
         P = T if num_predictions is None else num_predictions
@@ -284,7 +285,7 @@ class BertModel(nn.Module):
         # The word embeddings are a setup attribute so that the MLM head can call ``attend``.
         c = self.config
         self.word_embeddings = layers.Embed(
-            c.vocab_size,
+            c.padded_vocab_size,
             c.hidden_size,
             dtype=layers.dtype_of(c.dtype),
             param_dtype=layers.dtype_of(c.param_dtype),
@@ -501,13 +502,10 @@ class BertWithHead(nn.Module):
         bias = self.param(
             "mlm_bias",
             layers.partitioned(nn.initializers.zeros, ("vocab",)),
-            (c.vocab_size,),
+            (c.padded_vocab_size,),
             pdtype,
         )
-        logits = bert.attend(h) + bias.astype(dtype)
-        return layers.constrain(
-            logits, ("activation_batch", "activation_length", "activation_vocab")
-        )
+        return layers.vocab_logits(bert.attend(h) + bias.astype(dtype), c.vocab_size)
 
 
 class BertForPreTraining(BertWithHead):
@@ -713,10 +711,10 @@ def hf_weights(c: BertConfig) -> list[HFWeight]:
     heads = arch != "BertModel"
     enc = ("bert",) if heads else ()
 
-    def w(name, path, layout="same", encoder=True, extra=()):
+    def w(name, path, layout="same", encoder=True, extra=(), vocab_axis=None):
         full = f"bert.{name}" if heads and encoder else name
         aliases = [n for n in _spellings(name, encoder) if n != full]
-        return HFWeight(full, tuple(path), layout, tuple(aliases) + tuple(extra))
+        return HFWeight(full, tuple(path), layout, tuple(aliases) + tuple(extra), vocab_axis)
 
     def ln(name, path, encoder=True):
         return [
@@ -731,7 +729,11 @@ def hf_weights(c: BertConfig) -> list[HFWeight]:
         ]
 
     out = [
-        w("embeddings.word_embeddings.weight", (*enc, "word_embeddings", "embedding")),
+        w(
+            "embeddings.word_embeddings.weight",
+            (*enc, "word_embeddings", "embedding"),
+            vocab_axis=0,
+        ),
         w("embeddings.position_embeddings.weight", (*enc, "position_embeddings", "embedding")),
         w("embeddings.token_type_embeddings.weight", (*enc, "token_type_embeddings", "embedding")),
         *ln("embeddings.LayerNorm", (*enc, "embeddings_ln")),
@@ -762,6 +764,7 @@ def hf_weights(c: BertConfig) -> list[HFWeight]:
             ("mlm_bias",),
             encoder=False,
             extra=("cls.predictions.decoder.bias",),
+            vocab_axis=0,
         ),
     ]
     classifier = linear("classifier", ("classifier",), encoder=False)

@@ -70,9 +70,10 @@ class GPT2Config(layers.ModelConfig):
     def flops_per_example(self, seq_len: int) -> float:
         """Training FLOPs (forward + backward) of one ``seq_len``-token example, PaLM appendix B:
         per token 6 * (matmul parameters, LM head included) + 12 * L * T * D for attention
-        scores."""
+        scores. The LM head counts its padded rows (``padded_vocab_size``): the hardware
+        multiplies them too."""
         D, L, F = self.n_embd, self.n_layer, self.d_ff
-        matmul_params = L * (4 * D * D + 2 * D * F) + D * self.vocab_size
+        matmul_params = L * (4 * D * D + 2 * D * F) + D * self.padded_vocab_size
         return (6.0 * matmul_params + 12.0 * L * seq_len * D) * seq_len
 
 
@@ -165,7 +166,12 @@ class GPT2LMHeadModel(nn.Module):
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
         init = nn.initializers.normal(c.initializer_range)
         wte = layers.Embed(
-            c.vocab_size, c.n_embd, dtype=dtype, param_dtype=pdtype, embedding_init=init, name="wte"
+            c.padded_vocab_size,
+            c.n_embd,
+            dtype=dtype,
+            param_dtype=pdtype,
+            embedding_init=init,
+            name="wte",
         )
         wpe = layers.Embed(
             c.n_positions,
@@ -200,9 +206,7 @@ class GPT2LMHeadModel(nn.Module):
             mask,
         )
         x = layers.layer_norm(c.layer_norm_epsilon, dtype, pdtype, "ln_f")(x)
-        logits = layers.constrain(
-            wte.attend(x), ("activation_batch", "activation_length", "activation_vocab")
-        )
+        logits = layers.vocab_logits(wte.attend(x), c.vocab_size)
         if not (output_hidden_states or output_attentions):
             return logits
         return GPT2Output(
@@ -261,8 +265,8 @@ def hf_weights(c: GPT2Config) -> list[HFWeight]:
     """transformers' GPT2LMHeadModel tensors (``lm_head.weight`` is tied to ``wte``, not saved).
     Checkpoints of the bare GPT2Model spell them without ``transformer.``: accepted on load."""
 
-    def w(name, path, layout="same"):
-        return HFWeight(f"transformer.{name}", path, layout, aliases=(name,))
+    def w(name, path, layout="same", vocab_axis=None):
+        return HFWeight(f"transformer.{name}", path, layout, aliases=(name,), vocab_axis=vocab_axis)
 
     def ln(name, path):
         return [w(f"{name}.weight", (*path, "scale")), w(f"{name}.bias", (*path, "bias"))]
@@ -274,7 +278,7 @@ def hf_weights(c: GPT2Config) -> list[HFWeight]:
         ]
 
     out = [
-        w("wte.weight", ("wte", "embedding")),
+        w("wte.weight", ("wte", "embedding"), vocab_axis=0),
         w("wpe.weight", ("wpe", "embedding")),
         *ln("ln_f", ("ln_f",)),
     ]

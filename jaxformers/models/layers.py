@@ -105,6 +105,26 @@ def check_token_ids(ids: Any, vocab_size: int, name: str = "input_ids") -> None:
         )
 
 
+def padded_vocab(vocab_size: int, multiple: int) -> int:
+    """``vocab_size`` rounded up to a multiple of ``multiple`` (the embedding's row count)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def vocab_logits(logits: Array, vocab_size: int) -> Array:  # [..., V_padded] -> [..., V]
+    """The LM head's logits over the real vocabulary: the padding columns sliced off.
+
+    Padding (``ModelConfig.vocab_pad_multiple``) only gives the head's matmul, and its shards under
+    tensor parallelism, a friendly size. The padded columns are cut here, once, rather than masked
+    to a large negative in every consumer: then no loss, sampler, beam search, metric or user can
+    count them by forgetting a mask, and every public output keeps the real vocabulary's shape
+    (transformers' [B, T, V]). The padded logits are constrained first, while their vocabulary dim
+    still divides the tensor axis. A slice is an index map that XLA can fuse into its consumers
+    (softmax, loss), and its transpose (zero padding) into the gradient's producer.
+    """
+    logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits if logits.shape[-1] == vocab_size else logits[..., :vocab_size]
+
+
 def check_length(length: int, limit: int, name: str, field: str) -> None:
     if length > limit:
         raise ValueError(
@@ -172,7 +192,16 @@ class Embed(nn.Module):
         )
 
     def __call__(self, ids: Array) -> Array:  # [B, T] -> [B, T, D]
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        # The table is gathered whole over its "embed" dim (fsdp) before the lookup, as ZeRO-3
+        # gathers every parameter before use. Looked up in its stored layout, the rows come out
+        # split over fsdp on D, and the partitioner cannot move fsdp from D onto the batch dim
+        # of the activation rules ("activation_batch" -> (data, fsdp)): it warned "Involuntary
+        # full rematerialization" on the (2, 2, 2) mesh and replicated the activations forward
+        # and backward (tests/test_sharding.py checks that it no longer does). The row dim stays
+        # as stored (unconstrained): split over tensor, or whole where the tensor axis does not
+        # divide it (sharding.fit_to_shapes); naming "vocab" there would ask for a reshard.
+        table = constrain(self.embedding, (jax.sharding.PartitionSpec.UNCONSTRAINED, None))
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
 
     def attend(self, x: Array) -> Array:  # [B, T, D] -> [B, T, V]
         return jnp.einsum("BTD,VD->BTV", x.astype(self.dtype), self.embedding.astype(self.dtype))
@@ -492,6 +521,11 @@ class ModelConfig:
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype; ``scan_layers`` runs the
     blocks under ``nn.scan`` (compile time flat in depth, params stacked on a "layers" axis);
     ``remat`` is one of ``REMAT_POLICIES``; ``attention_impl`` one of ``ATTENTION_IMPLS``.
+    ``vocab_pad_multiple``: the embedding and LM head get ``padded_vocab_size`` rows (``vocab_size``
+    rounded up to this multiple; 128 suits GPU/TPU matmul tiles and tensor-parallel shards, see
+    ``jaxformers.perf.default_vocab_pad_multiple``). The padding is invisible outside the params:
+    outputs have ``vocab_size`` logits (``vocab_logits``), token ids must be below ``vocab_size``,
+    and the Hugging Face export writes only the real rows.
     """
 
     dtype: str = "float32"
@@ -499,6 +533,7 @@ class ModelConfig:
     scan_layers: bool = False
     remat: str = "none"
     attention_impl: str = "xla"
+    vocab_pad_multiple: int = 1
 
     PRESETS: ClassVar[dict] = {}
     FAMILY: ClassVar[str] = "model"  # for messages: "GPT-2", "BERT", "T5"
@@ -515,7 +550,14 @@ class ModelConfig:
             )
         return cls(**{**cls.PRESETS[name], **overrides})
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and the LM head: ``vocab_size`` rounded up to
+        ``vocab_pad_multiple``."""
+        return padded_vocab(self.vocab_size, self.vocab_pad_multiple)
+
     def check_run_fields(self) -> None:
+        check_positive(self, "vocab_pad_multiple")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
@@ -673,9 +715,13 @@ class HFWeight(NamedTuple):
         [in, out]; the first k dims of ours are the inputs).
       aliases: other names real checkpoints use for it, accepted on load only (first found wins,
         after ``name``).
+      vocab_axis: the dim of our array that runs over the vocabulary, if any: ours has the
+        config's ``padded_vocab_size`` rows there, transformers' ``vocab_size`` (export drops
+        the padding, import pads with zeros).
     """
 
     name: str
     path: tuple[str | int, ...]
     layout: str = "same"
     aliases: tuple[str, ...] = ()
+    vocab_axis: int | None = None

@@ -139,9 +139,11 @@ class T5Config(layers.ModelConfig):
         length) x (heads * d_kv) per token for attention scores and values: encoder tokens pass the
         encoder and every decoder layer's cross-attention key/value projections and attend to the
         inputs; target tokens pass the rest of the decoder and the LM head and attend to the targets
-        (self) and the inputs (cross). Embedding lookups and norms are not counted.
+        (self) and the inputs (cross). Embedding lookups and norms are not counted. The LM head
+        counts its padded rows (``padded_vocab_size``): the hardware multiplies them too.
         """
-        D, inner, F, V = self.d_model, self.num_heads * self.d_kv, self.d_ff, self.vocab_size
+        D, inner, F = self.d_model, self.num_heads * self.d_kv, self.d_ff
+        V = self.padded_vocab_size
         Le, Ld = self.num_layers, self.num_decoder_layers
         mlp = (3 if self.is_gated_act else 2) * D * F
         enc_params = Le * (4 * D * inner + mlp) + Ld * 2 * D * inner  # + cross-attention k, v
@@ -401,7 +403,7 @@ class T5ForConditionalGeneration(nn.Module):
         c = self.config
         dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
         self.shared = layers.Embed(
-            c.vocab_size,
+            c.padded_vocab_size,
             c.d_model,
             dtype=dtype,
             param_dtype=pdtype,
@@ -411,7 +413,7 @@ class T5ForConditionalGeneration(nn.Module):
         self.decoder = T5Stack(c, is_decoder=True)
         if not c.tie_word_embeddings:
             self.lm_head = layers.Dense(
-                c.vocab_size,
+                c.padded_vocab_size,
                 ("embed", "vocab"),
                 use_bias=False,
                 dtype=dtype,
@@ -529,9 +531,7 @@ class T5ForConditionalGeneration(nn.Module):
         if c.scale_decoder_outputs:
             h = h * (c.d_model**-0.5)
         logits = self.shared.attend(h) if c.tie_word_embeddings else self.lm_head(h)
-        logits = layers.constrain(
-            logits, ("activation_batch", "activation_length", "activation_vocab")
-        )
+        logits = layers.vocab_logits(logits, c.vocab_size)
         if not (output_hidden_states or output_attentions):
             return logits
         return Seq2SeqLMOutput(
@@ -709,10 +709,15 @@ def hf_weights(c: T5Config) -> list[HFWeight]:
     ``encoder.embed_tokens.weight``: accepted on load). The relative position bias table, which
     transformers keeps in block 0, is each stack's own here."""
     out = [
-        HFWeight("shared.weight", ("shared", "embedding"), aliases=("encoder.embed_tokens.weight",))
+        HFWeight(
+            "shared.weight",
+            ("shared", "embedding"),
+            aliases=("encoder.embed_tokens.weight",),
+            vocab_axis=0,
+        )
     ]
-    if not c.tie_word_embeddings:
-        out.append(HFWeight("lm_head.weight", ("lm_head", "kernel"), "linear 1"))
+    if not c.tie_word_embeddings:  # our kernel [D, V]
+        out.append(HFWeight("lm_head.weight", ("lm_head", "kernel"), "linear 1", vocab_axis=1))
     for stack, n in (("encoder", c.num_layers), ("decoder", c.num_decoder_layers)):
         out += [
             HFWeight(
