@@ -498,6 +498,7 @@ def test_padded_vocab_logits_and_greedy_equal_transformers(padded, torch):
     assert len(set(gen[:, 11:].ravel().tolist())) >= 5  # not a degenerate repetition
 
 
+@pytest.mark.slow  # 20 s on 2 cores; logits, greedy and export stay fast
 def test_padded_vocab_never_counts_in_loss_sampling_or_beams(padded):
     """The padded model and the same weights without padding give the same loss, the same
     samples from the same key and the same beams: the trap rows never count."""
