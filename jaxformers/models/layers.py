@@ -291,8 +291,8 @@ def combine_masks(*masks: Array | None) -> Array | None:
 
 def dot_product_attention(
     q: Array,  # [B, T, N, H]
-    k: Array,  # [B, S, N, H] ([B, N, S, H] with heads_first)
-    v: Array,  # [B, S, N, H] ([B, N, S, H] with heads_first)
+    k: Array,  # [B, S, N, H] ([B, N, H, S] with cache_layout)
+    v: Array,  # [B, S, N, H] ([B, N, S, H] with cache_layout)
     mask: Array | None,  # bool [B|1, N|1, T, S]
     bias: Array | None,  # [B|1, N, T, S] additive (T5 relative positions)
     scale: float,
@@ -301,20 +301,20 @@ def dot_product_attention(
     dtype: DType,
     impl: str = "xla",
     is_causal: bool = False,
-    heads_first: bool = False,
+    cache_layout: bool = False,
     return_probs: bool = False,
 ) -> Array | tuple[Array, Array]:  # [B, T, N, H] (and probabilities [B, N, T, S])
     """Softmax attention, softmax in float32.
 
     ``impl="xla"`` is written out in einsums (exact parity with transformers, attention dropout);
     ``impl="cudnn"``/``"auto"`` route to ``jax.nn.dot_product_attention`` (cuDNN flash attention on
-    GPU) when there is no attention dropout. ``heads_first``: ``k`` and ``v`` are [B, N, S, H] (the
-    KV cache's layout, whose per-head [S, H] blocks the attention dots read without a transpose);
-    it always takes the einsum path. ``return_probs`` also returns the attention probabilities
-    (before dropout, float32); it takes the einsum path too (a fused kernel never forms them, as
-    transformers' sdpa refuses ``output_attentions``).
+    GPU) when there is no attention dropout. ``cache_layout``: ``k`` is [B, N, H, S] and ``v``
+    [B, N, S, H], the KV caches' layouts (see ``Attention``); it always takes the einsum path.
+    ``return_probs`` also returns the attention probabilities (before dropout, float32); it takes
+    the einsum path too (a fused kernel never forms them, as transformers' sdpa refuses
+    ``output_attentions``).
     """
-    fused_ok = not heads_first and not return_probs
+    fused_ok = not cache_layout and not return_probs
     if impl != "xla" and fused_ok and (dropout_rate == 0.0 or dropout_rng is None):
         if mask is not None:  # cuDNN wants the sequence dims of a mask spelled out
             mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
@@ -328,25 +328,87 @@ def dot_product_attention(
             is_causal=is_causal,
             implementation=None if impl == "auto" else impl,
         ).astype(dtype)
-    kv = "BNSH" if heads_first else "BSNH"
+    k_dims, v_dims = ("BNHS", "BNSH") if cache_layout else ("BSNH", "BSNH")
     if is_causal:
-        mask = combine_masks(causal_mask(q.shape[1], k.shape[kv.index("S")]), mask)
-    logits = jnp.einsum(f"BTNH,{kv}->BNTS", q, k).astype(jnp.float32) * scale
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, NEG_INF)
+        mask = combine_masks(causal_mask(q.shape[1], k.shape[k_dims.index("S")]), mask)
+    logits = _logits(q, k, k_dims, bias, mask, scale)
     probs = weights = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         weights = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum(f"BNTS,{kv}->BTNH", weights.astype(dtype), v)
+    out = jnp.einsum(f"BNTS,{v_dims}->BTNH", weights.astype(dtype), v)
     return (out, probs) if return_probs else out
 
 
-def _heads_first(x: Array) -> Array:
-    """[B, T, N, H] -> [B, N, T, H] (the KV cache layout)."""
+def _logits(q, k, k_dims, bias, mask, scale) -> Array:
+    """float32 [B, N, T, S] attention logits of q [B, T, N, H] against k (laid out as ``k_dims``),
+    scaled, biased, and NEG_INF where ``mask`` is False."""
+    logits = jnp.einsum(f"BTNH,{k_dims}->BNTS", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, NEG_INF)
+    return logits
+
+
+def cached_attention(
+    q: Array,  # [B, T, N, H]: the queries of the T new tokens
+    k: Array,  # [B, T, N, H]: their keys
+    v: Array,  # [B, T, N, H]: their values
+    k_cache: Array,  # [B, N, H, S]: keys of the earlier tokens at positions < index
+    v_cache: Array,  # [B, N, S, H]
+    index: Array,  # int32 []: tokens already in the cache (the new ones go at index..index+T-1)
+    mask: Array | None,  # bool [B|1, N|1, T|1, S]: over the cache's positions
+    bias: Array | None,  # [B|1, N, T, S]: over the cache's positions
+    scale: float,
+    dtype: DType,
+    return_probs: bool = False,
+) -> Array | tuple[Array, Array]:  # [B, T, N, H] (and probabilities [B, N, T, S])
+    """Causal attention of T new tokens over the cache before they are written into it, and over
+    themselves: the same softmax as over the cache with them written in (positions after them
+    masked), in two segments joined along the keys.
+
+    Why two segments: when the attention reads the cache that this step updates, XLA on CPU copies
+    every layer's whole cache inside the decode loop at every step; reading the cache as it came
+    in, and the new keys/values as they are, leaves the update feeding only the loop's next state,
+    which XLA does in place (with the region analysis of ``perf.CPU_XLA_FLAGS``).
+    """
+    S, T = v_cache.shape[2], k.shape[1]
+    old_mask = (jnp.arange(S) < index)[None, None, None, :]  # written by earlier steps
+    new_mask = causal_mask(T, T)
+    old_bias = new_bias = None
+    if mask is not None:
+        old_mask = jnp.logical_and(old_mask, mask)
+        new_mask = jnp.logical_and(new_mask, jax.lax.dynamic_slice_in_dim(mask, index, T, axis=-1))
+    if bias is not None:
+        old_bias, new_bias = bias, jax.lax.dynamic_slice_in_dim(bias, index, T, axis=-1)
+    logits = jnp.concatenate(
+        [
+            _logits(q, k_cache, "BNHS", old_bias, old_mask, scale),
+            _logits(q, k, "BSNH", new_bias, new_mask, scale),
+        ],
+        axis=-1,
+    )
+    probs = jax.nn.softmax(logits, axis=-1)
+    p_old, p_new = probs[..., :S], probs[..., S:]
+    out = jnp.einsum("BNTS,BNSH->BTNH", p_old.astype(dtype), v_cache) + jnp.einsum(
+        "BNTS,BSNH->BTNH", p_new.astype(dtype), v
+    )
+    if not return_probs:
+        return out
+    # Over the cache's positions: the new tokens' share goes where they are written (their
+    # positions' share of the old segment is exactly 0, being masked).
+    return out, jax.lax.dynamic_update_slice(p_old, p_new, (0, 0, 0, index))
+
+
+def _value_layout(x: Array) -> Array:
+    """[B, T, N, H] -> [B, N, T, H] (the value caches' layout)."""
     return jnp.swapaxes(x, 1, 2)
+
+
+def _key_layout(x: Array) -> Array:
+    """[B, T, N, H] -> [B, N, H, T] (the key caches' layout)."""
+    return jnp.transpose(x, (0, 2, 3, 1))
 
 
 class Attention(nn.Module):
@@ -360,13 +422,14 @@ class Attention(nn.Module):
       impl: "xla" | "cudnn" | "auto" (see ``dot_product_attention``).
 
     In decode mode (``decode=True``) keys and values are written into the ``cache`` collection
-    (``cached_key``/``cached_value`` [B, N, S_max, H], ``cache_index``), sized by the input seen
-    at init. A query at cache position p sees keys at positions <= p. For cross-attention the
-    projected encoder keys/values are cached on the first call (``cross_key``/``cross_value``
-    [B, N, S, H]) and reused. Heads come before positions in the caches so that the per-token
-    attention dots read them as they lie: in the [B, S, N, H] order XLA on CPU copies (transposes)
-    every layer's whole cache at every step (measured: 1.74 ms against 0.14 ms per layer and step at
-    batch 8, GPT-2 124M, 160 positions).
+    (``cached_key`` [B, N, H, S_max], ``cached_value`` [B, N, S_max, H], ``cache_index``), sized by
+    the input seen at init. A query at cache position p sees keys at positions <= p
+    (``cached_attention``). For cross-attention the projected encoder keys/values are cached on the
+    first call (``cross_key`` [B, N, H, S], ``cross_value`` [B, N, S, H]) and reused. The caches
+    are laid out as the per-token attention dots read them (q·K as [H, S] per head, p·V as
+    [S, H]): in the [B, S, N, H] order XLA on CPU copies (transposes) every layer's whole cache at
+    every step (measured: 1.74 ms against 0.14 ms per layer and step at batch 8, GPT-2 124M, 160
+    positions).
     """
 
     num_heads: int
@@ -426,37 +489,43 @@ class Attention(nn.Module):
                 k = dense((N, H), ("embed", "heads", "kv"), name="key")(src)
                 v = dense((N, H), ("embed", "heads", "kv"), name="value")(src)
                 if cross and decode:
-                    k, v = _heads_first(k), _heads_first(v)
+                    k, v = _key_layout(k), _value_layout(v)
                     self.variable("cache", "cross_key", lambda: k)
                     self.variable("cache", "cross_value", lambda: v)
         q = constrain(
             q, ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         )
 
-        if decode and not cross:
-            # The cache's own mask is causal already.
-            k, v, mask = self._update_cache(_heads_first(k), _heads_first(v), mask)
-            causal = False
-
         scale = (1.0 / np.sqrt(H)) if self.scale is None else self.scale
-        dropout_rng = None
-        if not deterministic and self.dropout_rate > 0.0:
-            dropout_rng = self.make_rng("dropout")
-        out = dot_product_attention(
-            q,
-            k,
-            v,
-            mask,
-            bias,
-            scale,
-            self.dropout_rate,
-            dropout_rng,
-            self.dtype,
-            self.impl,
-            is_causal=causal,
-            heads_first=decode,
-            return_probs=return_weights,
-        )
+        if decode and not cross:
+            k_cache, v_cache, index = self._update_cache(k, v)
+            if mask is not None and mask.shape[-1] != v_cache.shape[2]:
+                raise ValueError(
+                    f"decode mask must cover the whole cache ({v_cache.shape[2]} keys), "
+                    f"got {mask.shape}"
+                )
+            out = cached_attention(
+                q, k, v, k_cache, v_cache, index, mask, bias, scale, self.dtype, return_weights
+            )
+        else:
+            dropout_rng = None
+            if not deterministic and self.dropout_rate > 0.0:
+                dropout_rng = self.make_rng("dropout")
+            out = dot_product_attention(
+                q,
+                k,
+                v,
+                mask,
+                bias,
+                scale,
+                self.dropout_rate,
+                dropout_rng,
+                self.dtype,
+                self.impl,
+                is_causal=causal,
+                cache_layout=decode,
+                return_probs=return_weights,
+            )
         if return_weights:
             out, probs = out
         out = constrain(
@@ -474,32 +543,25 @@ class Attention(nn.Module):
         )(out)
         return (out, probs) if return_weights else out
 
-    def _update_cache(self, k: Array, v: Array, mask: Array | None):
-        """Writes this step's keys/values ([B, N, T, H]) at ``cache_index``; returns the whole cache
-        and its mask."""
+    def _update_cache(self, k: Array, v: Array) -> tuple[Array, Array, Array]:
+        """Writes this step's keys/values ([B, T, N, H]) at ``cache_index``; returns the caches
+        and the index as they were before (what ``cached_attention`` reads)."""
         is_init = not self.has_variable("cache", "cached_key")
+        k, v = _key_layout(k), _value_layout(v)
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
         index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-        if is_init:
-            # Initialising the cache: the input only sizes it.
-            return k, v, combine_masks(causal_mask(k.shape[2], k.shape[2]), mask)
-        T = k.shape[2]
-        S = cached_k.value.shape[2]
-        i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(
-            cached_k.value, k.astype(cached_k.value.dtype), (0, 0, i, 0)
-        )
-        cached_v.value = jax.lax.dynamic_update_slice(
-            cached_v.value, v.astype(cached_v.value.dtype), (0, 0, i, 0)
-        )
-        index.value = i + T
-        # Query t (at cache position i + t) sees cached keys at positions <= i + t.
-        q_pos = i + jnp.arange(T)[:, None]
-        visible = (jnp.arange(S)[None, :] <= q_pos)[None, None]  # [1, 1, T, S]
-        if mask is not None and mask.shape[-1] != S:
-            raise ValueError(f"decode mask must cover the whole cache ({S} keys), got {mask.shape}")
-        return cached_k.value, cached_v.value, combine_masks(visible, mask)
+        old = cached_k.value, cached_v.value, index.value
+        if not is_init:  # initialising, the input only sizes the (empty) cache
+            i = index.value
+            cached_k.value = jax.lax.dynamic_update_slice(
+                cached_k.value, k.astype(cached_k.value.dtype), (0, 0, 0, i)
+            )
+            cached_v.value = jax.lax.dynamic_update_slice(
+                cached_v.value, v.astype(cached_v.value.dtype), (0, 0, i, 0)
+            )
+            index.value = i + k.shape[3]
+        return old
 
 
 # ---------------------------------------------------------------------------------------------

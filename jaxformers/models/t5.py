@@ -385,7 +385,7 @@ class T5Stack(nn.Module):
             return None
         attn = block["self_attn"]
         index = attn["cache_index"][0] if scanned else attn["cache_index"]
-        return index, attn["cached_key"].shape[3 if scanned else 2]  # [(L,) B, N, S_max, H]
+        return index, attn["cached_value"].shape[3 if scanned else 2]  # [(L,) B, N, S_max, H]
 
 
 class T5ForConditionalGeneration(nn.Module):
