@@ -20,6 +20,12 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from helpers import play_excerpt  # noqa: E402
 
+from jaxformers import perf  # noqa: E402
+
+# The XLA flags every jaxformers entry point sets on a CPU (perf.CPU_XLA_FLAGS), so that the tests
+# compile what users run (test_decoding checks the KV caches are then updated in place).
+perf.apply_xla_flags("cpu")
+
 # Many tests compile the same tiny programs: a persistent compilation cache shared by this run's
 # workers turns the repeats into cache hits (compiling random-number code is slow on this CPU).
 _CACHE = os.environ.setdefault(

@@ -7,6 +7,7 @@ main process and in every pytest-xdist worker alike, so test modules import thes
 
 import functools
 import os
+import re
 
 import jax
 import numpy as np
@@ -66,3 +67,39 @@ def play_excerpt(n_chars: int) -> str:
 FUZZ = settings(
     max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
+
+
+def loop_copies(hlo_text: str) -> list[tuple[int, ...]]:
+    """Shapes of the ``copy`` instructions that run inside a while loop (a ``body=`` computation
+    and everything it calls, fusions included) of an optimised HLO module's text
+    (``jax.jit(f).lower(...).compile().as_text()``)."""
+    comps, name = {}, None
+    for line in hlo_text.splitlines():
+        head = re.match(r"(?:ENTRY )?%(\S+) .*\{\s*$", line)
+        if head and not line.startswith(" "):
+            name = head.group(1)
+            comps[name] = []
+        elif line.startswith("}"):
+            name = None
+        elif name:
+            comps[name].append(line)
+    called = r"(?:calls|to_apply|body|condition|branch_computations)=\{?%([\w.\-]+)"
+    todo = [
+        b
+        for lines in comps.values()
+        for line in lines
+        for b in re.findall(r"body=%([\w.\-]+)", line)
+    ]
+    seen = set()
+    while todo:
+        c = todo.pop()
+        if c not in seen and c in comps:
+            seen.add(c)
+            todo += [x for line in comps[c] for x in re.findall(called, line)]
+    shapes = []
+    for c in seen:
+        for line in comps[c]:
+            m = re.search(r"= \w+\[([\d,]*)\]\S* copy\(", line)
+            if m:
+                shapes.append(tuple(int(d) for d in m.group(1).split(",") if d))
+    return shapes

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import rel_err
+from helpers import loop_copies, rel_err
 
 from jaxformers import decoding, hf, sharding
 
@@ -699,6 +699,35 @@ def test_compiled_once_and_prompt_lengths_bucketed(gpt2, t5, traces):
             model, params, 20, **kw
         )  # ... shared within it (for GPT-2 capped at n_positions - 19 = 21)
         assert len(traces) == n + 1
+
+
+def test_decode_loop_updates_the_kv_caches_in_place(gpt2, t5, monkeypatch):
+    """The compiled decode loop copies no KV cache: each step writes its keys/values into the
+    caches in place (``layers.cached_attention`` and ``perf.CPU_XLA_FLAGS``, which conftest sets as
+    the CLI does). Before, XLA on CPU copied every layer's whole cache twice per generated token."""
+    lowered = []
+    compiled = decoding._compiled
+
+    def spy(model, spec):
+        fn = compiled(model, spec)
+
+        def run(*args):
+            lowered.append(fn.lower(*args))
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(decoding, "_compiled", spy)
+    B, M = 2, 20
+    ids = np.arange(2, 2 + B * 5, dtype=np.int32).reshape(B, 5)
+    for _, model, params, *_ in (gpt2, t5["v1.1"]):
+        decoding.generate(model, params, ids, max_new_tokens=M)
+        c = model.config
+        heads = getattr(c, "n_head", None) or c.num_heads
+        head_dim = getattr(c, "d_kv", None) or c.n_embd // heads
+        smallest_cache = B * heads * head_dim * M  # one layer's keys at M positions, at least
+        copies = loop_copies(lowered[-1].compile().as_text())
+        assert not [s for s in copies if np.prod(s) >= smallest_cache], (type(model), copies)
 
 
 # ----------------------------------------------------------------------------------------- sharding

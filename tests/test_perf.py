@@ -4,6 +4,7 @@ arithmetic."""
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -118,8 +119,9 @@ def test_xla_flags_chosen_for_nvidia_gpus(kind):
 
 
 @pytest.mark.parametrize("kind", ["cpu", "TPU v5 lite", "TPU v4", ""])
-def test_no_xla_flags_for_cpus_and_tpus(kind):
-    assert perf.accelerator_xla_flags(kind) == []
+def test_cpus_and_tpus_get_only_the_host_flags(kind):
+    assert perf.accelerator_xla_flags(kind) == list(perf.CPU_XLA_FLAGS)
+    assert not any("gpu" in f for f in perf.CPU_XLA_FLAGS)
 
 
 def test_user_xla_flags_are_kept_and_win():
@@ -148,7 +150,7 @@ def test_apply_xla_flags_in_a_fresh_process_keeps_the_users_and_jax_accepts_them
     )
     assert out.returncode == 0, out.stderr[-2000:]
     value, added, flags = out.stdout.strip().splitlines()[-3:]
-    assert value == "2.0" and f"{_LHS}=true" in added
+    assert value == "2.0" and f"{_LHS}=true" in added and perf.CPU_XLA_FLAGS[0] in added
     assert flags.startswith("--xla_cpu_enable_fast_math=false ") and f"{_LHS}=true" in flags
     env[perf.XLA_FLAGS_ENV] = "0"  # the levers' "without": nothing added
     out = subprocess.run(
@@ -164,12 +166,15 @@ def test_apply_xla_flags_after_the_backends_started_warns_and_sets_nothing(monke
     import jax.numpy as jnp
 
     jnp.ones(()).block_until_ready()  # the backends have started
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    flags = " ".join(["--xla_force_host_platform_device_count=8", *perf.CPU_XLA_FLAGS])
+    monkeypatch.setenv("XLA_FLAGS", flags)
     monkeypatch.delenv("JAXFORMERS_XLA_FLAGS", raising=False)
     with pytest.warns(UserWarning, match="backends have started"):
         assert perf.apply_xla_flags("NVIDIA H100 80GB HBM3") == []
-    assert perf.apply_xla_flags("cpu") == []  # nothing to add: no warning either
-    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert perf.apply_xla_flags("cpu") == []  # nothing to add: no warning either
+    assert os.environ["XLA_FLAGS"] == flags
 
 
 def test_no_gpu_looked_for_when_jax_platforms_excludes_it(monkeypatch):
