@@ -1,8 +1,9 @@
 """What bounds GPT-2 124M greedy decoding at batch 1 on a CPU: one process times, alternately,
-``decoding.generate`` (prompt 32 + 128 new tokens) and a loop of the same step's weight
-matrix-vector products alone (12 x (qkv, attention out, MLP in, MLP out) and the tied LM head,
-each layer its own buffers, 128 steps), against the read bandwidth ``perf.measure_read_gbps``
-measures (the bound ``run.py --what decode`` prints). Prints one JSON object.
+``decoding.generate`` on run.py's GPT-2 decode workload (prompt 32 + 128 new tokens) and a loop
+of the same step's weight matrix-vector products alone (12 x (qkv, attention out, MLP in, MLP
+out) and the tied LM head, each layer its own buffers, one step per new token), against the read
+bandwidth ``perf.measure_read_gbps`` measures (the bound ``run.py --what decode`` prints). Prints
+one JSON object.
 
     python benchmarks/decode_bound.py
 """
@@ -13,22 +14,20 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..")]
 from jaxformers import perf  # noqa: E402
 
 perf.apply_xla_flags()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import run as bench  # noqa: E402  (the decode workloads of run.py)
 
 from jaxformers import decoding  # noqa: E402
-from jaxformers.models import gpt2  # noqa: E402
-
-STEPS = 128
 
 
-def matvecs_alone(c):
+def matvecs_alone(c, steps: int):
     D, V, L = c.n_embd, c.vocab_size, c.n_layer
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 4 * L + 1))
     shapes = dict(qkv=(D, 3 * D), proj=(D, D), fc=(D, 4 * D), out=(4 * D, D))
@@ -45,21 +44,16 @@ def matvecs_alone(c):
             token = jnp.argmax((x @ w["wte"].T)[0])
             return x * 0.5 + w["wte"][token][None] * 0.01  # the next step depends on the choice
 
-        return jax.lax.fori_loop(0, STEPS, step, x)
+        return jax.lax.fori_loop(0, steps, step, x)
 
     x = jnp.full((1, D), 0.01)
     return lambda: run(w, x), sum(a.nbytes for a in jax.tree.leaves(w))
 
 
 def main():
-    c = gpt2.GPT2Config.preset("124m", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = gpt2.GPT2LMHeadModel(c)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, 32)).astype(np.int32)
-    fns = {
-        "generate": lambda: decoding.generate(model, params, ids, max_new_tokens=STEPS),
-    }
-    fns["matvecs_alone"], nbytes = matvecs_alone(c)
+    model, params, ids, new = bench._decode_setup("gpt2", 1)
+    fns = {"generate": lambda: decoding.generate(model, params, ids, max_new_tokens=new)}
+    fns["matvecs_alone"], nbytes = matvecs_alone(model.config, new)
     times = {k: [] for k in fns}
     for f in fns.values():
         jax.block_until_ready(f())
@@ -70,7 +64,7 @@ def main():
             times[k].append(time.perf_counter() - t)
     gbps = perf.measure_read_gbps()
     bound = gbps * 1e9 / nbytes
-    ms = {k: statistics.median(v) / STEPS * 1e3 for k, v in times.items()}
+    ms = {k: statistics.median(v) / new * 1e3 for k, v in times.items()}
     print(
         json.dumps(
             {

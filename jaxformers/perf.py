@@ -164,9 +164,9 @@ _NVIDIA_GPU_FLAGS = (
 )
 # Every machine, for what runs on its CPU (these flags touch nothing compiled for an
 # accelerator): copy insertion with the region-based live-range analysis proves that a KV cache
-# updated inside the decode loop can be written in place. Without it XLA copies every layer's
-# whole cache at every step (GPT-2 124M, batch 1: 48 cache-sized copies per token;
-# ``layers.cached_attention`` says why). XLA's own host-offloading path turns it on too.
+# updated inside the decode loop can be written in place. Without it XLA copies the caches
+# inside the loop (GPT-2 124M, batch 1: 60 cache-sized copies per token; ``layers.cached_attention``
+# says why).
 CPU_XLA_FLAGS = ("--xla_cpu_copy_insertion_use_region_analysis=true",)
 # Set to 0 (or "none") to start without the flags above (what a lever measures against).
 XLA_FLAGS_ENV = "JAXFORMERS_XLA_FLAGS"
