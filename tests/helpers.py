@@ -69,10 +69,10 @@ FUZZ = settings(
 )
 
 
-def loop_copies(hlo_text: str) -> list[tuple[int, ...]]:
-    """Shapes of the ``copy`` instructions that run inside a while loop (a ``body=`` computation
-    and everything it calls, fusions included) of an optimised HLO module's text
-    (``jax.jit(f).lower(...).compile().as_text()``)."""
+def loop_copies(hlo_text: str, opcode: str = "copy") -> list[tuple[int, ...]]:
+    """Shapes of the ``opcode`` instructions (``copy``, ``dynamic-slice``, ...) that run inside a
+    while loop (a ``body=`` computation and everything it calls, fusions included) of an optimised
+    HLO module's text (``jax.jit(f).lower(...).compile().as_text()``)."""
     comps, name = {}, None
     for line in hlo_text.splitlines():
         head = re.match(r"(?:ENTRY )?%(\S+) .*\{\s*$", line)
@@ -99,7 +99,7 @@ def loop_copies(hlo_text: str) -> list[tuple[int, ...]]:
     shapes = []
     for c in seen:
         for line in comps[c]:
-            m = re.search(r"= \w+\[([\d,]*)\]\S* copy\(", line)
+            m = re.search(rf"= \w+\[([\d,]*)\]\S* {re.escape(opcode)}\(", line)
             if m:
                 shapes.append(tuple(int(d) for d in m.group(1).split(",") if d))
     return shapes

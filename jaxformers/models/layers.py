@@ -732,6 +732,25 @@ def param_at(params: Any, path: Sequence[str | int], scan: bool) -> Any:
     return x if index is None else x[index]
 
 
+def unstacked_like(params: dict, like: Any) -> dict:
+    """Scanned ``params`` in the unscanned layout of ``like`` (the unscanned model's params tree,
+    or its ``jax.eval_shape``): each stack ``name`` becomes ``name_0`` ... ``name_{L-1}``, layer
+    ``i`` the slice ``[i]`` of every leaf's leading "layers" axis; everything else as it is.
+    Works on traced arrays (a jitted function can unstack once and then run unrolled layers)."""
+    out = {}
+    for k, v in like.items():
+        if k in params:
+            out[k] = unstacked_like(params[k], v) if isinstance(v, dict) else params[k]
+            continue
+        name, _, i = k.rpartition("_")
+        if not (name and i.isdigit() and name in params):
+            raise ValueError(
+                f"params have neither {k!r} nor a layer stack {name!r} to take it from"
+            )
+        out[k] = jax.tree.map(lambda x, i=int(i): x[i], params[name])
+    return out
+
+
 def params_from_leaves(leaves: Iterable[tuple[Sequence[str | int], Any]], scan: bool) -> dict:
     """(path, array) pairs (paths as ``layer_path`` reads them) -> a nested params dict in the
     layout of ``block_stack``: each layer under ``name_i``, or when ``scan`` each leaf's layers
