@@ -64,6 +64,14 @@ STEPS = None  # None: the size's own (small 300, full 450)
 MAX_NEW_TOKENS = 80
 
 # %%
+# jaxformers' XLA flags for this machine, set before jax starts its backends, as the `jaxformers`
+# command does (jaxformers/perf.py: on NVIDIA GPUs the latency-hiding scheduler; everywhere, KV
+# caches written in place while decoding). Restart the runtime if jax has already run something.
+from jaxformers import perf
+
+print("XLA flags added:", perf.apply_xla_flags())
+
+# %%
 # Paths: the repository root (found by walking up to pyproject.toml, so the notebook runs from the
 # root or from colab/) and a work directory: $WORKDIR if set, else a fresh temporary folder.
 import os

@@ -73,6 +73,11 @@ if "jax" in sys.modules:
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+# And jaxformers' XLA flags for this machine, as the `jaxformers` command sets them
+# (jaxformers/perf.py: on NVIDIA GPUs the latency-hiding scheduler).
+from jaxformers import perf
+
+print("XLA flags added:", perf.apply_xla_flags())
 
 import jax
 

@@ -175,6 +175,20 @@ def test_committed_notebook_is_clean_with_badge_and_setup(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_xla_flags_are_set_before_jax_runs(name):
+    """Each notebook calls ``perf.apply_xla_flags()`` (the flags the CLI sets: on GPUs the
+    latency-hiding scheduler, everywhere in-place KV caches) before any other jax or jaxformers
+    import, so that the flags are in place when jax starts its backends."""
+    code = [c.source for c in read(os.path.join(COLAB, f"{name}.ipynb")).cells[2:]]
+    lines = [ln for src in code if not src.startswith(SETUP_MARKER) for ln in src.splitlines()]
+    call = next((i for i, ln in enumerate(lines) if "perf.apply_xla_flags()" in ln), None)
+    assert call is not None, f"{name}: no perf.apply_xla_flags() call"
+    imports = re.compile(r"^(import jax\b|from jax\b|from jaxformers(\.\w+)* import (?!perf$))")
+    first = next((i for i, ln in enumerate(lines) if imports.match(ln)), len(lines))
+    assert call < first, f"{name}: {lines[first]!r} comes before perf.apply_xla_flags()"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_setup_cell_does_nothing_off_colab(name, monkeypatch):
     setup = read(os.path.join(COLAB, f"{name}.ipynb")).cells[1].source
 
