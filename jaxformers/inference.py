@@ -152,7 +152,7 @@ def _load_generator(path: str):
             f"{path} holds a {family.name} model, which does not generate text; "
             "sample needs a GPT-2 or T5 model"
         )
-    return model, params, tok
+    return (*decoding.unrolled(model, params), tok)  # scanned layers: unstacked once, here
 
 
 def _generate_text(

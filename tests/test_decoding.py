@@ -757,6 +757,11 @@ def test_scanned_models_decode_without_slicing_weights_per_token(gpt2, t5, tmp_p
             np.asarray(out),
             np.asarray(decoding.generate(flat_model, flat_params, ids, max_new_tokens=M)),
         )
+        # decoding.unrolled: the same conversion, done once by the caller.
+        un_model, un_params = decoding.unrolled(model, params)
+        assert not un_model.config.scan_layers
+        assert jax.tree.structure(un_params) == jax.tree.structure(flat_params)
+        jax.tree.map(np.testing.assert_array_equal, un_params, flat_params)
         c = model.config
         width = getattr(c, "n_embd", None) or c.d_model
         heads = getattr(c, "n_head", None) or c.num_heads
