@@ -43,5 +43,7 @@ lever bert_xla_attention bert train '{"attention_impl": "xla"}'
 lever gpt2_decode_b1 gpt2 decode '{}'
 lever gpt2_decode_b1_bf16 gpt2 decode '{"dtype": "bfloat16"}'
 JAXFORMERS_XLA_FLAGS=0 lever gpt2_decode_b1_no_xla_flags gpt2 decode '{}'
+# Scanned layers (the experiments' setting; decoding unstacks the params once per call).
+lever gpt2_decode_b1_scanned gpt2 decode '{"scan_layers": true}'
 # Command buffers (CUDA graphs) around the decode while-loop: batch-1 decoding is launch-bound.
 lever gpt2_decode_b1_cmdbuf_while gpt2 decode '{}' '--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL'
