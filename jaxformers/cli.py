@@ -209,12 +209,23 @@ def _answer(args) -> int:
 
     model, params, tok = inference.load(args.model)
     qa.check_model(model)
-    T = min(args.max_seq_length, model.config.max_position_embeddings)
-    stride = args.doc_stride or min(128, max(1, T // 3))
-    query = args.max_query_length or min(64, max(1, T // 6))
+    # A flag given wins; else what the workdir's run trained with; else the reference's.
+    saved = qa.saved_settings(args.model)
+    given = {k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length")}
+    given.update(max_answer_length=args.max_answer_length, n_best=args.n_best)
+    s = {k: v if v is not None else saved.get(k) for k, v in given.items()}
+    T = min(s["max_seq_length"] or 384, model.config.max_position_embeddings)
+    stride = s["doc_stride"] or min(128, max(1, T // 3))
+    query = s["max_query_length"] or min(64, max(1, T // 6))
+    if saved:
+        print(
+            f"windows of {T} pieces, stride {stride}, questions up to {query} pieces "
+            f"(trained with {saved}; flags override)",
+            file=sys.stderr,
+        )
     pred, cut, windows = qa.answer(
-        model, params, tok, args.question, args.context, T, stride, query, args.n_best,
-        args.max_answer_length,
+        model, params, tok, args.question, args.context, T, stride, query, s["n_best"] or 20,
+        s["max_answer_length"] or 30,
     )  # fmt: skip
     if cut:
         print(f"note: the question was cut to its first {query} pieces", file=sys.stderr)
@@ -451,15 +462,28 @@ def parser() -> argparse.ArgumentParser:
     _model_argument(an, "--model")
     an.add_argument("--question", required=True)
     an.add_argument("--context", required=True, help="the text holding the answer")
+    # Defaults: a question-answering workdir's own (question_answering.json), else these.
     an.add_argument(
-        "--max-seq-length", type=int, default=384, help="window length (at most the positions)"
+        "--max-seq-length",
+        type=int,
+        default=None,
+        help="window length, at most the positions (default: the run's data.seq_len, else 384)",
     )
-    an.add_argument("--doc-stride", type=int, default=None, help="default min(128, length / 3)")
     an.add_argument(
-        "--max-query-length", type=int, default=None, help="default min(64, length / 6)"
+        "--doc-stride", type=int, default=None, help="default: the run's, else min(128, length / 3)"
     )
-    an.add_argument("--max-answer-length", type=int, default=30, help="in WordPiece pieces")
-    an.add_argument("--n-best", type=int, default=20, help="start/end logits tried per window")
+    an.add_argument(
+        "--max-query-length",
+        type=int,
+        default=None,
+        help="default: the run's, else min(64, length / 6)",
+    )
+    an.add_argument(
+        "--max-answer-length", type=int, default=None, help="in pieces (the run's, else 30)"
+    )
+    an.add_argument(
+        "--n-best", type=int, default=None, help="logits tried per window (the run's, else 20)"
+    )
     an.add_argument(
         "--json", action="store_true", help="one JSON line: answer, start, end, score, ..."
     )

@@ -27,6 +27,9 @@ from jaxformers.data.tokenizers import load_tokenizer
 MODEL_JSON = "model.json"
 # The names of a classifier's labels in id order (written by the token-classification task).
 LABELS_JSON = "labels.json"
+# A question-answering run's window settings (data.seq_len, task.doc_stride, ...), which
+# ``jaxformers answer`` reads so that it answers with the windows the model was trained on.
+QA_JSON = "question_answering.json"
 # The tokenizer files an HF directory may hold, copied on import and export.
 TOKENIZER_FILES = hf.TOKENIZER_FILES
 
@@ -275,6 +278,9 @@ def export_hf(workdir: str, hf_dir: str) -> None:
         cfg["label2id"] = {n: i for i, n in enumerate(names)}
         with open(path, "w") as f:
             json.dump(cfg, f, indent=2)
+    if storage.isfile(storage.join(workdir, QA_JSON)):  # `jaxformers answer` reads it there too
+        with open(os.path.join(hf_dir, QA_JSON), "w") as f:
+            f.write(storage.read_text(storage.join(workdir, QA_JSON)))
     tok_dir = storage.download(storage.join(workdir, "tokenizer"))  # local files
     if os.path.isdir(tok_dir):
         for name in os.listdir(tok_dir):

@@ -414,6 +414,7 @@ RUN_FILES = (
     "loss.png",
     "tokenizer",
     "labels.json",  # a classifier's label names (token classification)
+    "question_answering.json",  # a question-answering run's window settings
 )
 
 

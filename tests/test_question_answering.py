@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from jaxformers import cli, hf
+from jaxformers import cli, hf, inference
 from jaxformers.config import DataConfig
 from jaxformers.data.wordpiece import WordPieceTokenizer
 from jaxformers.models.bert import BertConfig, BertForQuestionAnswering
@@ -216,6 +216,10 @@ def test_eval_counts_every_question_once(tmp_path, capsys):
         steps=1,
     )
     data = task.build_data(exp, str(tmp_path / "wd"))
+    # The window settings `jaxformers answer` takes from the workdir.
+    assert qa.saved_settings(str(tmp_path / "wd")) == dict(
+        max_seq_length=16, doc_stride=5, max_query_length=4, max_answer_length=30, n_best=20
+    )
     out = capsys.readouterr().out
     assert "train 2 questions" in out and "1 skipped" in out
     assert len(data.questions) == 3
@@ -266,6 +270,19 @@ def test_answer_cli_prints_the_documented_format(tmp_path, capsys, tok):
     assert lines[0] == f"answer: {got['answer']}"
     assert lines[1] == f"characters: [{got['start']}, {got['end']}) of the context"
     assert lines[2].startswith(f"score: {got['score']:.4f} (start + end logit; probability ")
+    # A workdir's own settings (question_answering.json, as the task writes it) are the defaults:
+    # a stride of 3 gives windows at 0, 3, ..., 15; a flag still wins.
+    settings = dict(max_seq_length=16, doc_stride=3, max_query_length=4)
+    with open(os.path.join(out_dir, inference.QA_JSON), "w") as f:
+        json.dump({**settings, "max_answer_length": 30, "n_best": 20}, f)
+    base = argv[: argv.index("--max-seq-length")]
+    assert cli.main([*base, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["windows"] == 6
+    assert "windows of 16 pieces, stride 3" in captured.err
+    assert cli.main([*base, "--json", "--doc-stride", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["windows"] == 4
+
     # A model without the QA head is refused with a message, not a crash in jax.
     from jaxformers.models.bert import BertModel
 
@@ -305,6 +322,11 @@ def test_small_model_learns_to_answer(tmp_path):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
     m = result.eval_metrics
     assert m["questions"] == 304 and m["exact_match"] > 0, m
+    # The run's window settings go with an HF export, where `jaxformers answer` reads them too.
+    saved = qa.saved_settings(str(tmp_path))
+    assert saved == exp.task.settings(exp.data.seq_len)
+    inference.export_hf(str(tmp_path), str(tmp_path / "hf"))
+    assert qa.saved_settings(str(tmp_path / "hf")) == saved
 
 
 def test_readers_local_split_and_tfds_record(tmp_path):

@@ -38,8 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxformers import storage
 from jaxformers.data import sources
 from jaxformers.data.pipeline import fingerprint
+from jaxformers.inference import QA_JSON
 from jaxformers.tasks import text_metrics
 from jaxformers.tasks.base import (
     TaskData,
@@ -490,6 +492,13 @@ def answer(
     return predict([q], arrays, s, e, n_best, max_answer_length)[0], cut, len(windows)
 
 
+def saved_settings(path: str) -> dict[str, int]:
+    """The ``answer`` settings a question-answering workdir was trained with (``QA_JSON``, written
+    by the task); empty for an HF directory or a workdir from before the file existed."""
+    f = storage.join(path, QA_JSON)
+    return json.loads(storage.read_text(f)) if storage.isfile(f) else {}
+
+
 def check_lengths(T: int, doc_stride: int, max_query_length: int) -> None:
     if max_query_length < 1 or doc_stride < 1:
         raise ValueError(
@@ -529,6 +538,16 @@ class QuestionAnswering:
             if getattr(self, key) < 1:
                 raise ValueError(f"task.{key}={getattr(self, key)} must be >= 1")
 
+    def settings(self, seq_len: int) -> dict[str, int]:
+        """The windows and answer limits ``answer`` takes, as this task trains and evaluates."""
+        return dict(
+            max_seq_length=seq_len,
+            doc_stride=self.doc_stride,
+            max_query_length=self.max_query_length,
+            max_answer_length=self.max_answer_length,
+            n_best=self.n_best,
+        )
+
     def build_data(self, exp: Any, workdir: str) -> QAData:
         check_seq_len(exp)
         if exp.model.architecture != ARCHITECTURE:
@@ -538,6 +557,9 @@ class QuestionAnswering:
             )
         d, T = exp.data, exp.data.seq_len
         check_lengths(T, self.doc_stride, self.max_query_length)
+        if jax.process_index() == 0:  # what `jaxformers answer` reads (saved_settings)
+            storage.makedirs(workdir)
+            storage.write_text(storage.join(workdir, QA_JSON), json.dumps(self.settings(T)))
         data_dir = sources.data_dir_for(d, workdir)
         read = read_questions(d, data_dir)
 
