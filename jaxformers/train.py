@@ -392,6 +392,8 @@ def check_workdir(workdir: str) -> None:
 # sample, progress, peak_tflops, nan_policy (not recorded). Every other setting shapes what is
 # trained: a checkpoint written with another value of it does not continue this run.
 LENGTH_KEYS = ("steps", "optim.total_steps")
+# The metrics.jsonl split that records what a run's final evaluation covered (eval_batches).
+EVAL_SCOPE = "eval_scope"
 _LAYOUT_KEYS = (
     "optim.grad_accum",
     "model.remat",
@@ -821,6 +823,8 @@ class Trainer:
         elif final == exp.steps:
             eval_metrics = self.evaluate(state, eval_fn)
             writer.write(final, "eval", eval_metrics)
+            # What the final evaluation covered: a rerun with another eval_batches evaluates again.
+            writer.write(final, EVAL_SCOPE, {"eval_batches": exp.eval_batches})
             self.export(state)
         if peak_src.startswith(perf.MEASURED) and tps > 0 and jax.process_index() == 0:
             # The CPU peak measured again after the work: the better of the two is the peak (one
@@ -850,8 +854,9 @@ class Trainer:
 
     def _finished_eval(self, step: int) -> dict | None:
         """The final evaluation of a run that finished at ``step`` with its export written, read
-        from ``metrics.jsonl``; None when something of the run's end is missing (then it is done
-        again) or on several processes (which must all decide alike: their disks may differ)."""
+        from ``metrics.jsonl``; None when something of the run's end is missing or it covered
+        another ``eval_batches`` than asked now (then it is done again) or on several processes
+        (which must all decide alike: their disks may differ)."""
         path = storage.join(self.workdir, "metrics.jsonl")
         if jax.process_count() > 1 or not all(
             storage.exists(storage.join(self.workdir, f)) for f in ("params", "model.json")
@@ -859,14 +864,25 @@ class Trainer:
             return None
         if not storage.exists(path):
             return None
-        found = None
+        found, scope = None, None
         for line in storage.read_text(path).splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
-            if rec.get("split") == "eval" and rec.get("step") == step:
+            if rec.get("step") != step:
+                continue
+            if rec.get("split") == "eval":
                 found = {k: v for k, v in rec.items() if k not in ("step", "split")}
+            elif rec.get("split") == EVAL_SCOPE:
+                scope = rec
+        # Runs from before the scope was recorded keep their evaluation.
+        if found is not None and scope is not None:
+            was = int(scope["eval_batches"])
+            if was != self.exp.eval_batches:
+                print(f"the run finished at step {step}; evaluating it again: eval_batches "
+                      f"{was} -> {self.exp.eval_batches}", flush=True)  # fmt: skip
+                return None
         return found
 
     def _data_position(self):

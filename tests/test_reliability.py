@@ -617,6 +617,27 @@ def test_longer_run_and_other_reporting_resume(small_run, tmp_path, capsys):
     assert "checkpoint is at step 4, past steps=3: nothing to train" in capsys.readouterr().out
 
 
+def test_finished_run_evaluates_again_only_when_eval_batches_changed(small_run, tmp_path, capsys):
+    """Run again as it was, a finished run does nothing; with another eval_batches it evaluates
+    its final state again (no training) and records what the new evaluation covered."""
+    wd = _copy_of(small_run, tmp_path)
+    exp = _small()
+    assert [r["eval_batches"] for r in records(wd, train.EVAL_SCOPE)] == [exp.eval_batches]
+    r = _small_run(exp, wd)
+    assert r.steps_run == 0 and r.final_step == 2
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(records(wd, "eval")) == 1
+    r = _small_run(dataclasses.replace(exp, eval_batches=2), wd)
+    assert r.steps_run == 0 and r.final_step == 2
+    assert "evaluating it again: eval_batches 1 -> 2" in capsys.readouterr().out
+    evals = records(wd, "eval")
+    assert [e["step"] for e in evals] == [2, 2] and evals[1]["loss"] != evals[0]["loss"]
+    assert {k: v for k, v in evals[1].items() if k not in ("step", "split")} == r.eval_metrics
+    assert [s["eval_batches"] for s in records(wd, train.EVAL_SCOPE)] == [1, 2]
+    assert _small_run(dataclasses.replace(exp, eval_batches=2), wd).eval_metrics == r.eval_metrics
+    assert "nothing to do" in capsys.readouterr().out
+
+
 def test_damaged_checkpoint_set_aside_fast(small_run, tmp_path, caplog):
     wd = _copy_of(small_run, tmp_path)
     exp = _small()
