@@ -581,11 +581,11 @@ def _unrolled(model):
 
 
 def unrolled(model, params):
-    """(model, params) to decode with, for a model with scanned layers: the same model unscanned and
-    its params unstacked (``name_0`` ... per layer), done once. ``generate`` unstacks a scanned
-    model's params itself, on every call (GPT-2 124M: 0.16 s, 7% of a 128-token batch-1 call on 2
-    CPU cores); a program that calls it many times converts once with this. An unscanned model
-    comes back as it is."""
+    """(model, params) to decode with, for a model with scanned layers: the same model unscanned
+    and its params unstacked (``name_0`` ... per layer), done once. ``generate`` unstacks a scanned
+    model's params itself, on every call (GPT-2 124M, 128 new tokens at batch 1 on 2 CPU cores:
+    7-14% of the call, benchmarks/scanned_decode.py); a program that calls it many times converts
+    once with this. An unscanned model comes back as it is."""
     flat, unstack = _unrolled(model)
     return (model, params) if flat is model else (flat, jax.jit(unstack)(params))
 
