@@ -366,33 +366,6 @@ def torch_decode(model_name: str, steps: int, batch: int) -> dict:
     }
 
 
-def compile_times() -> dict:
-    """Compile seconds of the GPT-2 124M-wide train step at 12 and 48 layers, scanned or unrolled.
-
-    Lowered from abstract shapes (nothing is allocated): with ``scan_layers`` the compile time
-    should stay flat in depth, unrolled it grows with it.
-    """
-    out = []
-    tx = optax.adamw(1e-4, weight_decay=0.01, mask=decay_mask)
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    for layers_ in (12, 48):
-        for scan in (True, False):
-            c = model_config("gpt2", "124m", n_layer=layers_, scan_layers=scan)
-            model = models.build_model(c)
-            abstract = create_train_state(
-                model, (np.zeros((1, 256), np.int32),), tx, mesh, tasks.CausalLM()
-            ).abstract
-            batch = {k: jax.ShapeDtypeStruct((1, 4, 256), jnp.int32) for k in ("inputs", "targets")}
-            t = time.perf_counter()
-            jax.jit(train_step, donate_argnums=0).lower(
-                abstract, batch, jax.random.PRNGKey(1)
-            ).compile()
-            out.append(
-                {"layers": layers_, "scan_layers": scan, "compile_seconds": time.perf_counter() - t}
-            )
-    return {"workload": "gpt2-124m-width train_step compile", "results": out}
-
-
 # transformers 4.57's Flax models (the last HF Flax release) run by the peer script beside this
 # repository (``../shared/peers``), in an environment of their own: they need jax <= 0.9 (T5's
 # Flax code calls jnp.clip(a_max=), which jax 0.10 removed).
@@ -456,7 +429,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", choices=sorted(models.FAMILIES), required=True)
-    p.add_argument("--what", choices=["train", "decode", "compile"], required=True)
+    # Compile time against depth: benchmarks/compile_depth.py.
+    p.add_argument("--what", choices=["train", "decode"], required=True)
     p.add_argument(
         "--size",
         choices=["cpu", "gpu", "tiny"],
@@ -484,9 +458,6 @@ def main() -> None:
     size = a.size or ("gpu" if jax.devices()[0].platform == "gpu" else "cpu")
     steps = max(a.steps, 10) if a.what == "train" else a.steps
     results = []
-    if a.what == "compile":
-        print(json.dumps(compile_times(), indent=None if a.json else 2))
-        return
     if a.what == "train":
         results.append(jax_train(a.model, size, steps))
         if a.peer:
