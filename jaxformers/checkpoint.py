@@ -7,7 +7,9 @@ abstract target that carries the shardings of the *current* mesh, so a checkpoin
 mesh restores onto another.
 
 Restoring tells three failures apart. A checkpoint that cannot be read (truncated or garbled
-files) is damaged: it is set aside and the previous one is tried. One that reads but does not fit
+files), or whose arrays read back other than they were saved (``meta`` holds a checksum of each:
+orbax decodes some garbled compressed chunks into other numbers without an error), is damaged: it
+is set aside and the previous one is tried. One that reads but does not fit
 the state now configured (other shapes, another tree) is a changed configuration, never damage:
 ``CheckpointMismatch``. A read that fails for a passing reason (an I/O or network error, a
 timeout) is tried again a few times, then ``CheckpointUnreachable``; nothing is set aside.
@@ -25,6 +27,8 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -58,6 +62,37 @@ _TRANSIENT_CODES = ("UNAVAILABLE:", "DEADLINE_EXCEEDED:")
 # What orbax says when the restore target and a readable checkpoint disagree (both ValueError, as
 # most read failures of damaged files are): measured with orbax-checkpoint 0.12.
 _MISMATCH_MESSAGES = ("tree structures do not match", "is not compatible with the stored shape")
+
+
+CHECKSUMS = "checksums"  # the meta key: the saved arrays' checksums, sorted
+
+
+@jax.jit
+def _checksums(leaves: list) -> jax.Array:
+    """A uint32 checksum of each array: its elements' bits, each times an odd number that depends
+    on its position, summed modulo 2**32 (a changed, moved or swapped element changes it)."""
+    out = []
+    for x in leaves:
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        x = jnp.ravel(x)
+        if x.dtype == jnp.bool_:
+            bits = x.astype(jnp.uint32)
+        else:
+            unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+            bits = jnp.ravel(jax.lax.bitcast_convert_type(x, unsigned)).astype(jnp.uint32)
+        weight = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+        out.append(jnp.sum(bits * weight, dtype=jnp.uint32))
+    return jnp.stack(out) if out else jnp.zeros((0,), jnp.uint32)
+
+
+def checksums(state: Any) -> list[int]:
+    """The checksums of ``state``'s arrays, sorted (independent of how the tree names them)."""
+    return sorted(int(c) for c in np.asarray(jax.device_get(_checksums(jax.tree.leaves(state)))))
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint whose arrays read back other than they were saved."""
 
 
 class CheckpointMismatch(ValueError):
@@ -116,7 +151,9 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict, force: bool = True, data: Any = None) -> None:
-        """``data``: the input pipeline's position (``streaming.DataState``), saved beside."""
+        """``data``: the input pipeline's position (``streaming.DataState``), saved beside.
+        ``meta`` gets the checksums of ``state``'s arrays (``CHECKSUMS``), checked on restore."""
+        meta = {**meta, CHECKSUMS: checksums(state)}
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data)
@@ -140,19 +177,28 @@ class Checkpointer:
         return True
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores ``step`` into the shapes, dtypes and shardings of ``abstract_state``."""
+        """Restores ``step`` into the shapes, dtypes and shardings of ``abstract_state``;
+        CheckpointDamaged when its arrays' checksums differ from those saved (checkpoints from
+        before the checksums are not checked)."""
         out = self.manager.restore(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
             ),
         )
-        return out.state, dict(out.meta)
+        meta = dict(out.meta)
+        saved = meta.pop(CHECKSUMS, None)
+        if saved is not None and checksums(out.state) != list(saved):
+            raise CheckpointDamaged(
+                f"the arrays of the checkpoint at step {step} in {self.directory} read back other "
+                "than they were saved (their checksums differ): its files are garbled"
+            )
+        return out.state, meta
 
     def read_meta(self, step: int) -> dict:
-        """The JSON record saved beside the state of ``step``."""
+        """The JSON record saved beside the state of ``step`` (without the checksums)."""
         out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(out.meta)
+        return {k: v for k, v in dict(out.meta).items() if k != CHECKSUMS}
 
     def check_fits(self, step: int, abstract_state: Any) -> None:
         """CheckpointMismatch unless the arrays stored at ``step`` have the shapes of

@@ -651,6 +651,42 @@ def test_damaged_checkpoint_set_aside_fast(small_run, tmp_path, caplog):
     assert len(os.listdir(os.path.join(wd, "checkpoints_damaged"))) == 1
 
 
+def test_garbled_array_data_is_damage_not_other_numbers(tmp_path, caplog):
+    """Bytes garbled inside a checkpoint's compressed array data: orbax reads other numbers back
+    without an error, so the checksums saved in its meta catch it; the checkpoint is set aside and
+    the previous one restored, with the saved values."""
+    from jaxformers import checkpoint
+
+    def state(s):  # step 2's is the state whose garbled data orbax read back without an error
+        w = np.random.default_rng(2 - s).normal(size=(256, 256))
+        return {"w": jnp.asarray(w, jnp.float32), "b": jnp.arange(1000, dtype=jnp.float32) * s}
+
+    states = {s: state(s) for s in (1, 2)}
+    d = str(tmp_path / "ck")
+    ck = checkpoint.Checkpointer(d, keep=3, async_save=False)
+    try:
+        for s, state in states.items():
+            ck.save(s, state, {"step": s})
+        ck.wait()
+        assert ck.read_meta(2) == {"step": 2}  # the checksums stay out of the record
+        data = [f for f in glob.glob(f"{d}/2/state/**/d/*", recursive=True) if os.path.isfile(f)]
+        big = max(data, key=os.path.getsize)
+        assert os.path.getsize(big) > 100_000  # the 256 x 256 array's chunk
+        with open(big, "r+b") as f:
+            f.seek(os.path.getsize(big) // 2)
+            f.write(b"\x13" * 64)
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = checkpoint.abstract_like(states[1], jax.tree.map(lambda _: one, states[1]))
+        caplog.set_level("WARNING", logger="jaxformers")
+        step, state, meta = ck.restore_latest_good(target)
+        assert step == 1 and meta == {"step": 1}
+        jax.tree.map(np.testing.assert_array_equal, state, states[1])
+        assert "step 2 is damaged" in caplog.text and "checksums differ" in caplog.text
+        assert ck.all_steps() == [1] and len(os.listdir(d + "_damaged")) == 1
+    finally:
+        ck.close()
+
+
 def test_checkpoint_of_other_shapes_is_not_damage(tmp_path):
     """Without a recorded configuration (older checkpoints) a checkpoint that does not fit the
     restore target is still a changed configuration: an error, nothing set aside."""
