@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import time
@@ -305,12 +306,20 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     )
 
 
+# Beside exported params: their arrays' checksums (``checksums``), checked by ``load_params``.
+EXPORT_CHECKSUMS = "jaxformers_checksums.json"
+
+
 def export_params(params: Any, directory: str) -> str:
-    """Writes params only (for inference), synchronously. Returns the path."""
+    """Writes params only (for inference), synchronously, with their checksums. Returns the
+    path."""
     path = storage.absolute(directory)
+    sums = checksums(params)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path, params, force=True)
     ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        storage.write_text(storage.join(path, EXPORT_CHECKSUMS), json.dumps(sums))
     return path
 
 
@@ -329,9 +338,16 @@ def load_params(directory: str, abstract: Any | None = None) -> Any:
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree
         )
     try:
-        return ckptr.restore(path, abstract)
+        params = ckptr.restore(path, abstract)
     except Exception as e:
         raise ValueError(
             f"cannot read exported params at {path} ({type(e).__name__}: {str(e)[:200]}); "
             "the export is damaged, export it again"
         ) from e
+    sums = storage.join(path, EXPORT_CHECKSUMS)  # exports from before it have none
+    if storage.isfile(sums) and checksums(params) != json.loads(storage.read_text(sums)):
+        raise ValueError(
+            f"exported params at {path} read back other than they were written (their checksums "
+            "differ): the export is damaged, export it again"
+        )
+    return params

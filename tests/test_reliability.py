@@ -685,6 +685,15 @@ def test_garbled_array_data_is_damage_not_other_numbers(tmp_path, caplog):
         assert ck.all_steps() == [1] and len(os.listdir(d + "_damaged")) == 1
     finally:
         ck.close()
+    # Exported params (what inference loads) the same way: an error, not other numbers.
+    out = checkpoint.export_params(states[2], str(tmp_path / "params"))
+    jax.tree.map(np.testing.assert_array_equal, checkpoint.load_params(out), states[2])
+    big = max(glob.glob(f"{out}/**/d/*", recursive=True), key=os.path.getsize)
+    with open(big, "r+b") as f:
+        f.seek(os.path.getsize(big) // 2)
+        f.write(b"\x13" * 64)
+    with pytest.raises(ValueError, match="checksums differ"):
+        checkpoint.load_params(out)
 
 
 def test_checkpoint_of_other_shapes_is_not_damage(tmp_path):
