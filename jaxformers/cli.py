@@ -211,12 +211,11 @@ def _answer(args) -> int:
     qa.check_model(model)
     # A flag given wins; else what the workdir's run trained with; else the reference's.
     saved = qa.saved_settings(args.model)
-    given = {k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length")}
-    given.update(max_answer_length=args.max_answer_length, n_best=args.n_best)
-    s = {k: v if v is not None else saved.get(k) for k, v in given.items()}
+    s = {k: saved.get(k) if v is None else v for k, v in vars(args).items() if k in qa.SETTINGS}
     T = min(s["max_seq_length"] or 384, model.config.max_position_embeddings)
     stride = s["doc_stride"] or min(128, max(1, T // 3))
     query = s["max_query_length"] or min(64, max(1, T // 6))
+    limits = {k: s[k] for k in ("n_best", "max_answer_length") if s[k] is not None}
     if saved:
         print(
             f"windows of {T} pieces, stride {stride}, questions up to {query} pieces "
@@ -224,8 +223,7 @@ def _answer(args) -> int:
             file=sys.stderr,
         )
     pred, cut, windows = qa.answer(
-        model, params, tok, args.question, args.context, T, stride, query, s["n_best"] or 20,
-        s["max_answer_length"] or 30,
+        model, params, tok, args.question, args.context, T, stride, query, **limits
     )  # fmt: skip
     if cut:
         print(f"note: the question was cut to its first {query} pieces", file=sys.stderr)

@@ -339,13 +339,12 @@ _SELF_CACHE = ("cached_key", "cached_value")
 _ALL_CACHE = _SELF_CACHE + ("cross_key", "cross_value")
 
 
-def _map_cache(cache, fn: Callable, names, scan: bool):
-    """Applies ``fn(x, batch_axis)`` to the cache entries named in ``names`` (scanned layers put
-    their stacked layer axis first, the batch second)."""
-    axis = 1 if scan else 0
+def _map_cache(cache, fn: Callable, names):
+    """Applies ``fn`` to the cache entries named in ``names`` (batch first: the decode loop runs
+    a scanned model unrolled, ``_unrolled``)."""
 
     def f(path, x):
-        return fn(x, axis) if getattr(path[-1], "key", None) in names else x
+        return fn(x) if getattr(path[-1], "key", None) in names else x
 
     return jax.tree_util.tree_map_with_path(f, cache)
 
@@ -593,7 +592,6 @@ def unrolled(model, params):
 @functools.lru_cache(maxsize=64)
 def _compiled(model, spec: _Spec):
     model, unstack = _unrolled(model)
-    scan = model.config.scan_layers  # False: the cache is laid out per layer
     V = model.config.vocab_size
     M = spec.max_new_tokens
 
@@ -609,21 +607,21 @@ def _compiled(model, spec: _Spec):
         if spec.method == "beam":
             W = spec.num_beams
             # One prefill per example; its beams start from copies of the cache.
-            rep = lambda x, axis: jnp.repeat(x, W, axis=axis)  # noqa: E731
+            rep = lambda x: jnp.repeat(x, W, axis=0)  # noqa: E731
             state = {
-                "cache": _map_cache(state["cache"], rep, _ALL_CACHE, scan),
-                "rows": jax.tree.map(lambda x: rep(x, 0), state["rows"]),
+                "cache": _map_cache(state["cache"], rep, _ALL_CACHE),
+                "rows": jax.tree.map(rep, state["rows"]),
             }
 
             def reorder(state, rows):
-                take = lambda x, axis: jnp.take(x, rows, axis=axis)  # noqa: E731
+                take = lambda x: jnp.take(x, rows, axis=0)  # noqa: E731
                 # Only self-attention caches differ between the beams of an example.
                 return {
-                    "cache": _map_cache(state["cache"], take, _SELF_CACHE, scan),
+                    "cache": _map_cache(state["cache"], take, _SELF_CACHE),
                     "rows": state["rows"],
                 }
 
-            gen = _beam_search(spec, V, rep(tok, 0), state, step, reorder, settings)
+            gen = _beam_search(spec, V, rep(tok), state, step, reorder, settings)
         else:
             gen, rec = _sample_loop(spec, V, tok, state, step, rng, settings)
         if spec.kind == "causal":

@@ -657,11 +657,11 @@ def test_garbled_array_data_is_damage_not_other_numbers(tmp_path, caplog):
     the previous one restored, with the saved values."""
     from jaxformers import checkpoint
 
-    def state(s):  # step 2's is the state whose garbled data orbax read back without an error
+    def make(s):  # step 2's is the state whose garbled data orbax read back without an error
         w = np.random.default_rng(2 - s).normal(size=(256, 256))
         return {"w": jnp.asarray(w, jnp.float32), "b": jnp.arange(1000, dtype=jnp.float32) * s}
 
-    states = {s: state(s) for s in (1, 2)}
+    states = {s: make(s) for s in (1, 2)}
     d = str(tmp_path / "ck")
     ck = checkpoint.Checkpointer(d, keep=3, async_save=False)
     try:

@@ -492,6 +492,11 @@ def answer(
     return predict([q], arrays, s, e, n_best, max_answer_length)[0], cut, len(windows)
 
 
+# ``answer``'s settings that a run saves in ``QA_JSON`` (the window length is data.seq_len, the
+# rest the task's fields of the same names).
+SETTINGS = ("max_seq_length", "doc_stride", "max_query_length", "max_answer_length", "n_best")
+
+
 def saved_settings(path: str) -> dict[str, int]:
     """The ``answer`` settings a question-answering workdir was trained with (``QA_JSON``, written
     by the task); empty for an HF directory or a workdir from before the file existed."""
@@ -539,14 +544,9 @@ class QuestionAnswering:
                 raise ValueError(f"task.{key}={getattr(self, key)} must be >= 1")
 
     def settings(self, seq_len: int) -> dict[str, int]:
-        """The windows and answer limits ``answer`` takes, as this task trains and evaluates."""
-        return dict(
-            max_seq_length=seq_len,
-            doc_stride=self.doc_stride,
-            max_query_length=self.max_query_length,
-            max_answer_length=self.max_answer_length,
-            n_best=self.n_best,
-        )
+        """The windows and answer limits ``answer`` takes (``SETTINGS``), as this task trains and
+        evaluates."""
+        return {"max_seq_length": seq_len, **{k: getattr(self, k) for k in SETTINGS[1:]}}
 
     def build_data(self, exp: Any, workdir: str) -> QAData:
         check_seq_len(exp)
