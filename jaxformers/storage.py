@@ -13,7 +13,7 @@ this module:
   ``~/.cache/jaxformers/remote``), ``download`` fills it, ``upload`` sends what was made there.
 - the one-run-per-workdir lock: ``fcntl`` on a local disk; on object storage an object created with
   a "does not exist yet" precondition (GCS ``ifGenerationMatch=0``), which the holder refreshes
-  (``ObjectLock``).
+  and a later run takes over by creating the next one (``ObjectLock``).
 """
 
 from __future__ import annotations
@@ -196,11 +196,23 @@ def upload(url: str, only=None) -> int:
 # ---------------------------------------------------------------------------------- run lock
 
 
-class ObjectLock:
-    """One run per remote workdir: the object ``path`` created only if it does not exist yet.
+class LockLost(RuntimeError):
+    """Another run took over this run's lock object: this run must write nothing more."""
 
-    The holder rewrites it every ``ttl / 4`` seconds; an object older than ``ttl`` (its holder was
-    killed without releasing it) is taken over. ``ttl`` defaults to ``$JAXFORMERS_LOCK_TTL`` or
+
+class ObjectLock:
+    """One run per remote workdir, on a store whose only atomic operation is "create this object
+    if it does not exist yet" (GCS ``ifGenerationMatch=0``).
+
+    The lock is a series of objects ``<path>-<epoch>``; the highest epoch decides. A run holds the
+    lock by creating the next epoch; it rewrites its own object every ``ttl / 4`` seconds, and an
+    object older than ``ttl`` (its holder was killed or paused without releasing it) is taken over
+    by creating the epoch after it. Of two runs that take over at once only one creates that
+    object; the other finds it fresh and stops. A holder never writes an object other than its
+    own, so one paused past ``ttl`` cannot overwrite its successor's: it finds the higher epoch
+    (``lost``) at its next refresh or ``check()``, and the loop stops before it writes a
+    checkpoint. Release marks the holder's object released rather than deleting it, so epochs
+    are never reused; older epochs are deleted. ``ttl`` defaults to ``$JAXFORMERS_LOCK_TTL`` or
     120 s.
     """
 
@@ -208,62 +220,122 @@ class ObjectLock:
         self.path = path
         self.ttl = float(ttl or os.environ.get("JAXFORMERS_LOCK_TTL", 120))
         self.token = uuid.uuid4().hex
+        self.epoch: int | None = None
+        self.lost: str | None = None  # why this lock is no longer ours, once it is not
         self._stop = threading.Event()
         self._thread = None
 
-    def _record(self) -> bytes:
+    def _record(self, **extra) -> bytes:
         held = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}
-        return json.dumps({**held, "time": time.time()}).encode()
+        return json.dumps({**held, "time": time.time(), **extra}).encode()
 
     def _fs(self):
         import fsspec
 
         return fsspec.core.url_to_fs(self.path)
 
-    def _create(self) -> bool:
+    def _name(self, epoch: int) -> str:
+        return f"{self.path}-{epoch:08d}"
+
+    def _epochs(self) -> list[int]:
+        """The epochs whose objects exist, ascending (a fresh listing, not a cached one)."""
+        fs, p = self._fs()
+        parent, base = p.rsplit("/", 1)
+        fs.invalidate_cache(parent)
+        try:
+            names = fs.ls(parent, detail=False)
+        except FileNotFoundError:
+            return []
+        epochs = []
+        for n in names:
+            tail = n.rstrip("/").rsplit("/", 1)[-1]
+            if tail.startswith(base + "-") and tail[len(base) + 1 :].isdigit():
+                epochs.append(int(tail[len(base) + 1 :]))
+        return sorted(epochs)
+
+    def _create(self, epoch: int) -> bool:
         fs, p = self._fs()
         try:
-            fs.pipe_file(p, self._record(), mode="create")  # ifGenerationMatch=0 on GCS
+            fs.pipe_file(f"{p}-{epoch:08d}", self._record(), mode="create")  # ifGenerationMatch=0
             return True
         except FileExistsError:
             return False
 
+    def _in_use(self, name: str, held: dict, age: float) -> RuntimeError:
+        return RuntimeError(
+            f"{os.path.dirname(self.path)} is in use by another training run (host "
+            f"{held.get('host')}, pid {held.get('pid')}; its lock {name} was refreshed "
+            f"{age:.0f} s ago). Wait for it or choose another --workdir; if that run was killed, "
+            f"its lock expires {self.ttl - age:.0f} s from now (or delete the object)"
+        )
+
     def acquire(self) -> None:
-        for _ in range(2):
-            if self._create():
+        for _ in range(3):
+            epochs = self._epochs()
+            top = epochs[-1] if epochs else -1
+            if top >= 0:
+                try:
+                    held = json.loads(read_bytes(self._name(top)))
+                except (FileNotFoundError, ValueError):
+                    continue  # deleted (or half-read) meanwhile: look again
+                age = time.time() - float(held.get("time", 0))
+                if not held.get("released") and age <= self.ttl:
+                    raise self._in_use(self._name(top), held, age)
+            if self._create(top + 1):
+                self.epoch = top + 1
                 break
-            try:
-                held = json.loads(read_bytes(self.path))
-            except (FileNotFoundError, ValueError):
-                continue  # released (or half-read) meanwhile: try again
-            age = time.time() - float(held.get("time", 0))
-            if age <= self.ttl:
-                raise RuntimeError(
-                    f"{os.path.dirname(self.path)} is in use by another training run (host "
-                    f"{held.get('host')}, pid {held.get('pid')}; its lock {self.path} was "
-                    f"refreshed {age:.0f} s ago). Wait for it or choose another --workdir; if that "
-                    f"run was killed, its lock expires {self.ttl - age:.0f} s from now (or delete "
-                    "the object)"
-                )
-            remove(self.path)  # stale: its holder stopped refreshing it
+            # Another run created that epoch first: the next look finds it fresh.
         else:
-            raise RuntimeError(f"could not create the lock object {self.path}; try again")
+            raise RuntimeError(f"could not create the lock object {self._name(0)}; try again")
+        self._remove_below(self.epoch)
         self._thread = threading.Thread(target=self._refresh, daemon=True)
         self._thread.start()
+
+    def _remove_below(self, epoch: int) -> None:
+        for e in self._epochs():
+            if e < epoch:
+                with contextlib.suppress(FileNotFoundError):
+                    remove(self._name(e))
+
+    def check(self) -> None:
+        """Raises ``LockLost`` when another run has taken this lock over (a fresh listing)."""
+        if self.lost is None and self.epoch is not None:
+            newer = [e for e in self._epochs() if e > self.epoch]
+            if newer:
+                try:
+                    held = json.loads(read_bytes(self._name(newer[-1])))
+                except (FileNotFoundError, ValueError):
+                    held = {}
+                self.lost = (
+                    f"another run (host {held.get('host')}, pid {held.get('pid')}) took over "
+                    f"the lock of {os.path.dirname(self.path)} ({self._name(newer[-1])}): "
+                    f"this run did not refresh its own for over {self.ttl:.0f} s (paused or cut "
+                    "off). It stops here and writes nothing more, so as not to overwrite that "
+                    "run's checkpoints"
+                )
+        if self.lost is not None:
+            raise LockLost(self.lost)
 
     def _refresh(self) -> None:
         while not self._stop.wait(self.ttl / 4):
             with contextlib.suppress(Exception):  # a missed refresh is retried next time
-                write_bytes(self.path, self._record())
+                self.check()
+                write_bytes(self._name(self.epoch), self._record())
+            if self.lost is not None:
+                return
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self.epoch is None:
+            return
         with contextlib.suppress(Exception):
-            held = json.loads(read_bytes(self.path))
-            if held.get("token") == self.token:
-                remove(self.path)
+            self.check()
+            self._remove_below(self.epoch)
+            # Marked, not deleted: the next run creates the epoch after it, never this one again.
+            write_bytes(self._name(self.epoch), self._record(released=True))
+        self.epoch = None
 
     def __enter__(self):
         self.acquire()

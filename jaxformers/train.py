@@ -281,6 +281,17 @@ class WorkdirLock:
         self.f.flush()
         return self
 
+    def check(self) -> None:
+        """Raises ``storage.LockLost`` when another run took over the lock object (a local flock
+        cannot be taken over while this process lives)."""
+        if self.remote is not None:
+            self.remote.check()
+
+    @property
+    def lost(self) -> str | None:
+        """Why the lock is another run's now, once this run knows; else None."""
+        return None if self.remote is None else self.remote.lost
+
     def __exit__(self, *exc):
         if self.remote is not None:
             self.remote.release()
@@ -312,10 +323,12 @@ def summary_writer_class():
 class MetricWriter:
     """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (tensorboardX, no
     TensorFlow). On object storage, where nothing can be appended, the file is rewritten whole at
-    most every ``flush_seconds`` and on ``flush``/``close``."""
+    most every ``flush_seconds`` and on ``flush``/``close``, only while ``lock`` (the run's
+    ``WorkdirLock``) is still this run's: a run that lost it to another does not rewrite that run's
+    metrics."""
 
-    def __init__(self, workdir: str, enabled: bool = True, flush_seconds: float = 60.0):
-        self.enabled = enabled
+    def __init__(self, workdir: str, enabled: bool = True, flush_seconds: float = 60.0, lock=None):
+        self.enabled, self.lock = enabled, lock
         if not enabled:
             return
         self.path = storage.join(workdir, "metrics.jsonl")
@@ -353,12 +366,17 @@ class MetricWriter:
 
     def flush(self) -> None:
         if self.enabled and self.remote and self.dirty:
+            if self.lock is not None:
+                self.lock.check()
             storage.write_text(self.path, self.lines)
             self.flushed_at, self.dirty = time.time(), False
 
     def close(self):
         if self.enabled:
-            if self.remote:
+            if self.remote and self.lock is not None and self.lock.lost:
+                if self.dirty:
+                    print(f"not written to {self.path}: {self.lock.lost}", file=sys.stderr)
+            elif self.remote:
                 self.flush()
             else:
                 self.jsonl.close()
@@ -707,7 +725,7 @@ class Trainer:
     # -- the loop
     def run(self, stop_at: int | None = None) -> RunResult:
         exp = self.exp
-        with WorkdirLock(self.workdir):
+        with WorkdirLock(self.workdir) as lock:
             ckpt = checkpoint.Checkpointer(
                 storage.join(self.workdir, "checkpoints"),
                 exp.checkpoint.keep,
@@ -717,9 +735,9 @@ class Trainer:
                 t_start = time.time()
                 # Restored before anything is written: a refused workdir stays as it was.
                 state, start = self.restore_or_init(ckpt)
-                writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+                writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, lock=lock)
                 try:
-                    return self._loop(ckpt, writer, stop_at, state, start, t_start)
+                    return self._loop(ckpt, writer, stop_at, state, start, t_start, lock)
                 finally:
                     writer.close()
                     if hasattr(self.data.train, "close"):
@@ -727,7 +745,7 @@ class Trainer:
             finally:
                 ckpt.close()
 
-    def _loop(self, ckpt, writer, stop_at, state, start, t_start) -> RunResult:
+    def _loop(self, ckpt, writer, stop_at, state, start, t_start, lock) -> RunResult:
         exp = self.exp
         if start:
             print(f"resuming from step {start} in {self.workdir}", flush=True)
@@ -795,6 +813,7 @@ class Trainer:
                         *pending, writer, losses, bar, ckpt, end
                     )  # never save a non-finite state
                     pending = None
+                    lock.check()  # never over a run that took this workdir over
                     ckpt.save(
                         done,
                         state.arrays(),
@@ -825,6 +844,7 @@ class Trainer:
             writer.write(final, "eval", eval_metrics)
             # What the final evaluation covered: a rerun with another eval_batches evaluates again.
             writer.write(final, EVAL_SCOPE, {"eval_batches": exp.eval_batches})
+            lock.check()
             self.export(state)
         if peak_src.startswith(perf.MEASURED) and tps > 0 and jax.process_index() == 0:
             # The CPU peak measured again after the work: the better of the two is the peak (one

@@ -62,29 +62,111 @@ def test_paths_and_whole_file_writes(gcs, tmp_path):
         del os.environ["JAXFORMERS_CACHE"]
 
 
+def _holder(path):
+    """The record of the lock object that decides (the highest epoch)."""
+    lock = storage.ObjectLock(path)
+    epochs = lock._epochs()
+    return epochs, json.loads(storage.read_text(lock._name(epochs[-1])))
+
+
+def _stale(lock, seconds):
+    """``lock``'s holder "is paused": no refreshes, and its last one ``seconds`` ago."""
+    lock._stop.set()
+    lock._thread.join()
+    record = json.loads(lock._record())
+    storage.write_text(
+        lock._name(lock.epoch), json.dumps({**record, "time": time.time() - seconds})
+    )
+
+
 def test_lock_object_is_exclusive_and_expires(gcs):
     path = "gs://bucket/lockrun/.lock"
     a = storage.ObjectLock(path, ttl=60)
     a.acquire()
-    held = json.loads(storage.read_text(path))
-    assert held["pid"] == os.getpid() and held["token"] == a.token
+    epochs, held = _holder(path)
+    assert epochs == [0] and held["pid"] == os.getpid() and held["token"] == a.token
     with pytest.raises(RuntimeError, match="in use by another training run"):
         storage.ObjectLock(path, ttl=60).acquire()
     a.release()
-    assert not storage.exists(path)
+    epochs, held = _holder(path)
+    assert epochs == [0] and held["released"]  # marked, not deleted: epoch 0 is never reused
     b = storage.ObjectLock(path, ttl=60)
     b.acquire()  # free again
-    b._stop.set()  # b "is killed": no more refreshes, no release
-    b._thread.join()
-    # refreshed 61 s ago: stale, taken over
-    stale = {"host": "h", "pid": 1, "token": "x", "time": time.time() - 61}
-    storage.write_text(path, json.dumps(stale))
+    assert b.epoch == 1 and _holder(path)[0] == [1]  # the older epoch is cleaned up
+    _stale(b, 61)  # refreshed 61 s ago: taken over
     c = storage.ObjectLock(path, ttl=60)
     c.acquire()
-    assert json.loads(storage.read_text(path))["token"] == c.token
+    assert c.epoch == 2 and _holder(path)[1]["token"] == c.token
     b.release()  # a late release of a lock taken over leaves the new holder's lock alone
-    assert json.loads(storage.read_text(path))["token"] == c.token
+    epochs, held = _holder(path)
+    assert held["token"] == c.token and not held.get("released")
     c.release()
+
+
+def test_lock_takeover_has_one_winner_and_the_paused_holder_stops(gcs, monkeypatch):
+    """Two runs that find the lock stale at once: one takes it, the other is refused. The holder
+    that was paused past the ttl, woken, neither overwrites its successor's object nor writes
+    checkpoints or metrics: its refresh and ``check`` find the higher epoch."""
+    import threading
+
+    from jaxformers import train
+
+    path = "gs://bucket/racerun/.lock"
+    old = storage.ObjectLock(path, ttl=60)
+    old.acquire()
+    _stale(old, 61)
+    takers = [storage.ObjectLock(path, ttl=60) for _ in range(4)]
+    outcomes = [None] * len(takers)
+    start = threading.Barrier(len(takers))
+
+    def take(i):
+        start.wait()
+        try:
+            takers[i].acquire()
+            outcomes[i] = "took"
+        except RuntimeError as e:
+            outcomes[i] = str(e)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(takers))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    winners = [t for t, o in zip(takers, outcomes) if o == "took"]
+    assert len(winners) == 1, outcomes
+    assert all("in use by another training run" in o for o in outcomes if o != "took")
+    winner = winners[0]
+    assert winner.epoch == 1 and _holder(path)[1]["token"] == winner.token
+
+    # The paused holder wakes: its refresh finds epoch 1 and writes nothing of the winner's.
+    old._stop.clear()
+    old.ttl = 0.2
+    old._thread = threading.Thread(target=old._refresh, daemon=True)
+    old._thread.start()
+    old._thread.join(timeout=10)
+    assert not old._thread.is_alive() and "took over the lock" in old.lost
+    assert _holder(path)[1]["token"] == winner.token
+    with pytest.raises(storage.LockLost, match="writes nothing more"):
+        old.check()
+
+    # The run's other writers: its metrics do not overwrite the winner's metrics.jsonl.
+    lock = train.WorkdirLock.__new__(train.WorkdirLock)
+    lock.remote = old
+
+    def no_tensorboard():  # its GCS writer would upload on garbage collection, after the emulator
+        raise ImportError
+
+    monkeypatch.setattr(train, "summary_writer_class", no_tensorboard)
+    storage.write_text("gs://bucket/racerun/metrics.jsonl", "winner\n")
+    writer = train.MetricWriter("gs://bucket/racerun", lock=lock)
+    writer.write(5, "train", {"loss": 1.0})
+    with pytest.raises(storage.LockLost):
+        writer.flush()
+    writer.close()  # says so on stderr, writes nothing
+    assert storage.read_text("gs://bucket/racerun/metrics.jsonl") == "winner\n"
+    old.release()
+    assert _holder(path)[1]["token"] == winner.token
+    winner.release()
 
 
 def test_params_export_round_trip(gcs):
@@ -166,7 +248,8 @@ def test_train_on_gcs_killed_resumes_bit_for_bit(gcs, tmp_path, corpus, data_dir
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     _fresh_listing()
-    assert storage.exists(f"{wd}/.lock")  # left behind by the killed run
+    epochs, held = _holder(f"{wd}/.lock")  # left behind by the killed run
+    assert not held.get("released"), (epochs, held)
 
     # (the lock's refusal and take-over are test_lock_object_is_exclusive_and_expires's part;
     # a fresh run here takes the killed run's lock over once it is 4 s old)
@@ -178,7 +261,8 @@ def test_train_on_gcs_killed_resumes_bit_for_bit(gcs, tmp_path, corpus, data_dir
     _fresh_listing()
     got = _losses(storage.read_text(f"{wd}/metrics.jsonl"))
     assert got == want  # bit for bit
-    assert not storage.exists(f"{wd}/.lock")
+    epochs, held = _holder(f"{wd}/.lock")
+    assert len(epochs) == 1 and held["released"]  # taken over, then released; older ones gone
     for name in ("model.json", "tokenizer/tokenizer.json", "params/_METADATA"):
         assert storage.exists(f"{wd}/{name}"), name
     assert storage.walk_files(f"{wd}/data/tfds")  # prepared data kept beside the run

@@ -638,6 +638,27 @@ def test_finished_run_evaluates_again_only_when_eval_batches_changed(small_run, 
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_run_that_lost_its_lock_writes_nothing_more(tmp_path, monkeypatch):
+    """When another run takes the workdir's lock over (a remote lock object, after this run
+    stopped refreshing it: test_gcs covers the object itself), the loop stops before its next
+    checkpoint and its export: step 1's checkpoint is written, step 2's and the params are not."""
+    from jaxformers import storage
+
+    checks = []
+
+    def check(self):
+        checks.append(len(checks))
+        if len(checks) > 1:
+            raise storage.LockLost("another run took over the lock")
+
+    monkeypatch.setattr(train.WorkdirLock, "check", check)
+    wd = str(tmp_path / "wd")
+    with pytest.raises(storage.LockLost, match="took over"):
+        _small_run(_small(), wd)
+    assert _steps(wd) == [1] and len(checks) == 2
+    assert not os.path.exists(os.path.join(wd, "params"))
+
+
 def test_damaged_checkpoint_set_aside_fast(small_run, tmp_path, caplog):
     wd = _copy_of(small_run, tmp_path)
     exp = _small()
