@@ -329,6 +329,24 @@ def test_small_model_learns_to_answer(tmp_path):
     assert qa.saved_settings(str(tmp_path / "hf")) == saved
 
 
+def test_unprepared_tfds_squad_fails_at_once_when_its_host_is_unreachable(tmp_path, monkeypatch):
+    """Offline, TFDS's own download retries a connection with backoff for ~200 s before it fails:
+    the host the dataset downloads from is tried once first, and the error names it and how to
+    prepare the dataset."""
+    from jaxformers.data import sources
+
+    url = "https://jaxformers-offline.invalid/SQuAD/train-v1.1.json"  # .invalid never resolves
+    monkeypatch.setattr(sources, "_download_urls", lambda builder: [url])
+
+    def download(*args, **kwargs):
+        raise AssertionError("TFDS was asked to download")
+
+    monkeypatch.setattr(sources.tfds, "data_source", download)
+    said = r"'squad' is not prepared.*cannot reach jaxformers-offline\.invalid.*tfds build squad"
+    with pytest.raises(RuntimeError, match=said):
+        qa.read_questions(DataConfig(corpus="tfds:squad"), str(tmp_path / "tfds"))
+
+
 def test_readers_local_split_and_tfds_record(tmp_path):
     # A TFDS squad record as tfds.data_source gives it: bytes, answers as arrays.
     rec = {
