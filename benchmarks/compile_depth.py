@@ -3,6 +3,12 @@
 
     python benchmarks/compile_depth.py --json [--size cpu|gpu] [--presets 124m 355m ...]
         [--repeats 3] [--timeout 900] [--budget 3600] [--lock /tmp/heavy.lock]
+        [--what train|decode]
+
+``--what decode`` compiles ``decoding.generate``'s loop instead (run.py's GPT-2 decode workload:
+batch 1, a 32-token prompt, 128 greedy tokens), lowered from abstract params. A scanned model
+decodes unrolled (``decoding._unrolled``), so both modes' decode loops hold every layer; the
+scanned mode also reports the seconds to lower and compile the program that unstacks its params.
 
 The step is the one benchmarks/run.py times (its model, task, AdamW and ``train_step``, jitted with
 the state donated), lowered from abstract inputs: the state from ``create_train_state(...)
@@ -33,6 +39,78 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS = ("124m", "355m", "774m", "1558m")
+
+
+def one_decode_point(preset: str, scan: bool, size: str) -> dict:
+    """Lowers and compiles one ``generate`` loop in this process; returns its figures."""
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    sys.path.insert(0, HERE)
+    import run as bench
+
+    from jaxformers import decoding, models
+
+    d = bench.DECODE["gpt2"]
+    model, _, _ = bench.build("gpt2", size, dict(bench.WORKLOADS[("gpt2", size)], preset=preset),
+                              scan_layers=scan)  # fmt: skip
+    family = models.of_config(model.config)
+    params = nn.meta.unbox(
+        jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), *family.example_inputs(model.config))
+        )
+    )["params"]
+    ids = np.random.default_rng(0).integers(*d["ids"], (1, d["prompt"]))
+    # A scanned model's params are unstacked by a program of their own before the loop.
+    flat, unstack = decoding._unrolled(model)
+    unstack_s = None
+    if unstack is not None:
+        t = time.perf_counter()
+        unstack.lower(params).compile()
+        unstack_s = time.perf_counter() - t
+        model, params = flat, jax.eval_shape(unstack, params)
+    # generate() passes the params only to its compiled loop: lowered here from their shapes.
+    compiled_loop, lowered = decoding._compiled, {}
+
+    class Lowered(Exception):
+        pass
+
+    def lower_only(model, spec):
+        loop = compiled_loop(model, spec)
+
+        def lower(*args):
+            t = time.perf_counter()
+            lowered["lowered"] = loop.lower(*args)
+            lowered["lower_seconds"] = time.perf_counter() - t
+            raise Lowered
+
+        return lower
+
+    decoding._compiled = lower_only
+    try:
+        decoding.generate(model, params, ids, max_new_tokens=d["new"])
+    except Lowered:
+        pass
+    finally:
+        decoding._compiled = compiled_loop
+    t = time.perf_counter()
+    compiled = lowered["lowered"].compile()
+    compile_s = time.perf_counter() - t
+    return {
+        "lower_seconds": lowered["lower_seconds"],
+        "compile_seconds": compile_s,
+        "unstack_lower_and_compile_seconds": unstack_s,
+        "params": sum(x.size for x in jax.tree.leaves(params)),
+        "n_layer": model.config.n_layer,
+        "batch": 1,
+        "prompt": d["prompt"],
+        "new_tokens": d["new"],
+        "dtype": model.config.dtype,
+        "device": jax.devices()[0].device_kind,
+        "compiled_memory_bytes": bench.memory_analysis_bytes(compiled),
+    }
 
 
 def one_point(preset: str, scan: bool, size: str, batch: int | None, seq: int | None, dtype):
@@ -121,7 +199,7 @@ def measure(a) -> dict:
                     )
                     break
                 cmd = [sys.executable, __file__, "--point", preset, "--scan", str(int(scan))]
-                cmd += ["--size", a.size] + _shape_args(a)
+                cmd += ["--size", a.size, "--what", a.what] + _shape_args(a)
                 with _Lock(a.lock):
                     loads.append(os.getloadavg())
                     try:
@@ -140,7 +218,7 @@ def measure(a) -> dict:
                 print(f"{preset} scan={scan}: {runs[-1]}", file=sys.stderr, flush=True)
             if runs:
                 point.update({k: v for k, v in runs[0].items() if not k.endswith("seconds")})
-                for k in ("lower_seconds", "compile_seconds"):
+                for k in [k for k, v in runs[0].items() if k.endswith("seconds") and v is not None]:
                     point[k] = statistics.median(r[k] for r in runs)
                     point[k + "_all"] = [r[k] for r in runs]
                 point["repeats"] = len(runs)
@@ -148,7 +226,12 @@ def measure(a) -> dict:
     from importlib.metadata import version
 
     return {
-        "workload": "gpt2 train_step compile against depth (abstract inputs, nothing allocated)",
+        "workload": (
+            "gpt2 train_step compile against depth (abstract inputs, nothing allocated)"
+            if a.what == "train"
+            else "gpt2 decoding.generate loop compile against depth (batch 1, prompt 32, 128 "
+            "greedy tokens; abstract params, nothing allocated)"
+        ),
         "jax": version("jax"),
         "size": a.size,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -183,6 +266,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--lock", default=None, help="flock this file around each repeat")
+    p.add_argument("--what", choices=["train", "decode"], default="train")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--point", choices=PRESETS, help=argparse.SUPPRESS)  # one repeat (child)
     p.add_argument("--scan", type=int, default=1, help=argparse.SUPPRESS)
@@ -196,7 +280,10 @@ def main() -> None:
     if a.size is None:
         a.size = "gpu" if perf.gpu_kind_before_backend() else "cpu"
     if a.point:
-        print(json.dumps(one_point(a.point, bool(a.scan), a.size, a.batch, a.seq, a.dtype)))
+        if a.what == "decode":
+            print(json.dumps(one_decode_point(a.point, bool(a.scan), a.size)))
+        else:
+            print(json.dumps(one_point(a.point, bool(a.scan), a.size, a.batch, a.seq, a.dtype)))
         return
     print(json.dumps(measure(a), indent=None if a.json else 2))
 

@@ -310,8 +310,10 @@ def generate(
     )
     settings = jax.tree.map(jnp.asarray, settings)
     if M > 0:
-        fn = _compiled(model, spec)
-        tokens, logits = fn(params, jnp.asarray(ids), jnp.asarray(mask), rng, settings)
+        loop_model, loop_params = unrolled(model, params)  # scanned layers: unstacked, here
+        fn = _compiled(loop_model, spec)
+        tokens, logits = fn(loop_params, jnp.asarray(ids), jnp.asarray(mask), rng, settings)
+        del loop_params
         if kind == "causal":
             tokens = tokens[:, Tb - T :]
     else:  # crop=True with a prompt that fills the context: every token comes from the window
@@ -559,24 +561,28 @@ def _beam_search(spec: _Spec, V, tok, state, step, reorder, settings):
     return seqs[:, 0]  # hypotheses are kept sorted: the best first
 
 
+@functools.lru_cache(maxsize=64)
 def _unrolled(model):
-    """(the model to decode with, params -> its params): a scanned model decodes unrolled.
+    """(the model to decode with, a jitted params -> its params, or None): a scanned model decodes
+    unrolled.
 
     Under ``nn.scan`` every decode step would slice each layer's weights out of the stacked params
     (a dynamic slice: on CPU a copy of every weight per generated token, halving GPT-2 124M's
-    tokens/s). Unstacked once per ``generate`` call, before the loop, the loop's matmuls read the
-    weights where they lie, as an unscanned model's do; the decode step's compile time then grows
-    with depth, as an unscanned model's does.
+    tokens/s). Unstacked once per ``generate`` call, before the loop and in a program of its own,
+    the loop's matmuls read the weights where they lie, as an unscanned model's do. The decode
+    loop's compile time then grows with depth, as an unscanned model's does
+    (``benchmarks/compile_depth.py --what decode``); unstacking inside the loop's program cost
+    another 4-15 s of compiling it (GPT-2 124M-1.5B on 2 CPU cores).
     """
     c = model.config
     if not c.scan_layers:
-        return model, lambda params: params
+        return model, None
     flat = model.clone(config=dataclasses.replace(c, scan_layers=False))
     family = models.of_config(c)
     # Only its keys are read: its leaves stay boxed (unboxing would constrain shardings here).
     like = jax.eval_shape(lambda: flat.init(jax.random.PRNGKey(0), *family.example_inputs(c)))
     like = like["params"]
-    return flat, lambda params: layers.unstacked_like(nn.meta.unbox(params), like)
+    return flat, jax.jit(lambda params: layers.unstacked_like(nn.meta.unbox(params), like))
 
 
 def unrolled(model, params):
@@ -586,12 +592,12 @@ def unrolled(model, params):
     7-14% of the call, benchmarks/scanned_decode.py); a program that calls it many times converts
     once with this. An unscanned model comes back as it is."""
     flat, unstack = _unrolled(model)
-    return (model, params) if flat is model else (flat, jax.jit(unstack)(params))
+    return (model, params) if unstack is None else (flat, unstack(params))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled(model, spec: _Spec):
-    model, unstack = _unrolled(model)
+    """The decode loop of an unscanned ``model`` (``generate`` unrolls a scanned one first)."""
     V = model.config.vocab_size
     M = spec.max_new_tokens
 
@@ -599,7 +605,6 @@ def _compiled(model, spec: _Spec):
     def generate_loop(
         params, ids, mask, rng, settings
     ):  # the name jax.monitoring reports for its traces
-        params = unstack(params)
         start, step = _ADAPTERS[spec.kind]
         state, tok = start(model, params, ids, mask, M, spec.start)
         step = functools.partial(step, model, params)
